@@ -1,0 +1,95 @@
+//! Node configuration and the named bounds (every queue, batch and in-flight set has one).
+
+use crate::ids::{ClusterId, NodeId};
+use std::time::Duration;
+
+/// Largest key, in bytes of UTF-8.
+pub const KEY_BYTES_MAX: usize = 4096;
+/// Default largest value, in bytes.
+pub const VALUE_BYTES_MAX_DEFAULT: usize = 1024 * 1024;
+/// Default page size of List when `maxKeys` is 0.
+pub const LIST_PAGE_DEFAULT: usize = 1000;
+/// Largest page size of List; larger `maxKeys` are clamped, as S3 does.
+pub const LIST_PAGE_MAX: usize = 10_000;
+
+/// Static parameters of a cluster, fixed at creation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClusterParams {
+    /// Number of partitions `P` (a power of two).
+    pub partitions: u32,
+    /// Replication factor `k`; a cluster smaller than `k` uses all its nodes.
+    pub replication: u32,
+    /// The initial node list.
+    pub initial_nodes: Vec<NodeId>,
+    /// The creation token folded into the cluster id.
+    pub token: String,
+}
+
+impl ClusterParams {
+    /// The id of the cluster these parameters create.
+    pub fn cluster_id(&self) -> ClusterId {
+        ClusterId::derive(self.partitions, self.replication, &self.initial_nodes, &self.token)
+    }
+}
+
+/// Everything a [`crate::Node`] needs besides storage and a seed.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// This node.
+    pub me: NodeId,
+    /// The cluster.
+    pub cluster: ClusterParams,
+    /// Largest accepted value, in bytes.
+    pub value_bytes_max: usize,
+    /// How long a coordinator waits for a quorum in one phase before it retries.
+    pub round_timeout: Duration,
+    /// How long a client request may take in total before it fails with UNAVAILABLE.
+    pub request_timeout: Duration,
+    /// How long the receiving node waits for the primary to answer a forwarded request.
+    pub forward_timeout: Duration,
+    /// How long a node coordinates a partition's requests itself after its primary failed
+    /// to answer a forward.
+    pub primary_suspicion: Duration,
+    /// Upper bound of the randomized backoff after a ballot conflict.
+    pub backoff_max: Duration,
+    /// Delay between a chosen tombstone and its garbage collection (R8). Liveness only.
+    pub gc_delay: Duration,
+    /// Client requests (and forwarded requests) in flight on this node.
+    pub requests_in_flight_max: usize,
+    /// Requests waiting behind one key's outstanding ballot.
+    pub key_queue_max: usize,
+    /// Requests folded into one register change.
+    pub fold_max: usize,
+    /// Outgoing messages queued for the runtime (all peers together).
+    pub transmit_queue_max: usize,
+    /// Register writes in one persist batch; a full batch is closed and a new one opened.
+    pub batch_writes_max: usize,
+    /// Tombstones waiting for garbage collection.
+    pub gc_pending_max: usize,
+    /// Keys one List scan returns per partition and round.
+    pub list_scan_keys_max: usize,
+}
+
+impl Config {
+    /// A configuration with the default bounds and timeouts.
+    pub fn new(me: NodeId, cluster: ClusterParams) -> Self {
+        Config {
+            me,
+            cluster,
+            value_bytes_max: VALUE_BYTES_MAX_DEFAULT,
+            round_timeout: Duration::from_millis(500),
+            request_timeout: Duration::from_secs(5),
+            forward_timeout: Duration::from_millis(1000),
+            primary_suspicion: Duration::from_secs(5),
+            backoff_max: Duration::from_millis(20),
+            gc_delay: Duration::from_secs(10),
+            requests_in_flight_max: 100_000,
+            key_queue_max: 1024,
+            fold_max: 64,
+            transmit_queue_max: 1 << 20,
+            batch_writes_max: 4096,
+            gc_pending_max: 100_000,
+            list_scan_keys_max: 1024,
+        }
+    }
+}

@@ -1,0 +1,299 @@
+//! The acceptor's side of the node: applies the pure transitions of
+//! [`crate::paxos::acceptor`] to registers read through the overlay, persists the result,
+//! and answers once the answer's state is durable (R4).
+//!
+//! Every data message is checked against the partition's `(epoch, config hash)`; a
+//! mismatch is refused with the acceptor's own config so the coordinator can refresh
+//! (DESIGN §5). Drop (R8) removes a key only when its accepted state is exactly the GC
+//! round's tombstone and, in the same batch, raises the partition floor.
+//!
+//! This file also holds the primary's side of forwarding: a per-forwarder window of
+//! recently seen forward sequence numbers, so a duplicated or replayed Forward never
+//! applies a client's change twice.
+
+use super::{Node, Origin, Pending};
+use crate::ids::{NodeId, NodeTag, OpId};
+use crate::kv::Change;
+use crate::message::{AttemptId, Message, Rejection, ScanEntries, ScanPart, ScanRange};
+use crate::paxos::acceptor::{Accepted, Register};
+use crate::paxos::ballot::Ballot;
+use crate::placement::{partition_of, EpochRef, PartitionId};
+use crate::storage::{self, Storage};
+use crate::time::Instant;
+use std::collections::BTreeMap;
+
+/// Forwards a primary remembers per forwarder, as a sliding window of sequence numbers.
+pub(super) const FORWARD_WINDOW: u64 = 1024;
+
+#[derive(Default)]
+pub(super) struct ForwardWindows {
+    windows: BTreeMap<NodeTag, Window>,
+}
+
+struct Window {
+    restart: u64,
+    highest: u64,
+    /// Bit `i` set: sequence `highest - i` was seen.
+    seen: [u64; (FORWARD_WINDOW / 64) as usize],
+}
+
+impl ForwardWindows {
+    /// Records forward `seq` of `op`'s node life; false if it is a duplicate or too old to
+    /// tell (then it must not run).
+    pub(super) fn admit(&mut self, op: OpId, seq: u64) -> bool {
+        let w = self.windows.entry(op.node).or_insert(Window { restart: op.restart, highest: 0, seen: [0; 16] });
+        if op.restart < w.restart {
+            return false;
+        }
+        if op.restart > w.restart {
+            *w = Window { restart: op.restart, highest: 0, seen: [0; 16] };
+        }
+        if seq > w.highest {
+            w.shift(seq - w.highest);
+            w.highest = seq;
+            w.set(0);
+            return true;
+        }
+        let age = w.highest - seq;
+        if age >= FORWARD_WINDOW || w.get(age) {
+            return false;
+        }
+        w.set(age);
+        true
+    }
+}
+
+impl Window {
+    fn get(&self, age: u64) -> bool {
+        self.seen[(age / 64) as usize] & (1 << (age % 64)) != 0
+    }
+    fn set(&mut self, age: u64) {
+        self.seen[(age / 64) as usize] |= 1 << (age % 64);
+    }
+    fn shift(&mut self, by: u64) {
+        if by >= FORWARD_WINDOW {
+            self.seen = [0; 16];
+            return;
+        }
+        let mut next = [0u64; 16];
+        for age in 0..FORWARD_WINDOW - by {
+            if self.get(age) {
+                let a = age + by;
+                next[(a / 64) as usize] |= 1 << (a % 64);
+            }
+        }
+        self.seen = next;
+    }
+}
+
+impl<S: Storage> Node<S> {
+    /// The partition of `key` if `epoch` is its current config, else the refusal to send.
+    fn fence(&self, key: &str, epoch: EpochRef) -> Result<PartitionId, Rejection> {
+        let p = partition_of(key.as_bytes(), self.map.partitions());
+        if self.map.epoch_ref(p) != epoch {
+            return Err(Rejection::Config(self.map.config(p).clone()));
+        }
+        Ok(p)
+    }
+
+    fn load(&mut self, partition: PartitionId, key: &str) -> Result<Register, Rejection> {
+        self.persist.register(&self.storage, partition, key).map_err(|_| {
+            self.stats.storage_errors += 1;
+            Rejection::Storage
+        })
+    }
+
+    pub(super) fn on_prepare(&mut self, from: NodeId, key: String, epoch: EpochRef, ballot: Ballot, attempt: AttemptId) {
+        let outcome = self.fence(&key, epoch).and_then(|p| {
+            let mut reg = self.load(p, &key)?;
+            let view = reg.prepare(ballot).map_err(Rejection::Refused)?;
+            self.persist.put_register(p, &key, Some(reg), true);
+            Ok((p, view))
+        });
+        let (gate, result) = match outcome {
+            Ok((p, view)) => (self.persist.gate(p, &key), Ok(view)),
+            Err(e) => (self.gate_of(&key), Err(e)),
+        };
+        self.send(from, Message::Promise { key, ballot, attempt, result }, gate);
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn on_accept(
+        &mut self,
+        from: NodeId,
+        key: String,
+        epoch: EpochRef,
+        ballot: Ballot,
+        attempt: AttemptId,
+        accepted: Accepted,
+        next: Option<Ballot>,
+    ) {
+        if accepted.ballot != ballot {
+            // Malformed: the proposal must be at the message's ballot. Not worth a reply.
+            self.stats.peer_errors += 1;
+            return;
+        }
+        let outcome = self.fence(&key, epoch).and_then(|p| {
+            let mut reg = self.load(p, &key)?;
+            let granted = reg.accept(ballot, accepted.state, next).map_err(Rejection::Refused)?;
+            self.persist.put_register(p, &key, Some(reg), true);
+            Ok(granted)
+        });
+        let gate = self.gate_of(&key);
+        self.send(from, Message::Accepted { key, ballot, attempt, result: outcome }, gate);
+    }
+
+    pub(super) fn on_commit(&mut self, key: String, epoch: EpochRef, accepted: Accepted) {
+        let Ok(p) = self.fence(&key, epoch) else { return };
+        let Ok(mut reg) = self.load(p, &key) else { return };
+        let before = reg.accepted_ballot();
+        if reg.commit(accepted.ballot, accepted.state) {
+            let reported = reg.accepted_ballot() != before;
+            self.persist.put_register(p, &key, Some(reg), reported);
+        }
+    }
+
+    pub(super) fn on_read(&mut self, from: NodeId, key: String, epoch: EpochRef, attempt: AttemptId) {
+        let result = self.fence(&key, epoch).and_then(|p| Ok(self.load(p, &key)?.view()));
+        let gate = self.gate_of(&key);
+        self.send(from, Message::ReadReply { key, attempt, result }, gate);
+    }
+
+    pub(super) fn on_drop(&mut self, key: String, epoch: EpochRef, ballot: Ballot) {
+        let Ok(p) = self.fence(&key, epoch) else { return };
+        let Ok(reg) = self.load(p, &key) else { return };
+        if !reg.droppable_at(ballot) {
+            return;
+        }
+        let Ok(floor) = self.persist.floor(&self.storage, p) else { return };
+        self.persist.put_floor(p, reg.floor_after_drop(floor, ballot));
+        self.persist.put_register(p, &key, None, true);
+        self.stats.keys_dropped += 1;
+    }
+
+    pub(super) fn on_scan(&mut self, from: NodeId, id: u64, partitions: Vec<(PartitionId, EpochRef)>, range: ScanRange) {
+        let mut parts = Vec::with_capacity(partitions.len());
+        let mut gate = None;
+        for (p, epoch) in partitions {
+            let result = if self.map.epoch_ref(p) != epoch {
+                Err(Rejection::Config(self.map.config(p).clone()))
+            } else {
+                self.scan_partition(p, &range).inspect(|entries| {
+                    for (k, _) in &entries.entries {
+                        gate = gate.max(self.persist.gate(p, k));
+                    }
+                })
+            };
+            parts.push(ScanPart { partition: p, result });
+        }
+        self.send(from, Message::ScanReply { id, partitions: parts }, gate);
+    }
+
+    /// Keys of one partition in `range`, with their views, merging the overlay over the silo.
+    fn scan_partition(&mut self, p: PartitionId, range: &ScanRange) -> Result<ScanEntries, Rejection> {
+        let limit = range.limit.clamp(1, 100_000) as usize;
+        let from = if range.start.as_str() > range.prefix.as_str() { range.start.as_str() } else { range.prefix.as_str() };
+        let start = storage::register_key(p, from.as_bytes());
+        let end = match prefix_successor(range.prefix.as_bytes()) {
+            Some(succ) => storage::register_key(p, &succ),
+            None => storage::register_key(p + 1, b""),
+        };
+        // Read past the limit (registers that only hold a promise are skipped) and learn
+        // where the silo's answer stops being complete.
+        let rows = self.storage.scan(&start, &end, limit + 2).map_err(|_| {
+            self.stats.storage_errors += 1;
+            Rejection::Storage
+        })?;
+        let silo_last = (rows.len() >= limit + 2)
+            .then(|| rows.last().and_then(|(sk, _)| String::from_utf8(sk[5..].to_vec()).ok()))
+            .flatten();
+        let mut keys: Vec<String> =
+            rows.into_iter().filter_map(|(sk, _)| String::from_utf8(sk[5..].to_vec()).ok()).collect();
+        keys.extend(self.persist.pending_keys(&start, &end));
+        keys.sort();
+        keys.dedup();
+        keys.retain(|k| !(range.exclusive && *k == range.start));
+        if let Some(last) = &silo_last {
+            keys.retain(|k| k <= last);
+        }
+        let mut entries: Vec<(String, _)> = Vec::new();
+        let mut complete_to = silo_last;
+        for key in keys {
+            let reg = self.load(p, &key)?;
+            if reg.accepted.is_none() {
+                continue; // dropped, or only promised: nothing to report
+            }
+            if entries.len() == limit {
+                complete_to = entries.last().map(|(k, _)| k.clone());
+                break;
+            }
+            entries.push((key, reg.view()));
+        }
+        Ok(ScanEntries { entries, complete_to })
+    }
+
+    fn gate_of(&self, key: &str) -> Option<crate::storage::BatchId> {
+        let p = partition_of(key.as_bytes(), self.map.partitions());
+        self.persist.gate(p, key)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn on_forward(&mut self, from: NodeId, id: u64, seq: u64, op: OpId, key: String, change: Change, now: Instant) {
+        if self.nodes.get(&from) != Some(&op.node) || !self.forwards.admit(op, seq) {
+            return; // a duplicate, a replay from an older life, or a forged op-id
+        }
+        if self.requests.len() >= self.cfg.requests_in_flight_max {
+            let e = crate::KvError::ResourceExhausted("too many requests in flight on the primary".into());
+            self.send(from, Message::ForwardReply { id, result: Err(e) }, None);
+            return;
+        }
+        let req = self.next_req;
+        self.next_req += 1;
+        self.requests.insert(req, Pending { origin: Origin::Peer { from, id }, forwarded: None });
+        self.timers.set(now + self.cfg.request_timeout, super::timers::Timer::Request { req });
+        self.coordinate(req, key, change, op, false, now);
+    }
+}
+
+/// The smallest byte string greater than every string starting with `prefix`, if any.
+pub(crate) fn prefix_successor(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut s = prefix.to_vec();
+    while let Some(last) = s.pop() {
+        if last < 0xff {
+            s.push(last + 1);
+            return Some(s);
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn op(restart: u64) -> OpId {
+        OpId { node: NodeTag(7), restart, seq: 0 }
+    }
+
+    #[test]
+    fn the_forward_window_admits_each_sequence_once() {
+        let mut w = ForwardWindows::default();
+        assert!(w.admit(op(1), 5));
+        assert!(!w.admit(op(1), 5), "duplicate");
+        assert!(w.admit(op(1), 3), "reordered but new");
+        assert!(!w.admit(op(1), 3));
+        assert!(w.admit(op(1), 5 + FORWARD_WINDOW));
+        assert!(!w.admit(op(1), 5), "too old to tell: refused");
+        assert!(w.admit(op(1), 6 + FORWARD_WINDOW));
+        assert!(!w.admit(op(0), 10_000), "an older life of the forwarder");
+        assert!(w.admit(op(2), 1), "a newer life starts a new window");
+    }
+
+    #[test]
+    fn prefix_successor_skips_trailing_ff() {
+        assert_eq!(prefix_successor(b"ab"), Some(b"ac".to_vec()));
+        assert_eq!(prefix_successor(&[0x61, 0xff]), Some(vec![0x62]));
+        assert_eq!(prefix_successor(&[0xff]), None);
+        assert_eq!(prefix_successor(b""), None);
+    }
+}

@@ -1,0 +1,546 @@
+//! The proposer: per-key CASPaxos rounds with memo's KV functions (DESIGN §4).
+//!
+//! # One round
+//!
+//! A change applies a function to the register's state. The **full round** (2 RTT):
+//! Prepare(b) to the members → a quorum of promises, each reporting its accepted
+//! `(ballot, state)` → take the state with the highest ballot → apply the folded
+//! functions → Accept(b, f(x), next) → a quorum of Accepted → the state is chosen → answer
+//! the clients → Commit(b, f(x)) to every member (R7, so replicas that missed the Accept
+//! converge).
+//!
+//! A failed precondition still writes back (R2): Accept(b, x) with the state it read, so
+//! the state the answer rests on is chosen (the CASSANDRA-12126 / ScyllaDB #6299 lesson).
+//! The write-back is skipped only when the promises already meet the read rule R5 (every
+//! promise reports the same accepted ballot, or the highest one is marked committed):
+//! then `x` is already chosen.
+//!
+//! # The fast path (R3)
+//!
+//! Every Accept asks also for a promise of the proposer's next ballot `b.successor()`.
+//! When a quorum granted it, the proposer keeps per key `(epoch, next, the state it
+//! wrote)`: no other proposer can have a value chosen before `next` is used, since any
+//! prepare quorum meets the grantors, who refuse everything at or below `next`. The next
+//! change of that key then skips phase 1: Accept(next, f(cached state), next.successor()),
+//! one round trip. The entry is taken when used and dropped on any failure; there is at
+//! most one outstanding ballot per key per proposer, and requests queued behind it are
+//! folded into one function (H2: two values never share a ballot).
+//!
+//! # Unknown outcomes (R6)
+//!
+//! Every client write carries an op-id that lands in the state it produces. Once an
+//! Accept of an attempt may have been accepted somewhere, a retry may only *recover*: a
+//! full round that answers success if the state it finds carries the op-id (and writes
+//! it back so it is chosen), and UNAVAILABLE otherwise; it never re-applies the change
+//! and never reports a failed precondition. An Accept that *every* member refused was
+//! accepted nowhere, so its ops are simply retried.
+//!
+//! # Tombstone garbage collection (R8)
+//!
+//! After a Delete is chosen, and after the GC delay, the proposer runs an identity round on
+//! the tombstone whose Accept must be acknowledged by *every* member, then sends
+//! Drop(key, b_gc). Each member drops the key only if its accepted state is still exactly
+//! `(b_gc, tombstone)`, raising the partition floor to cover the key's promise, so no
+//! delayed message below the floor can resurrect an older value.
+//!
+//! # Contention
+//!
+//! A refusal reports the ballot that beat us; the round counter jumps past it. A failed
+//! attempt backs off for a random time up to `min(backoff_max, 1 ms · 2^failures)` drawn
+//! from the node's seeded RNG.
+
+use super::timers::Timer;
+use super::{Forwarded, Node, ReqKey};
+use crate::ids::{NodeId, OpId};
+use crate::kv::{apply_fold, Answer, Change, State};
+use crate::message::{AttemptId, Message, Rejection};
+use crate::paxos::acceptor::{Accepted, ReadView, Refusal};
+use crate::paxos::ballot::Ballot;
+use crate::placement::{partition_of, EpochRef};
+use crate::storage::Storage;
+use crate::time::Instant;
+use crate::KvError;
+use rand_core::Rng;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::time::Duration;
+
+#[derive(Default)]
+pub(super) struct Proposer {
+    slots: BTreeMap<String, Slot>,
+    /// Round counter shared by all keys; only grows.
+    round: u64,
+    next_attempt: AttemptId,
+    gc_pending: usize,
+}
+
+#[derive(Default)]
+struct Slot {
+    fast: Option<FastPath>,
+    active: Option<Attempt>,
+    queue: VecDeque<Queued>,
+    backing_off: bool,
+    failures: u32,
+    gc_due: bool,
+}
+
+impl Slot {
+    fn idle(&self) -> bool {
+        self.fast.is_none() && self.active.is_none() && self.queue.is_empty() && !self.backing_off && !self.gc_due
+    }
+}
+
+/// A granted next ballot (R3).
+struct FastPath {
+    epoch: EpochRef,
+    next: Ballot,
+    state: Option<State>,
+}
+
+#[derive(Clone, Debug)]
+pub(super) struct Queued {
+    pub(super) req: ReqKey,
+    pub(super) change: Change,
+    pub(super) op: OpId,
+    /// Recover only (R6).
+    pub(super) recover: bool,
+}
+
+enum Work {
+    Ops(Vec<Queued>),
+    Gc,
+}
+
+enum Phase {
+    Prepare { views: Vec<ReadView> },
+    Accept { proposal: Accepted, answers: Vec<Result<Answer, KvError>>, acks: usize, grants: usize, need: usize },
+}
+
+struct Attempt {
+    id: AttemptId,
+    ballot: Ballot,
+    epoch: EpochRef,
+    members: Vec<NodeId>,
+    quorum: usize,
+    work: Work,
+    phase: Phase,
+    replied: BTreeSet<NodeId>,
+    refused: usize,
+}
+
+impl Attempt {
+    fn need(&self) -> usize {
+        match &self.phase {
+            Phase::Prepare { .. } => self.quorum,
+            Phase::Accept { need, .. } => *need,
+        }
+    }
+
+    /// Whether enough members refused that the phase can no longer succeed.
+    fn hopeless(&self) -> bool {
+        self.refused > self.members.len() - self.need()
+    }
+}
+
+impl<S: Storage> Node<S> {
+    /// Routes a client operation: writes go to the partition's primary (the fast path's
+    /// home) unless this node is the primary or the primary is suspected; reads are
+    /// coordinated here, since the one-round-trip read needs no primary.
+    pub(super) fn route(&mut self, req: ReqKey, key: String, change: Change, op: OpId, now: Instant) {
+        let p = partition_of(key.as_bytes(), self.map.partitions());
+        let primary = self.map.config(p).primary().clone();
+        let suspected = self.suspected.get(&primary).is_some_and(|until| *until > now);
+        if primary == self.cfg.me || suspected || !change.is_write() {
+            self.coordinate(req, key, change, op, false, now);
+            return;
+        }
+        let seq = self.forward_seq.entry(primary.clone()).or_insert(0);
+        *seq += 1;
+        let msg = Message::Forward { id: req, seq: *seq, op, key: key.clone(), change: change.clone() };
+        if let Some(pending) = self.requests.get_mut(&req) {
+            pending.forwarded = Some(Forwarded { to: primary.clone(), key, change, op });
+        }
+        self.stats.forwards += 1;
+        self.send(primary, msg, None);
+        self.timers.set(now + self.cfg.forward_timeout, Timer::Forward { req });
+    }
+
+    pub(super) fn on_forward_reply(&mut self, from: NodeId, id: u64, result: Result<Answer, KvError>) {
+        let Some(pending) = self.requests.get(&id) else { return };
+        if pending.forwarded.as_ref().is_some_and(|f| f.to == from) {
+            self.finish(id, result);
+        }
+    }
+
+    /// The primary did not answer: bypass it for a while, and find out whether the
+    /// forwarded write happened. It may have started, so only recovery is safe (R6).
+    pub(super) fn on_forward_timeout(&mut self, req: ReqKey, now: Instant) {
+        let Some(pending) = self.requests.get_mut(&req) else { return };
+        let Some(f) = pending.forwarded.take() else { return };
+        self.stats.forward_timeouts += 1;
+        self.suspected.retain(|_, until| *until > now);
+        self.suspected.insert(f.to, now + self.cfg.primary_suspicion);
+        self.coordinate(req, f.key, f.change, f.op, true, now);
+    }
+
+    /// Coordinates an operation on this node: Fetch through the one-round-trip read,
+    /// everything else through the key's register slot.
+    pub(super) fn coordinate(&mut self, req: ReqKey, key: String, change: Change, op: OpId, recover: bool, now: Instant) {
+        if change == Change::Fetch {
+            self.start_read(req, key, op, now);
+            return;
+        }
+        self.enqueue(key, Queued { req, change, op, recover }, now);
+    }
+
+    pub(super) fn enqueue(&mut self, key: String, queued: Queued, now: Instant) {
+        let slot = self.proposer.slots.entry(key.clone()).or_default();
+        if slot.queue.len() >= self.cfg.key_queue_max {
+            let e = KvError::ResourceExhausted("too many requests queued on one key".into());
+            self.finish(queued.req, Err(e));
+            return;
+        }
+        slot.queue.push_back(queued);
+        self.pump(&key, now);
+    }
+
+    /// Starts the key's next attempt if none is outstanding.
+    fn pump(&mut self, key: &str, now: Instant) {
+        let Some(slot) = self.proposer.slots.get_mut(key) else { return };
+        if slot.active.is_some() || slot.backing_off {
+            return;
+        }
+        // Requests that already got their answer (deadline) need no round.
+        let requests = &self.requests;
+        slot.queue.retain(|q| requests.contains_key(&q.req));
+        let work = if let Some(front) = slot.queue.front() {
+            let recover = front.recover;
+            let n = slot.queue.iter().take(self.cfg.fold_max).take_while(|q| q.recover == recover).count();
+            Work::Ops(slot.queue.drain(..n).collect())
+        } else if slot.gc_due {
+            slot.gc_due = false;
+            Work::Gc
+        } else {
+            if slot.idle() {
+                self.proposer.slots.remove(key);
+            }
+            return;
+        };
+        self.start_attempt(key, work, now);
+    }
+
+    fn start_attempt(&mut self, key: &str, work: Work, now: Instant) {
+        let p = partition_of(key.as_bytes(), self.map.partitions());
+        let config = self.map.config(p);
+        let epoch = self.map.epoch_ref(p);
+        let members = config.members.clone();
+        let quorum = config.quorum();
+        self.proposer.next_attempt += 1;
+        let id = self.proposer.next_attempt;
+        // Slot exists: `pump` found it.
+        let slot = self.proposer.slots.get_mut(key).expect("slot exists");
+        let recover = matches!(&work, Work::Ops(ops) if ops.iter().any(|q| q.recover));
+        let fast = slot.fast.take().filter(|f| f.epoch == epoch && !recover && matches!(work, Work::Ops(_)));
+        let (ballot, phase) = match fast {
+            Some(f) => {
+                let Work::Ops(ops) = &work else { unreachable!("filtered above") };
+                let mut state = f.state;
+                let answers = apply_fold(&mut state, ops.iter().map(|q| (&q.change, q.op))).into_iter().map(Ok).collect();
+                let proposal = Accepted { ballot: f.next, state };
+                let need = quorum;
+                self.stats.fast_rounds += 1;
+                (f.next, Phase::Accept { proposal, answers, acks: 0, grants: 0, need })
+            }
+            None => {
+                self.proposer.round += 1;
+                let ballot = Ballot { epoch: epoch.epoch, round: self.proposer.round, node: self.me_tag, restart: self.restart };
+                self.stats.full_rounds += 1;
+                (ballot, Phase::Prepare { views: Vec::new() })
+            }
+        };
+        self.proposer.round = self.proposer.round.max(ballot.round);
+        let attempt = Attempt { id, ballot, epoch, members, quorum, work, phase, replied: BTreeSet::new(), refused: 0 };
+        let msg = match &attempt.phase {
+            Phase::Prepare { .. } => Message::Prepare { key: key.to_string(), epoch, ballot, attempt: id },
+            Phase::Accept { proposal, .. } => Message::Accept {
+                key: key.to_string(),
+                epoch,
+                ballot,
+                attempt: id,
+                accepted: proposal.clone(),
+                next: Some(ballot.successor()),
+            },
+        };
+        let members = attempt.members.clone();
+        slot.active = Some(attempt);
+        for m in members {
+            self.send(m, msg.clone(), None);
+        }
+        self.timers.set(now + self.cfg.round_timeout, Timer::Attempt { key: key.to_string(), attempt: id });
+    }
+
+    /// The active attempt of `key` if `(attempt, ballot)` names it and `from` is a member
+    /// that has not answered this phase yet.
+    fn attempt_for(&mut self, key: &str, attempt: AttemptId, ballot: Ballot, from: &NodeId) -> Option<&mut Attempt> {
+        let a = self.proposer.slots.get_mut(key)?.active.as_mut()?;
+        if a.id != attempt || a.ballot != ballot || !a.members.contains(from) || !a.replied.insert(from.clone()) {
+            return None;
+        }
+        Some(a)
+    }
+
+    /// Records a refusal; true if the phase can no longer succeed.
+    fn refused(&mut self, key: &str, rejection: Rejection) -> bool {
+        match rejection {
+            Rejection::Refused(Refusal::Promised(b)) => self.proposer.round = self.proposer.round.max(b.round),
+            Rejection::Config(c) => {
+                self.map.adopt(c);
+            }
+            Rejection::Refused(Refusal::BallotReused) | Rejection::Storage => {}
+        }
+        let Some(a) = self.proposer.slots.get_mut(key).and_then(|s| s.active.as_mut()) else { return false };
+        a.refused += 1;
+        a.hopeless()
+    }
+
+    pub(super) fn on_promise(
+        &mut self,
+        from: NodeId,
+        key: String,
+        ballot: Ballot,
+        attempt: AttemptId,
+        result: Result<ReadView, Rejection>,
+        now: Instant,
+    ) {
+        let Some(a) = self.attempt_for(&key, attempt, ballot, &from) else { return };
+        let Phase::Prepare { views } = &mut a.phase else { return };
+        match result {
+            Ok(view) => {
+                views.push(view);
+                if views.len() == a.quorum {
+                    self.promised_by_quorum(&key, now);
+                }
+            }
+            Err(rejection) => {
+                if self.refused(&key, rejection) {
+                    self.fail_attempt(&key, false, now);
+                }
+            }
+        }
+    }
+
+    /// Phase 1 is complete: compute the proposal and send phase 2 (or answer at once when
+    /// nothing changes and the promises already prove the state chosen).
+    fn promised_by_quorum(&mut self, key: &str, now: Instant) {
+        let Some(a) = self.proposer.slots.get_mut(key).and_then(|s| s.active.as_mut()) else { return };
+        let Phase::Prepare { views } = &a.phase else { return };
+        let current = highest_state(views);
+        let proven = read_rule_holds(views);
+        let (state, answers, need, next) = match &a.work {
+            Work::Gc => {
+                if !matches!(current, Some(State::Tombstone { .. })) {
+                    // Reinserted since the Delete: nothing to collect.
+                    self.abandon_gc(key, now);
+                    return;
+                }
+                (current.clone(), Vec::new(), a.members.len(), None)
+            }
+            Work::Ops(ops) if ops.iter().any(|q| q.recover) => {
+                let answers = ops.iter().map(|q| recovered(current.as_ref(), q)).collect();
+                (current.clone(), answers, a.quorum, Some(a.ballot.successor()))
+            }
+            Work::Ops(ops) => {
+                let mut state = current.clone();
+                let answers = apply_fold(&mut state, ops.iter().map(|q| (&q.change, q.op))).into_iter().map(Ok).collect();
+                (state, answers, a.quorum, Some(a.ballot.successor()))
+            }
+        };
+        if state == current && proven && matches!(a.work, Work::Ops(_)) {
+            self.answer_without_write(key, answers, now);
+            return;
+        }
+        let proposal = Accepted { ballot: a.ballot, state };
+        let msg = Message::Accept {
+            key: key.to_string(),
+            epoch: a.epoch,
+            ballot: a.ballot,
+            attempt: a.id,
+            accepted: proposal.clone(),
+            next,
+        };
+        a.phase = Phase::Accept { proposal, answers, acks: 0, grants: 0, need };
+        a.replied.clear();
+        a.refused = 0;
+        for m in a.members.clone() {
+            self.send(m, msg.clone(), None);
+        }
+    }
+
+    fn answer_without_write(&mut self, key: &str, answers: Vec<Result<Answer, KvError>>, now: Instant) {
+        let Some(slot) = self.proposer.slots.get_mut(key) else { return };
+        let Some(a) = slot.active.take() else { return };
+        slot.failures = 0;
+        if let Work::Ops(ops) = a.work {
+            for (q, answer) in ops.into_iter().zip(answers) {
+                self.finish(q.req, answer);
+            }
+        }
+        self.pump(key, now);
+    }
+
+    pub(super) fn on_accepted(
+        &mut self,
+        from: NodeId,
+        key: String,
+        ballot: Ballot,
+        attempt: AttemptId,
+        result: Result<bool, Rejection>,
+        now: Instant,
+    ) {
+        let Some(a) = self.attempt_for(&key, attempt, ballot, &from) else { return };
+        let Phase::Accept { acks, grants, need, .. } = &mut a.phase else { return };
+        match result {
+            Ok(granted) => {
+                *acks += 1;
+                *grants += usize::from(granted);
+                if *acks == *need {
+                    self.chosen(&key, now);
+                }
+            }
+            Err(rejection) => {
+                let all = a.refused + 1 == a.members.len();
+                if self.refused(&key, rejection) {
+                    self.fail_attempt(&key, !all, now);
+                }
+            }
+        }
+    }
+
+    /// The proposal is chosen: answer, commit, and keep the fast path if it was granted.
+    fn chosen(&mut self, key: &str, now: Instant) {
+        let Some(slot) = self.proposer.slots.get_mut(key) else { return };
+        let Some(a) = slot.active.take() else { return };
+        let Phase::Accept { proposal, answers, grants, .. } = a.phase else { return };
+        slot.failures = 0;
+        let is_gc = matches!(a.work, Work::Gc);
+        if !is_gc && grants >= a.quorum {
+            let next = a.ballot.successor();
+            slot.fast = Some(FastPath { epoch: a.epoch, next, state: proposal.state.clone() });
+            self.proposer.round = self.proposer.round.max(next.round);
+        }
+        let deleted = matches!(proposal.state, Some(State::Tombstone { .. }));
+        let key_s = key.to_string();
+        if is_gc {
+            self.stats.gc_rounds += 1;
+            for m in &a.members {
+                self.send(m.clone(), Message::Drop { key: key_s.clone(), epoch: a.epoch, ballot: a.ballot }, None);
+            }
+        } else {
+            for m in &a.members {
+                self.send(m.clone(), Message::Commit { key: key_s.clone(), epoch: a.epoch, accepted: proposal.clone() }, None);
+            }
+        }
+        if let Work::Ops(ops) = a.work {
+            let wrote_delete = ops.iter().zip(&answers).any(|(q, r)| q.change == Change::Delete && r == &Ok(Answer::Done));
+            for (q, answer) in ops.into_iter().zip(answers) {
+                self.finish(q.req, answer);
+            }
+            if deleted && wrote_delete {
+                self.schedule_gc(key, now);
+            }
+        }
+        self.pump(key, now);
+    }
+
+    /// An attempt failed. `maybe_accepted`: some member may hold its Accept, so its writes
+    /// may only recover from now on (R6).
+    fn fail_attempt(&mut self, key: &str, maybe_accepted: bool, now: Instant) {
+        let Some(slot) = self.proposer.slots.get_mut(key) else { return };
+        let Some(a) = slot.active.take() else { return };
+        self.stats.retries += 1;
+        slot.fast = None;
+        slot.failures = slot.failures.saturating_add(1);
+        let accept_sent = matches!(a.phase, Phase::Accept { .. });
+        match a.work {
+            Work::Ops(ops) => {
+                for mut q in ops.into_iter().rev() {
+                    q.recover |= accept_sent && maybe_accepted && q.change.is_write();
+                    slot.queue.push_front(q);
+                }
+            }
+            Work::Gc => {
+                // Some member is unreachable or busy: try again after another delay.
+                self.timers.set(now + self.cfg.gc_delay, Timer::Gc { key: key.to_string() });
+                self.proposer.gc_pending += 1;
+            }
+        }
+        let ceiling = Duration::from_millis(1).saturating_mul(1 << slot.failures.min(16)).min(self.cfg.backoff_max);
+        let ceiling_ns = u64::try_from(ceiling.as_nanos()).unwrap_or(u64::MAX).max(1);
+        let delay = Duration::from_nanos(self.rng.next_u64() % ceiling_ns);
+        slot.backing_off = true;
+        self.timers.set(now + delay, Timer::Backoff { key: key.to_string() });
+    }
+
+    pub(super) fn on_attempt_timeout(&mut self, key: String, attempt: AttemptId, now: Instant) {
+        let active = self.proposer.slots.get(&key).and_then(|s| s.active.as_ref());
+        if active.is_some_and(|a| a.id == attempt) {
+            self.fail_attempt(&key, true, now);
+        }
+    }
+
+    pub(super) fn on_backoff(&mut self, key: String, now: Instant) {
+        if let Some(slot) = self.proposer.slots.get_mut(&key) {
+            slot.backing_off = false;
+        }
+        self.pump(&key, now);
+    }
+
+    fn schedule_gc(&mut self, key: &str, now: Instant) {
+        if self.proposer.gc_pending >= self.cfg.gc_pending_max {
+            return; // the tombstone stays until a later delete collects it
+        }
+        self.proposer.gc_pending += 1;
+        self.timers.set(now + self.cfg.gc_delay, Timer::Gc { key: key.to_string() });
+    }
+
+    pub(super) fn on_gc_due(&mut self, key: String, now: Instant) {
+        self.proposer.gc_pending = self.proposer.gc_pending.saturating_sub(1);
+        self.proposer.slots.entry(key.clone()).or_default().gc_due = true;
+        self.pump(&key, now);
+    }
+
+    fn abandon_gc(&mut self, key: &str, now: Instant) {
+        if let Some(slot) = self.proposer.slots.get_mut(key) {
+            slot.active = None;
+        }
+        self.pump(key, now);
+    }
+}
+
+/// The state with the highest accepted ballot among promises (`None`: absent).
+fn highest_state(views: &[ReadView]) -> Option<State> {
+    views.iter().filter_map(|v| v.accepted.as_ref()).max_by_key(|a| a.ballot).and_then(|a| a.state.clone())
+}
+
+/// R5: the highest accepted state among a quorum of views is chosen if every view reports
+/// the same accepted ballot, or if the view with the highest ballot is marked committed.
+pub(super) fn read_rule_holds(views: &[ReadView]) -> bool {
+    let Some(first) = views.first() else { return false };
+    let ballot = |v: &ReadView| v.accepted.as_ref().map(|a| a.ballot);
+    if views.iter().all(|v| ballot(v) == ballot(first)) {
+        return true;
+    }
+    views.iter().max_by_key(|v| ballot(v)).is_some_and(|v| v.committed)
+}
+
+/// A recovering op's answer given the state found (R6).
+fn recovered(state: Option<&State>, q: &Queued) -> Result<Answer, KvError> {
+    if state.is_some_and(|s| s.carries(q.op)) {
+        return Ok(Answer::Done);
+    }
+    Err(KvError::Unavailable("the outcome of this write is unknown; it may or may not have taken effect".into()))
+}
+
+/// The state a quorum of read views proves chosen, if the read rule holds.
+pub(super) fn proven_state(views: &[ReadView]) -> Option<Option<State>> {
+    read_rule_holds(views).then(|| highest_state(views))
+}

@@ -1,0 +1,245 @@
+//! The acceptor side of one per-key register (CASPaxos, Rystsov 2018, §2).
+//!
+//! Per key an acceptor holds `promised` (the highest ballot it promised not to go below),
+//! `accepted` (the highest ballot it accepted with the state proposed at it) and a
+//! `committed` flag (set when a Commit told it that its accepted ballot is chosen).
+//!
+//! Invariants and the rules they implement:
+//! - `accepted.ballot <= promised` always.
+//! - Prepare(b) needs `b > promised`, strictly; Accept(b) needs `b >= promised`; an
+//!   acceptor that already accepted `b` with a different state refuses (R1), so one ballot
+//!   names one proposal even if a buggy or restarted proposer reuses it.
+//! - Accept(b, s, next) is the fast path's piggybacked promise (R3): in one change it sets
+//!   `accepted := (b, s)` and `promised := max(promised, next)` and reports whether `next`
+//!   was granted. The proposer only ever sends `next = b.successor()`.
+//! - Commit(b, s) installs `(b, s)` if the accepted ballot is lower (the state is chosen,
+//!   R7) and sets `committed` only when the accepted ballot equals `b`.
+//! - A key that was garbage-collected (R8) is absent; an absent key behaves as if its
+//!   promise were the partition's floor, so no ballot at or below a dropped key's promise
+//!   or tombstone ballot can be accepted or promised again for it.
+//!
+//! These functions are pure; the node persists the resulting register and holds every
+//! reply until the batch that holds it is durable (R4).
+
+use super::ballot::Ballot;
+use crate::kv::State;
+use serde::{Deserialize, Serialize};
+
+/// A ballot with the state proposed at it (`None` is an accepted "absent": an identity
+/// round on a key that never held a value).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Accepted {
+    /// The ballot.
+    pub ballot: Ballot,
+    /// The state.
+    pub state: Option<State>,
+}
+
+/// The persisted acceptor state of one key.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Register {
+    /// Highest promised ballot.
+    pub promised: Ballot,
+    /// Highest accepted ballot and its state.
+    pub accepted: Option<Accepted>,
+    /// Whether `accepted` is known to be chosen.
+    pub committed: bool,
+}
+
+/// Why an acceptor refused.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Refusal {
+    /// It promised (or holds a floor of) this higher ballot.
+    Promised(Ballot),
+    /// It already accepted this ballot with a different state (R1).
+    BallotReused,
+}
+
+/// What an acceptor reports to a read (R5) or a scan.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReadView {
+    /// Highest accepted ballot and state.
+    pub accepted: Option<Accepted>,
+    /// Whether that is known to be chosen.
+    pub committed: bool,
+}
+
+impl Register {
+    /// The register of a key absent from storage, in a partition whose floor is `floor`.
+    pub fn absent(floor: Ballot) -> Self {
+        Register { promised: floor, accepted: None, committed: false }
+    }
+
+    /// The highest accepted ballot, if any.
+    pub fn accepted_ballot(&self) -> Option<Ballot> {
+        self.accepted.as_ref().map(|a| a.ballot)
+    }
+
+    /// Phase 1: promise `ballot` and report what was accepted.
+    pub fn prepare(&mut self, ballot: Ballot) -> Result<ReadView, Refusal> {
+        if ballot <= self.promised {
+            return Err(Refusal::Promised(self.promised));
+        }
+        self.promised = ballot;
+        Ok(self.view())
+    }
+
+    /// Phase 2, with the fast path's piggybacked promise of `next`. Returns whether `next`
+    /// was granted.
+    pub fn accept(
+        &mut self,
+        ballot: Ballot,
+        state: Option<State>,
+        next: Option<Ballot>,
+    ) -> Result<bool, Refusal> {
+        if ballot < self.promised {
+            return Err(Refusal::Promised(self.promised));
+        }
+        if let Some(a) = &self.accepted {
+            if a.ballot == ballot && a.state != state {
+                return Err(Refusal::BallotReused);
+            }
+            if a.ballot == ballot {
+                // A duplicate of an Accept already taken: idempotent.
+                return Ok(next.is_some_and(|n| self.promised == n));
+            }
+        }
+        self.accepted = Some(Accepted { ballot, state });
+        self.committed = false;
+        self.promised = self.promised.max(ballot);
+        let Some(next) = next else { return Ok(false) };
+        let well_formed = next > ballot
+            && next.node == ballot.node
+            && next.restart == ballot.restart
+            && next.epoch == ballot.epoch;
+        if well_formed && next > self.promised {
+            self.promised = next;
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    /// Learns that `(ballot, state)` is chosen (R7). Returns whether the register changed.
+    pub fn commit(&mut self, ballot: Ballot, state: Option<State>) -> bool {
+        match self.accepted_ballot() {
+            Some(b) if b == ballot => {
+                let changed = !self.committed;
+                self.committed = true;
+                changed
+            }
+            Some(b) if b > ballot => false,
+            _ if ballot < self.promised && self.accepted.is_none() => {
+                // Absent below the floor: the key was dropped after this state; ignore.
+                false
+            }
+            _ => {
+                self.accepted = Some(Accepted { ballot, state });
+                self.committed = true;
+                self.promised = self.promised.max(ballot);
+                true
+            }
+        }
+    }
+
+    /// What a read sees.
+    pub fn view(&self) -> ReadView {
+        ReadView { accepted: self.accepted.clone(), committed: self.committed }
+    }
+
+    /// Whether a Drop for `ballot` may remove this key: its accepted state is exactly the
+    /// tombstone the GC round wrote at `ballot` (R8).
+    pub fn droppable_at(&self, ballot: Ballot) -> bool {
+        matches!(&self.accepted, Some(Accepted { ballot: b, state: Some(State::Tombstone { .. }) }) if *b == ballot)
+    }
+
+    /// The partition floor after dropping this key at `ballot`.
+    pub fn floor_after_drop(&self, floor: Ballot, ballot: Ballot) -> Ballot {
+        floor.max(self.promised).max(ballot)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ids::{NodeTag, OpId};
+
+    fn b(round: u64, node: u64) -> Ballot {
+        Ballot { epoch: 1, round, node: NodeTag(node), restart: 1 }
+    }
+    fn val(s: &str) -> Option<State> {
+        Some(State::Value { value: s.as_bytes().to_vec(), ops: vec![OpId { node: NodeTag(9), restart: 1, seq: 1 }] })
+    }
+
+    #[test]
+    fn prepare_needs_a_strictly_higher_ballot() {
+        let mut r = Register::absent(Ballot::ZERO);
+        assert!(r.prepare(b(1, 1)).is_ok());
+        assert_eq!(r.prepare(b(1, 1)), Err(Refusal::Promised(b(1, 1))));
+        assert_eq!(r.prepare(b(1, 0)), Err(Refusal::Promised(b(1, 1))));
+        assert!(r.prepare(b(2, 0)).is_ok());
+    }
+
+    #[test]
+    fn accept_at_the_promised_ballot_and_refuse_below() {
+        let mut r = Register::absent(Ballot::ZERO);
+        r.prepare(b(2, 1)).unwrap();
+        assert_eq!(r.accept(b(1, 1), val("x"), None), Err(Refusal::Promised(b(2, 1))));
+        assert_eq!(r.accept(b(2, 1), val("x"), None), Ok(false));
+        assert_eq!(r.accepted_ballot(), Some(b(2, 1)));
+    }
+
+    #[test]
+    fn a_reused_ballot_with_another_state_is_refused() {
+        // R1's counterexample: a restarted proposer reissuing ballot b with a new value must
+        // not overwrite what was accepted at b.
+        let mut r = Register::absent(Ballot::ZERO);
+        r.accept(b(5, 1), val("v1"), None).unwrap();
+        assert_eq!(r.accept(b(5, 1), val("v2"), None), Err(Refusal::BallotReused));
+        assert_eq!(r.accepted.as_ref().unwrap().state, val("v1"));
+        // The same proposal again is idempotent.
+        assert_eq!(r.accept(b(5, 1), val("v1"), None), Ok(false));
+    }
+
+    #[test]
+    fn the_fast_path_promise_is_granted_once_and_fences_others() {
+        let mut r = Register::absent(Ballot::ZERO);
+        assert_eq!(r.accept(b(1, 1), val("a"), Some(b(2, 1))), Ok(true));
+        // Another proposer between the two ballots is fenced.
+        assert_eq!(r.prepare(b(1, 7)), Err(Refusal::Promised(b(2, 1))));
+        // A malformed next (other node) is never granted.
+        assert_eq!(r.accept(b(2, 1), val("b"), Some(b(3, 2))), Ok(false));
+        // A duplicate of the first Accept arrives late: refused, the newer state stays.
+        assert_eq!(r.accept(b(1, 1), val("a"), Some(b(2, 1))), Err(Refusal::Promised(b(2, 1))));
+        assert_eq!(r.accepted.as_ref().unwrap().state, val("b"));
+    }
+
+    #[test]
+    fn commit_installs_a_missed_state_and_marks_the_current_one() {
+        // R7: a replica that missed a write converges from the Commit.
+        let mut r = Register::absent(Ballot::ZERO);
+        r.accept(b(1, 1), val("old"), None).unwrap();
+        assert!(r.commit(b(3, 1), val("new")));
+        assert_eq!(r.view(), ReadView { accepted: Some(Accepted { ballot: b(3, 1), state: val("new") }), committed: true });
+        // An older commit changes nothing.
+        assert!(!r.commit(b(2, 1), val("older")));
+        assert_eq!(r.accepted_ballot(), Some(b(3, 1)));
+        // A higher accept clears the flag.
+        r.accept(b(4, 1), val("newer"), None).unwrap();
+        assert!(!r.view().committed);
+    }
+
+    #[test]
+    fn a_dropped_key_keeps_its_promise_as_the_floor() {
+        // R8: the floor is the max of the floor, the key's promise and the GC ballot.
+        let mut r = Register::absent(Ballot::ZERO);
+        r.accept(b(4, 1), Some(State::Tombstone { ops: vec![] }), None).unwrap();
+        r.prepare(b(9, 2)).unwrap();
+        assert!(r.droppable_at(b(4, 1)) && !r.droppable_at(b(3, 1)));
+        let floor = r.floor_after_drop(b(2, 1), b(4, 1));
+        assert_eq!(floor, b(9, 2));
+        let mut absent = Register::absent(floor);
+        assert!(absent.accept(b(8, 2), val("late"), None).is_err());
+        assert!(absent.prepare(b(9, 2)).is_err());
+        assert!(!absent.commit(b(5, 1), val("late")));
+    }
+}
