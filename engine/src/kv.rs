@@ -100,9 +100,10 @@ pub fn apply(state: &mut Option<State>, change: &Change, op: OpId) -> Answer {
         }
         Change::Insert(_) if present => return Answer::AlreadyExists,
         Change::Update(_) | Change::Delete if !present => return Answer::NotFound,
-        Change::Insert(v) | Change::Update(v) | Change::Upsert(v) => {
-            State::Value { value: v.clone(), ops: vec![op] }
-        }
+        Change::Insert(v) | Change::Update(v) | Change::Upsert(v) => State::Value {
+            value: v.clone(),
+            ops: vec![op],
+        },
         Change::Delete => State::Tombstone { ops: vec![op] },
     };
     *state = Some(next);
@@ -139,24 +140,51 @@ mod tests {
     use crate::ids::NodeTag;
 
     fn op(seq: u64) -> OpId {
-        OpId { node: NodeTag(1), restart: 1, seq }
+        OpId {
+            node: NodeTag(1),
+            restart: 1,
+            seq,
+        }
     }
 
     #[test]
     fn each_change_has_its_precondition() {
         // (initial, change, answer, visible after)
         let v = |s: &str| s.as_bytes().to_vec();
-        let live = Some(State::Value { value: v("a"), ops: vec![op(0)] });
+        let live = Some(State::Value {
+            value: v("a"),
+            ops: vec![op(0)],
+        });
         let dead = Some(State::Tombstone { ops: vec![op(0)] });
         let table: Vec<(Option<State>, Change, Answer, Option<Vec<u8>>)> = vec![
             (None, Change::Insert(v("x")), Answer::Done, Some(v("x"))),
-            (dead.clone(), Change::Insert(v("x")), Answer::Done, Some(v("x"))),
-            (live.clone(), Change::Insert(v("x")), Answer::AlreadyExists, Some(v("a"))),
+            (
+                dead.clone(),
+                Change::Insert(v("x")),
+                Answer::Done,
+                Some(v("x")),
+            ),
+            (
+                live.clone(),
+                Change::Insert(v("x")),
+                Answer::AlreadyExists,
+                Some(v("a")),
+            ),
             (None, Change::Update(v("x")), Answer::NotFound, None),
             (dead.clone(), Change::Update(v("x")), Answer::NotFound, None),
-            (live.clone(), Change::Update(v("x")), Answer::Done, Some(v("x"))),
+            (
+                live.clone(),
+                Change::Update(v("x")),
+                Answer::Done,
+                Some(v("x")),
+            ),
             (None, Change::Upsert(v("x")), Answer::Done, Some(v("x"))),
-            (live.clone(), Change::Upsert(v("x")), Answer::Done, Some(v("x"))),
+            (
+                live.clone(),
+                Change::Upsert(v("x")),
+                Answer::Done,
+                Some(v("x")),
+            ),
             (None, Change::Delete, Answer::NotFound, None),
             (dead.clone(), Change::Delete, Answer::NotFound, None),
             (live.clone(), Change::Delete, Answer::Done, None),
@@ -166,16 +194,27 @@ mod tests {
         ];
         for (i, (mut state, change, answer, after)) in table.into_iter().enumerate() {
             assert_eq!(apply(&mut state, &change, op(9)), answer, "row {i}");
-            assert_eq!(visible(state.as_ref()).map(<[u8]>::to_vec), after, "row {i}");
+            assert_eq!(
+                visible(state.as_ref()).map(<[u8]>::to_vec),
+                after,
+                "row {i}"
+            );
         }
     }
 
     #[test]
     fn a_fold_keeps_every_effective_write_op() {
         let mut state = None;
-        let changes = [Change::Insert(b"a".to_vec()), Change::Insert(b"b".to_vec()), Change::Upsert(b"c".to_vec())];
+        let changes = [
+            Change::Insert(b"a".to_vec()),
+            Change::Insert(b"b".to_vec()),
+            Change::Upsert(b"c".to_vec()),
+        ];
         let answers = apply_fold(&mut state, changes.iter().zip([op(1), op(2), op(3)]));
-        assert_eq!(answers, vec![Answer::Done, Answer::AlreadyExists, Answer::Done]);
+        assert_eq!(
+            answers,
+            vec![Answer::Done, Answer::AlreadyExists, Answer::Done]
+        );
         let state = state.expect("written");
         assert!(state.carries(op(1)) && state.carries(op(3)) && !state.carries(op(2)));
         assert_eq!(state.value(), Some(&b"c"[..]));

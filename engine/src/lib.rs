@@ -23,6 +23,8 @@ pub mod node;
 pub mod paxos;
 pub mod placement;
 pub mod storage;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 pub mod time;
 
 pub use config::{ClusterParams, Config};

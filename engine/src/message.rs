@@ -3,12 +3,12 @@
 //! partition's `(epoch, config hash)` so the membership issue can fence reconfigurations
 //! (DESIGN §5) without changing the format.
 
+use crate::KvError;
 use crate::ids::{ClusterId, NodeId, OpId};
 use crate::kv::{Answer, Change};
 use crate::paxos::acceptor::{Accepted, ReadView, Refusal};
 use crate::paxos::ballot::Ballot;
 use crate::placement::{EpochRef, PartitionConfig, PartitionId};
-use crate::KvError;
 use serde::{Deserialize, Serialize};
 
 /// Largest encoded envelope accepted from the network, in bytes (a value at the largest
@@ -54,9 +54,19 @@ pub type AttemptId = u64;
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Message {
     /// Phase 1.
-    Prepare { key: String, epoch: EpochRef, ballot: Ballot, attempt: AttemptId },
+    Prepare {
+        key: String,
+        epoch: EpochRef,
+        ballot: Ballot,
+        attempt: AttemptId,
+    },
     /// Phase 1 reply.
-    Promise { key: String, ballot: Ballot, attempt: AttemptId, result: Result<ReadView, Rejection> },
+    Promise {
+        key: String,
+        ballot: Ballot,
+        attempt: AttemptId,
+        result: Result<ReadView, Rejection>,
+    },
     /// Phase 2, with the fast path's piggybacked promise of `next` (R3).
     Accept {
         key: String,
@@ -67,21 +77,55 @@ pub enum Message {
         next: Option<Ballot>,
     },
     /// Phase 2 reply: `Ok(granted)` says whether `next` was promised.
-    Accepted { key: String, ballot: Ballot, attempt: AttemptId, result: Result<bool, Rejection> },
+    Accepted {
+        key: String,
+        ballot: Ballot,
+        attempt: AttemptId,
+        result: Result<bool, Rejection>,
+    },
     /// The state chosen at `accepted.ballot` (R7).
-    Commit { key: String, epoch: EpochRef, accepted: Accepted },
+    Commit {
+        key: String,
+        epoch: EpochRef,
+        accepted: Accepted,
+    },
     /// A linearizable read (R5); no disk write.
-    Read { key: String, epoch: EpochRef, attempt: AttemptId },
+    Read {
+        key: String,
+        epoch: EpochRef,
+        attempt: AttemptId,
+    },
     /// Read reply.
-    ReadReply { key: String, attempt: AttemptId, result: Result<ReadView, Rejection> },
+    ReadReply {
+        key: String,
+        attempt: AttemptId,
+        result: Result<ReadView, Rejection>,
+    },
     /// Drop a garbage-collected tombstone (R8).
-    Drop { key: String, epoch: EpochRef, ballot: Ballot },
+    Drop {
+        key: String,
+        epoch: EpochRef,
+        ballot: Ballot,
+    },
     /// A client request forwarded to the partition's primary (at most one hop).
-    Forward { id: u64, seq: u64, op: OpId, key: String, change: Change },
+    Forward {
+        id: u64,
+        seq: u64,
+        op: OpId,
+        key: String,
+        change: Change,
+    },
     /// The primary's answer to a forward.
-    ForwardReply { id: u64, result: Result<Answer, KvError> },
+    ForwardReply {
+        id: u64,
+        result: Result<Answer, KvError>,
+    },
     /// One List round: raw register views of keys in the given partitions.
-    Scan { id: u64, partitions: Vec<(PartitionId, EpochRef)>, range: ScanRange },
+    Scan {
+        id: u64,
+        partitions: Vec<(PartitionId, EpochRef)>,
+        range: ScanRange,
+    },
     /// Scan reply, one entry per requested partition in the same order.
     ScanReply { id: u64, partitions: Vec<ScanPart> },
 }
@@ -130,7 +174,12 @@ pub enum PeerError {
     TooLarge(usize),
     /// Another cluster's message.
     #[error("message from cluster {got:?}, this is cluster {expected:?}")]
-    WrongCluster { expected: ClusterId, got: ClusterId },
+    WrongCluster {
+        /// This node's cluster.
+        expected: ClusterId,
+        /// The sender's.
+        got: ClusterId,
+    },
     /// Addressed to another node (or another generation of this name).
     #[error("message for {0}, not for this node")]
     WrongReceiver(NodeId),

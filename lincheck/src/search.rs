@@ -236,7 +236,9 @@ impl Problem {
         let next = rule.apply(node.state)?;
         let exp = std::env::var("EXP").unwrap_or_default();
         if exp.contains('n') {
-            if !rule.is_certain() && next == node.state { return None; }
+            if !rule.is_certain() && next == node.state {
+                return None;
+            }
             return Some(next);
         }
         if rule.is_certain() {
@@ -247,7 +249,9 @@ impl Problem {
             return None;
         }
         let horizon = self.horizon(node)?;
-        if exp.contains('t') { return Some(next); }
+        if exp.contains('t') {
+            return Some(next);
+        }
         let mut twin = self.twin[op];
         while let Some(later) = twin.filter(|&t| self.ops[t].call <= horizon) {
             if !done.get(later) {

@@ -802,7 +802,13 @@ fn simulate(seed: u64, clients: u64, keys: u64, total: usize) -> Vec<Operation> 
     simulate_with(seed, clients, keys, total, 20)
 }
 
-fn simulate_with(seed: u64, clients: u64, keys: u64, total: usize, unknown_one_in: u64) -> Vec<Operation> {
+fn simulate_with(
+    seed: u64,
+    clients: u64,
+    keys: u64,
+    total: usize,
+    unknown_one_in: u64,
+) -> Vec<Operation> {
     let mut rng = Rng::new(seed);
     let mut clocks: Vec<u64> = (0..clients).map(|_| rng.below(5)).collect();
     let mut ops = Vec::with_capacity(total);
@@ -815,6 +821,10 @@ fn simulate_with(seed: u64, clients: u64, keys: u64, total: usize, unknown_one_i
         *clock = comp + rng.below(3);
         let unknown = unknown_one_in > 0 && rng.below(unknown_one_in) == 0;
         let at = if !unknown {
+            Some(inv + rng.below(comp - inv + 1))
+        } else if std::env::var("EFF").as_deref() == Ok("never") {
+            None
+        } else if std::env::var("EFF").as_deref() == Ok("soon") {
             Some(inv + rng.below(comp - inv + 1))
         } else if rng.below(2) == 0 {
             Some(inv + rng.below(200))
@@ -1032,7 +1042,9 @@ fn replay(mut ops: Vec<Operation>, rng: &mut Rng) -> Vec<Operation> {
 #[test]
 #[ignore]
 fn zz_probe() {
-    let rate: u64 = std::env::var("RATE").map(|s| s.parse().unwrap()).unwrap_or(20);
+    let rate: u64 = std::env::var("RATE")
+        .map(|s| s.parse().unwrap())
+        .unwrap_or(20);
     for seed in [7, 8, 9] {
         let ops = simulate_with(seed, 25, 5, 4000, rate);
         for k in 0..5 {
@@ -1041,7 +1053,12 @@ fn zz_probe() {
             let unk = kops.iter().filter(|o| o.outcome == Unknown).count();
             let start = Instant::now();
             let r = check(&kops);
-            eprintln!("seed {seed} {key}: {} ops, {unk} unknown: {:?} in {:?}", kops.len(), r.map(|r| r.states_explored), start.elapsed());
+            eprintln!(
+                "seed {seed} {key}: {} ops, {unk} unknown: {:?} in {:?}",
+                kops.len(),
+                r.map(|r| r.states_explored),
+                start.elapsed()
+            );
         }
     }
 }

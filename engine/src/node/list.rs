@@ -13,9 +13,10 @@
 //! or no frontier remains, the page is answered. Otherwise the next round starts after the
 //! frontier, so every round makes progress.
 
-use super::proposer::{proven_state, Queued};
+use super::proposer::{Queued, proven_state};
 use super::timers::Timer;
 use super::{Node, Origin, ReqKey};
+use crate::KvError;
 use crate::config::KEY_BYTES_MAX;
 use crate::ids::NodeId;
 use crate::kv::{Answer, Change};
@@ -25,7 +26,6 @@ use crate::paxos::acceptor::ReadView;
 use crate::placement::{EpochRef, PartitionId};
 use crate::storage::Storage;
 use crate::time::Instant;
-use crate::KvError;
 use std::collections::BTreeMap;
 
 use super::Response;
@@ -61,7 +61,11 @@ struct PartScan {
 
 impl<S: Storage> Node<S> {
     pub(super) fn start_list(&mut self, req: ReqKey, query: ListQuery, now: Instant) {
-        for (name, s) in [("prefix", &query.prefix), ("marker", &query.marker), ("delimiter", &query.delimiter)] {
+        for (name, s) in [
+            ("prefix", &query.prefix),
+            ("marker", &query.marker),
+            ("delimiter", &query.delimiter),
+        ] {
             if s.len() > KEY_BYTES_MAX {
                 let e = KvError::InvalidArgument(format!("{name} is longer than the largest key"));
                 self.finish_response(req, Err(e));
@@ -82,7 +86,8 @@ impl<S: Storage> Node<S> {
             resolving: BTreeMap::new(),
         };
         self.lists.rounds.insert(id, round);
-        self.timers.set(now + self.cfg.request_timeout, Timer::List { list: id });
+        self.timers
+            .set(now + self.cfg.request_timeout, Timer::List { list: id });
         self.scan_round(id);
     }
 
@@ -90,7 +95,9 @@ impl<S: Storage> Node<S> {
         self.lists.next += 1;
         let scan = self.lists.next;
         let partitions = self.map.partitions();
-        let Some(round) = self.lists.rounds.get_mut(&id) else { return };
+        let Some(round) = self.lists.rounds.get_mut(&id) else {
+            return;
+        };
         self.lists.scans.insert(scan, id);
         round.scan = scan;
         round.keys.clear();
@@ -109,26 +116,54 @@ impl<S: Storage> Node<S> {
         for config in self.map.iter() {
             let p = config.partition;
             for m in &config.members {
-                per_node.entry(m.clone()).or_default().push((p, self.map.epoch_ref(p)));
+                per_node
+                    .entry(m.clone())
+                    .or_default()
+                    .push((p, self.map.epoch_ref(p)));
             }
-            let part = PartScan { members: config.members.clone(), quorum: config.quorum(), replies: Vec::new(), refused: 0 };
+            let part = PartScan {
+                members: config.members.clone(),
+                quorum: config.quorum(),
+                replies: Vec::new(),
+                refused: 0,
+            };
             round.parts.insert(p, part);
         }
         round.waiting = round.parts.len();
         for (node, partitions) in per_node {
-            self.send(node, Message::Scan { id: scan, partitions, range: range.clone() }, None);
+            self.send(
+                node,
+                Message::Scan {
+                    id: scan,
+                    partitions,
+                    range: range.clone(),
+                },
+                None,
+            );
         }
     }
 
-    pub(super) fn on_scan_reply(&mut self, from: NodeId, scan: u64, parts: Vec<ScanPart>, now: Instant) {
-        let Some(&id) = self.lists.scans.get(&scan) else { return };
-        let Some(round) = self.lists.rounds.get_mut(&id) else { return };
+    pub(super) fn on_scan_reply(
+        &mut self,
+        from: NodeId,
+        scan: u64,
+        parts: Vec<ScanPart>,
+        now: Instant,
+    ) {
+        let Some(&id) = self.lists.scans.get(&scan) else {
+            return;
+        };
+        let Some(round) = self.lists.rounds.get_mut(&id) else {
+            return;
+        };
         if round.scan != scan {
             return;
         }
         let mut failed = false;
         for part in parts {
-            let Some(ps) = round.parts.get_mut(&part.partition) else { continue };
+            let Some(ps) = round.parts.get_mut(&part.partition) else {
+                continue;
+            };
             let done = ps.replies.len() >= ps.quorum;
             if done || !ps.members.contains(&from) || ps.replies.iter().any(|(n, _)| *n == from) {
                 continue;
@@ -159,7 +194,9 @@ impl<S: Storage> Node<S> {
 
     /// Every partition answered: resolve the round's keys up to the frontier.
     fn merge_scan(&mut self, id: u64, now: Instant) {
-        let Some(round) = self.lists.rounds.get_mut(&id) else { return };
+        let Some(round) = self.lists.rounds.get_mut(&id) else {
+            return;
+        };
         let frontier = round
             .parts
             .values()
@@ -177,10 +214,19 @@ impl<S: Storage> Node<S> {
             }
             for (key, mut vs) in views {
                 // A member that did not list the key has accepted nothing for it.
-                vs.resize(ps.quorum, ReadView { accepted: None, committed: false });
+                vs.resize(
+                    ps.quorum,
+                    ReadView {
+                        accepted: None,
+                        committed: false,
+                    },
+                );
                 match proven_state(&vs) {
                     Some(state) => {
-                        round.keys.insert(key.to_string(), Some(state.is_some_and(|s| s.value().is_some())));
+                        round.keys.insert(
+                            key.to_string(),
+                            Some(state.is_some_and(|s| s.value().is_some())),
+                        );
                     }
                     None => {
                         round.keys.insert(key.to_string(), None);
@@ -203,12 +249,30 @@ impl<S: Storage> Node<S> {
             round.resolving.insert(req, key.clone());
         }
         self.stats.read_fallbacks += 1;
-        self.enqueue(key, Queued { req, change: Change::Fetch, op, recover: false }, now);
+        self.enqueue(
+            key,
+            Queued {
+                req,
+                change: Change::Fetch,
+                op,
+                recover: false,
+            },
+            now,
+        );
     }
 
-    pub(super) fn list_key_resolved(&mut self, id: u64, req: ReqKey, result: Result<Answer, KvError>) {
-        let Some(round) = self.lists.rounds.get_mut(&id) else { return };
-        let Some(key) = round.resolving.remove(&req) else { return };
+    pub(super) fn list_key_resolved(
+        &mut self,
+        id: u64,
+        req: ReqKey,
+        result: Result<Answer, KvError>,
+    ) {
+        let Some(round) = self.lists.rounds.get_mut(&id) else {
+            return;
+        };
+        let Some(key) = round.resolving.remove(&req) else {
+            return;
+        };
         let live = match result {
             Ok(Answer::Value(_)) => true,
             Ok(_) | Err(KvError::NotFound) => false,
@@ -222,7 +286,9 @@ impl<S: Storage> Node<S> {
     }
 
     fn build_if_resolved(&mut self, id: u64) {
-        let Some(round) = self.lists.rounds.get_mut(&id) else { return };
+        let Some(round) = self.lists.rounds.get_mut(&id) else {
+            return;
+        };
         if !round.resolving.is_empty() || round.keys.values().any(Option::is_none) {
             return;
         }
@@ -240,14 +306,18 @@ impl<S: Storage> Node<S> {
                 return;
             }
         }
-        let Some(round) = self.lists.rounds.remove(&id) else { return };
+        let Some(round) = self.lists.rounds.remove(&id) else {
+            return;
+        };
         self.lists.scans.retain(|_, l| *l != id);
         let page = round.builder.finish();
         self.finish_response(round.req, Ok(Response::List(page)));
     }
 
     fn fail_list(&mut self, id: u64, why: &str) {
-        let Some(round) = self.lists.rounds.remove(&id) else { return };
+        let Some(round) = self.lists.rounds.remove(&id) else {
+            return;
+        };
         self.lists.scans.retain(|_, l| *l != id);
         self.finish_response(round.req, Err(KvError::Unavailable(format!("list: {why}"))));
     }

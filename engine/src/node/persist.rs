@@ -56,7 +56,10 @@ impl Persist {
             None => 0,
         };
         let restart = previous + 1;
-        self.open.insert(storage::RESTART_KEY.to_vec(), Some(restart.to_le_bytes().to_vec()));
+        self.open.insert(
+            storage::RESTART_KEY.to_vec(),
+            Some(restart.to_le_bytes().to_vec()),
+        );
         self.restart_batch = 1;
         Ok(restart)
     }
@@ -82,7 +85,11 @@ impl Persist {
     }
 
     /// The partition's GC floor.
-    pub(super) fn floor(&mut self, silo: &impl Storage, partition: PartitionId) -> Result<Ballot, StorageError> {
+    pub(super) fn floor(
+        &mut self,
+        silo: &impl Storage,
+        partition: PartitionId,
+    ) -> Result<Ballot, StorageError> {
         if let Some(f) = self.floors.get(&partition) {
             return Ok(*f);
         }
@@ -104,9 +111,14 @@ impl Persist {
         reported: bool,
     ) {
         let sk = storage::register_key(partition, key.as_bytes());
-        self.open.insert(sk.clone(), register.as_ref().map(storage::encode_register));
+        self.open
+            .insert(sk.clone(), register.as_ref().map(storage::encode_register));
         let id = self.open_id;
-        let entry = self.overlay.entry(sk.clone()).or_insert(Entry { batch: id, gate: 0, register: None });
+        let entry = self.overlay.entry(sk.clone()).or_insert(Entry {
+            batch: id,
+            gate: 0,
+            register: None,
+        });
         entry.batch = id;
         if reported {
             entry.gate = id;
@@ -132,7 +144,10 @@ impl Persist {
     /// Raises a partition's floor, in the open batch.
     pub(super) fn put_floor(&mut self, partition: PartitionId, floor: Ballot) {
         self.floors.insert(partition, floor);
-        self.open.insert(storage::floor_key(partition), Some(storage::encode_ballot(&floor)));
+        self.open.insert(
+            storage::floor_key(partition),
+            Some(storage::encode_ballot(&floor)),
+        );
     }
 
     /// The batch a reply about `key` must wait for, if it is not durable yet.
@@ -175,7 +190,9 @@ impl Persist {
             if *b > batch {
                 break;
             }
-            let Some((_, keys)) = self.written.pop_front() else { break };
+            let Some((_, keys)) = self.written.pop_front() else {
+                break;
+            };
             for sk in keys {
                 if self.overlay.get(&sk).is_some_and(|e| e.batch <= batch) {
                     self.overlay.remove(&sk);

@@ -51,15 +51,15 @@
 
 use super::timers::Timer;
 use super::{Forwarded, Node, ReqKey};
+use crate::KvError;
 use crate::ids::{NodeId, OpId};
-use crate::kv::{apply_fold, Answer, Change, State};
+use crate::kv::{Answer, Change, State, apply_fold};
 use crate::message::{AttemptId, Message, Rejection};
 use crate::paxos::acceptor::{Accepted, ReadView, Refusal};
 use crate::paxos::ballot::Ballot;
-use crate::placement::{partition_of, EpochRef};
+use crate::placement::{EpochRef, partition_of};
 use crate::storage::Storage;
 use crate::time::Instant;
-use crate::KvError;
 use rand_core::Rng;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::Duration;
@@ -85,7 +85,11 @@ struct Slot {
 
 impl Slot {
     fn idle(&self) -> bool {
-        self.fast.is_none() && self.active.is_none() && self.queue.is_empty() && !self.backing_off && !self.gc_due
+        self.fast.is_none()
+            && self.active.is_none()
+            && self.queue.is_empty()
+            && !self.backing_off
+            && !self.gc_due
     }
 }
 
@@ -111,8 +115,16 @@ enum Work {
 }
 
 enum Phase {
-    Prepare { views: Vec<ReadView> },
-    Accept { proposal: Accepted, answers: Vec<Result<Answer, KvError>>, acks: usize, grants: usize, need: usize },
+    Prepare {
+        views: Vec<ReadView>,
+    },
+    Accept {
+        proposal: Accepted,
+        answers: Vec<Result<Answer, KvError>>,
+        acks: usize,
+        grants: usize,
+        need: usize,
+    },
 }
 
 struct Attempt {
@@ -145,27 +157,56 @@ impl<S: Storage> Node<S> {
     /// Routes a client operation: writes go to the partition's primary (the fast path's
     /// home) unless this node is the primary or the primary is suspected; reads are
     /// coordinated here, since the one-round-trip read needs no primary.
-    pub(super) fn route(&mut self, req: ReqKey, key: String, change: Change, op: OpId, now: Instant) {
+    pub(super) fn route(
+        &mut self,
+        req: ReqKey,
+        key: String,
+        change: Change,
+        op: OpId,
+        now: Instant,
+    ) {
         let p = partition_of(key.as_bytes(), self.map.partitions());
         let primary = self.map.config(p).primary().clone();
-        let suspected = self.suspected.get(&primary).is_some_and(|until| *until > now);
+        let suspected = self
+            .suspected
+            .get(&primary)
+            .is_some_and(|until| *until > now);
         if primary == self.cfg.me || suspected || !change.is_write() {
             self.coordinate(req, key, change, op, false, now);
             return;
         }
         let seq = self.forward_seq.entry(primary.clone()).or_insert(0);
         *seq += 1;
-        let msg = Message::Forward { id: req, seq: *seq, op, key: key.clone(), change: change.clone() };
+        let msg = Message::Forward {
+            id: req,
+            seq: *seq,
+            op,
+            key: key.clone(),
+            change: change.clone(),
+        };
         if let Some(pending) = self.requests.get_mut(&req) {
-            pending.forwarded = Some(Forwarded { to: primary.clone(), key, change, op });
+            pending.forwarded = Some(Forwarded {
+                to: primary.clone(),
+                key,
+                change,
+                op,
+            });
         }
         self.stats.forwards += 1;
         self.send(primary, msg, None);
-        self.timers.set(now + self.cfg.forward_timeout, Timer::Forward { req });
+        self.timers
+            .set(now + self.cfg.forward_timeout, Timer::Forward { req });
     }
 
-    pub(super) fn on_forward_reply(&mut self, from: NodeId, id: u64, result: Result<Answer, KvError>) {
-        let Some(pending) = self.requests.get(&id) else { return };
+    pub(super) fn on_forward_reply(
+        &mut self,
+        from: NodeId,
+        id: u64,
+        result: Result<Answer, KvError>,
+    ) {
+        let Some(pending) = self.requests.get(&id) else {
+            return;
+        };
         if pending.forwarded.as_ref().is_some_and(|f| f.to == from) {
             self.finish(id, result);
         }
@@ -174,22 +215,44 @@ impl<S: Storage> Node<S> {
     /// The primary did not answer: bypass it for a while, and find out whether the
     /// forwarded write happened. It may have started, so only recovery is safe (R6).
     pub(super) fn on_forward_timeout(&mut self, req: ReqKey, now: Instant) {
-        let Some(pending) = self.requests.get_mut(&req) else { return };
-        let Some(f) = pending.forwarded.take() else { return };
+        let Some(pending) = self.requests.get_mut(&req) else {
+            return;
+        };
+        let Some(f) = pending.forwarded.take() else {
+            return;
+        };
         self.stats.forward_timeouts += 1;
         self.suspected.retain(|_, until| *until > now);
-        self.suspected.insert(f.to, now + self.cfg.primary_suspicion);
+        self.suspected
+            .insert(f.to, now + self.cfg.primary_suspicion);
         self.coordinate(req, f.key, f.change, f.op, true, now);
     }
 
     /// Coordinates an operation on this node: Fetch through the one-round-trip read,
     /// everything else through the key's register slot.
-    pub(super) fn coordinate(&mut self, req: ReqKey, key: String, change: Change, op: OpId, recover: bool, now: Instant) {
+    pub(super) fn coordinate(
+        &mut self,
+        req: ReqKey,
+        key: String,
+        change: Change,
+        op: OpId,
+        recover: bool,
+        now: Instant,
+    ) {
         if change == Change::Fetch {
             self.start_read(req, key, op, now);
             return;
         }
-        self.enqueue(key, Queued { req, change, op, recover }, now);
+        self.enqueue(
+            key,
+            Queued {
+                req,
+                change,
+                op,
+                recover,
+            },
+            now,
+        );
     }
 
     pub(super) fn enqueue(&mut self, key: String, queued: Queued, now: Instant) {
@@ -205,7 +268,9 @@ impl<S: Storage> Node<S> {
 
     /// Starts the key's next attempt if none is outstanding.
     fn pump(&mut self, key: &str, now: Instant) {
-        let Some(slot) = self.proposer.slots.get_mut(key) else { return };
+        let Some(slot) = self.proposer.slots.get_mut(key) else {
+            return;
+        };
         if slot.active.is_some() || slot.backing_off {
             return;
         }
@@ -214,7 +279,12 @@ impl<S: Storage> Node<S> {
         slot.queue.retain(|q| requests.contains_key(&q.req));
         let work = if let Some(front) = slot.queue.front() {
             let recover = front.recover;
-            let n = slot.queue.iter().take(self.cfg.fold_max).take_while(|q| q.recover == recover).count();
+            let n = slot
+                .queue
+                .iter()
+                .take(self.cfg.fold_max)
+                .take_while(|q| q.recover == recover)
+                .count();
             Work::Ops(slot.queue.drain(..n).collect())
         } else if slot.gc_due {
             slot.gc_due = false;
@@ -239,28 +309,68 @@ impl<S: Storage> Node<S> {
         // Slot exists: `pump` found it.
         let slot = self.proposer.slots.get_mut(key).expect("slot exists");
         let recover = matches!(&work, Work::Ops(ops) if ops.iter().any(|q| q.recover));
-        let fast = slot.fast.take().filter(|f| f.epoch == epoch && !recover && matches!(work, Work::Ops(_)));
+        let fast = slot
+            .fast
+            .take()
+            .filter(|f| f.epoch == epoch && !recover && matches!(work, Work::Ops(_)));
         let (ballot, phase) = match fast {
             Some(f) => {
-                let Work::Ops(ops) = &work else { unreachable!("filtered above") };
+                let Work::Ops(ops) = &work else {
+                    unreachable!("filtered above")
+                };
                 let mut state = f.state;
-                let answers = apply_fold(&mut state, ops.iter().map(|q| (&q.change, q.op))).into_iter().map(Ok).collect();
-                let proposal = Accepted { ballot: f.next, state };
+                let answers = apply_fold(&mut state, ops.iter().map(|q| (&q.change, q.op)))
+                    .into_iter()
+                    .map(Ok)
+                    .collect();
+                let proposal = Accepted {
+                    ballot: f.next,
+                    state,
+                };
                 let need = quorum;
                 self.stats.fast_rounds += 1;
-                (f.next, Phase::Accept { proposal, answers, acks: 0, grants: 0, need })
+                (
+                    f.next,
+                    Phase::Accept {
+                        proposal,
+                        answers,
+                        acks: 0,
+                        grants: 0,
+                        need,
+                    },
+                )
             }
             None => {
                 self.proposer.round += 1;
-                let ballot = Ballot { epoch: epoch.epoch, round: self.proposer.round, node: self.me_tag, restart: self.restart };
+                let ballot = Ballot {
+                    epoch: epoch.epoch,
+                    round: self.proposer.round,
+                    node: self.me_tag,
+                    restart: self.restart,
+                };
                 self.stats.full_rounds += 1;
                 (ballot, Phase::Prepare { views: Vec::new() })
             }
         };
         self.proposer.round = self.proposer.round.max(ballot.round);
-        let attempt = Attempt { id, ballot, epoch, members, quorum, work, phase, replied: BTreeSet::new(), refused: 0 };
+        let attempt = Attempt {
+            id,
+            ballot,
+            epoch,
+            members,
+            quorum,
+            work,
+            phase,
+            replied: BTreeSet::new(),
+            refused: 0,
+        };
         let msg = match &attempt.phase {
-            Phase::Prepare { .. } => Message::Prepare { key: key.to_string(), epoch, ballot, attempt: id },
+            Phase::Prepare { .. } => Message::Prepare {
+                key: key.to_string(),
+                epoch,
+                ballot,
+                attempt: id,
+            },
             Phase::Accept { proposal, .. } => Message::Accept {
                 key: key.to_string(),
                 epoch,
@@ -275,14 +385,30 @@ impl<S: Storage> Node<S> {
         for m in members {
             self.send(m, msg.clone(), None);
         }
-        self.timers.set(now + self.cfg.round_timeout, Timer::Attempt { key: key.to_string(), attempt: id });
+        self.timers.set(
+            now + self.cfg.round_timeout,
+            Timer::Attempt {
+                key: key.to_string(),
+                attempt: id,
+            },
+        );
     }
 
     /// The active attempt of `key` if `(attempt, ballot)` names it and `from` is a member
     /// that has not answered this phase yet.
-    fn attempt_for(&mut self, key: &str, attempt: AttemptId, ballot: Ballot, from: &NodeId) -> Option<&mut Attempt> {
+    fn attempt_for(
+        &mut self,
+        key: &str,
+        attempt: AttemptId,
+        ballot: Ballot,
+        from: &NodeId,
+    ) -> Option<&mut Attempt> {
         let a = self.proposer.slots.get_mut(key)?.active.as_mut()?;
-        if a.id != attempt || a.ballot != ballot || !a.members.contains(from) || !a.replied.insert(from.clone()) {
+        if a.id != attempt
+            || a.ballot != ballot
+            || !a.members.contains(from)
+            || !a.replied.insert(from.clone())
+        {
             return None;
         }
         Some(a)
@@ -291,13 +417,22 @@ impl<S: Storage> Node<S> {
     /// Records a refusal; true if the phase can no longer succeed.
     fn refused(&mut self, key: &str, rejection: Rejection) -> bool {
         match rejection {
-            Rejection::Refused(Refusal::Promised(b)) => self.proposer.round = self.proposer.round.max(b.round),
+            Rejection::Refused(Refusal::Promised(b)) => {
+                self.proposer.round = self.proposer.round.max(b.round)
+            }
             Rejection::Config(c) => {
                 self.map.adopt(c);
             }
             Rejection::Refused(Refusal::BallotReused) | Rejection::Storage => {}
         }
-        let Some(a) = self.proposer.slots.get_mut(key).and_then(|s| s.active.as_mut()) else { return false };
+        let Some(a) = self
+            .proposer
+            .slots
+            .get_mut(key)
+            .and_then(|s| s.active.as_mut())
+        else {
+            return false;
+        };
         a.refused += 1;
         a.hopeless()
     }
@@ -311,8 +446,12 @@ impl<S: Storage> Node<S> {
         result: Result<ReadView, Rejection>,
         now: Instant,
     ) {
-        let Some(a) = self.attempt_for(&key, attempt, ballot, &from) else { return };
-        let Phase::Prepare { views } = &mut a.phase else { return };
+        let Some(a) = self.attempt_for(&key, attempt, ballot, &from) else {
+            return;
+        };
+        let Phase::Prepare { views } = &mut a.phase else {
+            return;
+        };
         match result {
             Ok(view) => {
                 views.push(view);
@@ -331,8 +470,17 @@ impl<S: Storage> Node<S> {
     /// Phase 1 is complete: compute the proposal and send phase 2 (or answer at once when
     /// nothing changes and the promises already prove the state chosen).
     fn promised_by_quorum(&mut self, key: &str, now: Instant) {
-        let Some(a) = self.proposer.slots.get_mut(key).and_then(|s| s.active.as_mut()) else { return };
-        let Phase::Prepare { views } = &a.phase else { return };
+        let Some(a) = self
+            .proposer
+            .slots
+            .get_mut(key)
+            .and_then(|s| s.active.as_mut())
+        else {
+            return;
+        };
+        let Phase::Prepare { views } = &a.phase else {
+            return;
+        };
         let current = highest_state(views);
         let proven = read_rule_holds(views);
         let (state, answers, need, next) = match &a.work {
@@ -346,11 +494,19 @@ impl<S: Storage> Node<S> {
             }
             Work::Ops(ops) if ops.iter().any(|q| q.recover) => {
                 let answers = ops.iter().map(|q| recovered(current.as_ref(), q)).collect();
-                (current.clone(), answers, a.quorum, Some(a.ballot.successor()))
+                (
+                    current.clone(),
+                    answers,
+                    a.quorum,
+                    Some(a.ballot.successor()),
+                )
             }
             Work::Ops(ops) => {
                 let mut state = current.clone();
-                let answers = apply_fold(&mut state, ops.iter().map(|q| (&q.change, q.op))).into_iter().map(Ok).collect();
+                let answers = apply_fold(&mut state, ops.iter().map(|q| (&q.change, q.op)))
+                    .into_iter()
+                    .map(Ok)
+                    .collect();
                 (state, answers, a.quorum, Some(a.ballot.successor()))
             }
         };
@@ -358,7 +514,10 @@ impl<S: Storage> Node<S> {
             self.answer_without_write(key, answers, now);
             return;
         }
-        let proposal = Accepted { ballot: a.ballot, state };
+        let proposal = Accepted {
+            ballot: a.ballot,
+            state,
+        };
         let msg = Message::Accept {
             key: key.to_string(),
             epoch: a.epoch,
@@ -367,7 +526,13 @@ impl<S: Storage> Node<S> {
             accepted: proposal.clone(),
             next,
         };
-        a.phase = Phase::Accept { proposal, answers, acks: 0, grants: 0, need };
+        a.phase = Phase::Accept {
+            proposal,
+            answers,
+            acks: 0,
+            grants: 0,
+            need,
+        };
         a.replied.clear();
         a.refused = 0;
         for m in a.members.clone() {
@@ -375,8 +540,15 @@ impl<S: Storage> Node<S> {
         }
     }
 
-    fn answer_without_write(&mut self, key: &str, answers: Vec<Result<Answer, KvError>>, now: Instant) {
-        let Some(slot) = self.proposer.slots.get_mut(key) else { return };
+    fn answer_without_write(
+        &mut self,
+        key: &str,
+        answers: Vec<Result<Answer, KvError>>,
+        now: Instant,
+    ) {
+        let Some(slot) = self.proposer.slots.get_mut(key) else {
+            return;
+        };
         let Some(a) = slot.active.take() else { return };
         slot.failures = 0;
         if let Work::Ops(ops) = a.work {
@@ -396,8 +568,15 @@ impl<S: Storage> Node<S> {
         result: Result<bool, Rejection>,
         now: Instant,
     ) {
-        let Some(a) = self.attempt_for(&key, attempt, ballot, &from) else { return };
-        let Phase::Accept { acks, grants, need, .. } = &mut a.phase else { return };
+        let Some(a) = self.attempt_for(&key, attempt, ballot, &from) else {
+            return;
+        };
+        let Phase::Accept {
+            acks, grants, need, ..
+        } = &mut a.phase
+        else {
+            return;
+        };
         match result {
             Ok(granted) => {
                 *acks += 1;
@@ -417,14 +596,28 @@ impl<S: Storage> Node<S> {
 
     /// The proposal is chosen: answer, commit, and keep the fast path if it was granted.
     fn chosen(&mut self, key: &str, now: Instant) {
-        let Some(slot) = self.proposer.slots.get_mut(key) else { return };
+        let Some(slot) = self.proposer.slots.get_mut(key) else {
+            return;
+        };
         let Some(a) = slot.active.take() else { return };
-        let Phase::Accept { proposal, answers, grants, .. } = a.phase else { return };
+        let Phase::Accept {
+            proposal,
+            answers,
+            grants,
+            ..
+        } = a.phase
+        else {
+            return;
+        };
         slot.failures = 0;
         let is_gc = matches!(a.work, Work::Gc);
         if !is_gc && grants >= a.quorum {
             let next = a.ballot.successor();
-            slot.fast = Some(FastPath { epoch: a.epoch, next, state: proposal.state.clone() });
+            slot.fast = Some(FastPath {
+                epoch: a.epoch,
+                next,
+                state: proposal.state.clone(),
+            });
             self.proposer.round = self.proposer.round.max(next.round);
         }
         let deleted = matches!(proposal.state, Some(State::Tombstone { .. }));
@@ -432,15 +625,34 @@ impl<S: Storage> Node<S> {
         if is_gc {
             self.stats.gc_rounds += 1;
             for m in &a.members {
-                self.send(m.clone(), Message::Drop { key: key_s.clone(), epoch: a.epoch, ballot: a.ballot }, None);
+                self.send(
+                    m.clone(),
+                    Message::Drop {
+                        key: key_s.clone(),
+                        epoch: a.epoch,
+                        ballot: a.ballot,
+                    },
+                    None,
+                );
             }
         } else {
             for m in &a.members {
-                self.send(m.clone(), Message::Commit { key: key_s.clone(), epoch: a.epoch, accepted: proposal.clone() }, None);
+                self.send(
+                    m.clone(),
+                    Message::Commit {
+                        key: key_s.clone(),
+                        epoch: a.epoch,
+                        accepted: proposal.clone(),
+                    },
+                    None,
+                );
             }
         }
         if let Work::Ops(ops) = a.work {
-            let wrote_delete = ops.iter().zip(&answers).any(|(q, r)| q.change == Change::Delete && r == &Ok(Answer::Done));
+            let wrote_delete = ops
+                .iter()
+                .zip(&answers)
+                .any(|(q, r)| q.change == Change::Delete && r == &Ok(Answer::Done));
             for (q, answer) in ops.into_iter().zip(answers) {
                 self.finish(q.req, answer);
             }
@@ -454,7 +666,9 @@ impl<S: Storage> Node<S> {
     /// An attempt failed. `maybe_accepted`: some member may hold its Accept, so its writes
     /// may only recover from now on (R6).
     fn fail_attempt(&mut self, key: &str, maybe_accepted: bool, now: Instant) {
-        let Some(slot) = self.proposer.slots.get_mut(key) else { return };
+        let Some(slot) = self.proposer.slots.get_mut(key) else {
+            return;
+        };
         let Some(a) = slot.active.take() else { return };
         self.stats.retries += 1;
         slot.fast = None;
@@ -469,19 +683,35 @@ impl<S: Storage> Node<S> {
             }
             Work::Gc => {
                 // Some member is unreachable or busy: try again after another delay.
-                self.timers.set(now + self.cfg.gc_delay, Timer::Gc { key: key.to_string() });
+                self.timers.set(
+                    now + self.cfg.gc_delay,
+                    Timer::Gc {
+                        key: key.to_string(),
+                    },
+                );
                 self.proposer.gc_pending += 1;
             }
         }
-        let ceiling = Duration::from_millis(1).saturating_mul(1 << slot.failures.min(16)).min(self.cfg.backoff_max);
+        let ceiling = Duration::from_millis(1)
+            .saturating_mul(1 << slot.failures.min(16))
+            .min(self.cfg.backoff_max);
         let ceiling_ns = u64::try_from(ceiling.as_nanos()).unwrap_or(u64::MAX).max(1);
         let delay = Duration::from_nanos(self.rng.next_u64() % ceiling_ns);
         slot.backing_off = true;
-        self.timers.set(now + delay, Timer::Backoff { key: key.to_string() });
+        self.timers.set(
+            now + delay,
+            Timer::Backoff {
+                key: key.to_string(),
+            },
+        );
     }
 
     pub(super) fn on_attempt_timeout(&mut self, key: String, attempt: AttemptId, now: Instant) {
-        let active = self.proposer.slots.get(&key).and_then(|s| s.active.as_ref());
+        let active = self
+            .proposer
+            .slots
+            .get(&key)
+            .and_then(|s| s.active.as_ref());
         if active.is_some_and(|a| a.id == attempt) {
             self.fail_attempt(&key, true, now);
         }
@@ -499,7 +729,12 @@ impl<S: Storage> Node<S> {
             return; // the tombstone stays until a later delete collects it
         }
         self.proposer.gc_pending += 1;
-        self.timers.set(now + self.cfg.gc_delay, Timer::Gc { key: key.to_string() });
+        self.timers.set(
+            now + self.cfg.gc_delay,
+            Timer::Gc {
+                key: key.to_string(),
+            },
+        );
     }
 
     pub(super) fn on_gc_due(&mut self, key: String, now: Instant) {
@@ -518,18 +753,27 @@ impl<S: Storage> Node<S> {
 
 /// The state with the highest accepted ballot among promises (`None`: absent).
 fn highest_state(views: &[ReadView]) -> Option<State> {
-    views.iter().filter_map(|v| v.accepted.as_ref()).max_by_key(|a| a.ballot).and_then(|a| a.state.clone())
+    views
+        .iter()
+        .filter_map(|v| v.accepted.as_ref())
+        .max_by_key(|a| a.ballot)
+        .and_then(|a| a.state.clone())
 }
 
 /// R5: the highest accepted state among a quorum of views is chosen if every view reports
 /// the same accepted ballot, or if the view with the highest ballot is marked committed.
 pub(super) fn read_rule_holds(views: &[ReadView]) -> bool {
-    let Some(first) = views.first() else { return false };
+    let Some(first) = views.first() else {
+        return false;
+    };
     let ballot = |v: &ReadView| v.accepted.as_ref().map(|a| a.ballot);
     if views.iter().all(|v| ballot(v) == ballot(first)) {
         return true;
     }
-    views.iter().max_by_key(|v| ballot(v)).is_some_and(|v| v.committed)
+    views
+        .iter()
+        .max_by_key(|v| ballot(v))
+        .is_some_and(|v| v.committed)
 }
 
 /// A recovering op's answer given the state found (R6).
@@ -537,7 +781,9 @@ fn recovered(state: Option<&State>, q: &Queued) -> Result<Answer, KvError> {
     if state.is_some_and(|s| s.carries(q.op)) {
         return Ok(Answer::Done);
     }
-    Err(KvError::Unavailable("the outcome of this write is unknown; it may or may not have taken effect".into()))
+    Err(KvError::Unavailable(
+        "the outcome of this write is unknown; it may or may not have taken effect".into(),
+    ))
 }
 
 /// The state a quorum of read views proves chosen, if the read rule holds.

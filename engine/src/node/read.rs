@@ -18,7 +18,7 @@
 //! write, within the read's interval. It depends on R1 (one ballot, one state), R4 (views
 //! are durable before they are reported) and a quorum of the message's epoch.
 
-use super::proposer::{proven_state, Queued};
+use super::proposer::{Queued, proven_state};
 use super::timers::Timer;
 use super::{Node, ReqKey};
 use crate::ids::{NodeId, OpId};
@@ -54,12 +54,29 @@ impl<S: Storage> Node<S> {
         self.reads.next += 1;
         let id = self.reads.next;
         let members = config.members.clone();
-        let round = ReadRound { req, key: key.clone(), op, members: members.clone(), quorum: config.quorum(), views: Vec::new(), refused: 0 };
+        let round = ReadRound {
+            req,
+            key: key.clone(),
+            op,
+            members: members.clone(),
+            quorum: config.quorum(),
+            views: Vec::new(),
+            refused: 0,
+        };
         self.reads.rounds.insert(id, round);
         for m in members {
-            self.send(m, Message::Read { key: key.clone(), epoch, attempt: id }, None);
+            self.send(
+                m,
+                Message::Read {
+                    key: key.clone(),
+                    epoch,
+                    attempt: id,
+                },
+                None,
+            );
         }
-        self.timers.set(now + self.cfg.round_timeout, Timer::Read { read: id });
+        self.timers
+            .set(now + self.cfg.round_timeout, Timer::Read { read: id });
     }
 
     pub(super) fn on_read_reply(
@@ -70,8 +87,13 @@ impl<S: Storage> Node<S> {
         result: Result<ReadView, Rejection>,
         now: Instant,
     ) {
-        let Some(round) = self.reads.rounds.get_mut(&attempt) else { return };
-        if round.key != key || !round.members.contains(&from) || round.views.iter().any(|(n, _)| *n == from) {
+        let Some(round) = self.reads.rounds.get_mut(&attempt) else {
+            return;
+        };
+        if round.key != key
+            || !round.members.contains(&from)
+            || round.views.iter().any(|(n, _)| *n == from)
+        {
             return;
         }
         match result {
@@ -95,11 +117,15 @@ impl<S: Storage> Node<S> {
     }
 
     fn decide_read(&mut self, id: u64, now: Instant) {
-        let Some(round) = self.reads.rounds.get(&id) else { return };
+        let Some(round) = self.reads.rounds.get(&id) else {
+            return;
+        };
         let views: Vec<ReadView> = round.views.iter().map(|(_, v)| v.clone()).collect();
         match proven_state(&views) {
             Some(state) => {
-                let Some(round) = self.reads.rounds.remove(&id) else { return };
+                let Some(round) = self.reads.rounds.remove(&id) else {
+                    return;
+                };
                 self.stats.fast_reads += 1;
                 self.finish(round.req, Ok(fetch_answer(state.as_ref())));
             }
@@ -109,9 +135,16 @@ impl<S: Storage> Node<S> {
 
     /// The views disagree (or no quorum answered): finish with an identity round.
     fn read_fallback(&mut self, id: u64, now: Instant) {
-        let Some(round) = self.reads.rounds.remove(&id) else { return };
+        let Some(round) = self.reads.rounds.remove(&id) else {
+            return;
+        };
         self.stats.read_fallbacks += 1;
-        let queued = Queued { req: round.req, change: Change::Fetch, op: round.op, recover: false };
+        let queued = Queued {
+            req: round.req,
+            change: Change::Fetch,
+            op: round.op,
+            recover: false,
+        };
         self.enqueue(round.key, queued, now);
     }
 

@@ -67,7 +67,11 @@ pub struct ReadView {
 impl Register {
     /// The register of a key absent from storage, in a partition whose floor is `floor`.
     pub fn absent(floor: Ballot) -> Self {
-        Register { promised: floor, accepted: None, committed: false }
+        Register {
+            promised: floor,
+            accepted: None,
+            committed: false,
+        }
     }
 
     /// The highest accepted ballot, if any.
@@ -143,7 +147,10 @@ impl Register {
 
     /// What a read sees.
     pub fn view(&self) -> ReadView {
-        ReadView { accepted: self.accepted.clone(), committed: self.committed }
+        ReadView {
+            accepted: self.accepted.clone(),
+            committed: self.committed,
+        }
     }
 
     /// Whether a Drop for `ballot` may remove this key: its accepted state is exactly the
@@ -164,10 +171,22 @@ mod tests {
     use crate::ids::{NodeTag, OpId};
 
     fn b(round: u64, node: u64) -> Ballot {
-        Ballot { epoch: 1, round, node: NodeTag(node), restart: 1 }
+        Ballot {
+            epoch: 1,
+            round,
+            node: NodeTag(node),
+            restart: 1,
+        }
     }
     fn val(s: &str) -> Option<State> {
-        Some(State::Value { value: s.as_bytes().to_vec(), ops: vec![OpId { node: NodeTag(9), restart: 1, seq: 1 }] })
+        Some(State::Value {
+            value: s.as_bytes().to_vec(),
+            ops: vec![OpId {
+                node: NodeTag(9),
+                restart: 1,
+                seq: 1,
+            }],
+        })
     }
 
     #[test]
@@ -183,7 +202,10 @@ mod tests {
     fn accept_at_the_promised_ballot_and_refuse_below() {
         let mut r = Register::absent(Ballot::ZERO);
         r.prepare(b(2, 1)).unwrap();
-        assert_eq!(r.accept(b(1, 1), val("x"), None), Err(Refusal::Promised(b(2, 1))));
+        assert_eq!(
+            r.accept(b(1, 1), val("x"), None),
+            Err(Refusal::Promised(b(2, 1)))
+        );
         assert_eq!(r.accept(b(2, 1), val("x"), None), Ok(false));
         assert_eq!(r.accepted_ballot(), Some(b(2, 1)));
     }
@@ -194,7 +216,10 @@ mod tests {
         // not overwrite what was accepted at b.
         let mut r = Register::absent(Ballot::ZERO);
         r.accept(b(5, 1), val("v1"), None).unwrap();
-        assert_eq!(r.accept(b(5, 1), val("v2"), None), Err(Refusal::BallotReused));
+        assert_eq!(
+            r.accept(b(5, 1), val("v2"), None),
+            Err(Refusal::BallotReused)
+        );
         assert_eq!(r.accepted.as_ref().unwrap().state, val("v1"));
         // The same proposal again is idempotent.
         assert_eq!(r.accept(b(5, 1), val("v1"), None), Ok(false));
@@ -209,7 +234,10 @@ mod tests {
         // A malformed next (other node) is never granted.
         assert_eq!(r.accept(b(2, 1), val("b"), Some(b(3, 2))), Ok(false));
         // A duplicate of the first Accept arrives late: refused, the newer state stays.
-        assert_eq!(r.accept(b(1, 1), val("a"), Some(b(2, 1))), Err(Refusal::Promised(b(2, 1))));
+        assert_eq!(
+            r.accept(b(1, 1), val("a"), Some(b(2, 1))),
+            Err(Refusal::Promised(b(2, 1)))
+        );
         assert_eq!(r.accepted.as_ref().unwrap().state, val("b"));
     }
 
@@ -219,7 +247,16 @@ mod tests {
         let mut r = Register::absent(Ballot::ZERO);
         r.accept(b(1, 1), val("old"), None).unwrap();
         assert!(r.commit(b(3, 1), val("new")));
-        assert_eq!(r.view(), ReadView { accepted: Some(Accepted { ballot: b(3, 1), state: val("new") }), committed: true });
+        assert_eq!(
+            r.view(),
+            ReadView {
+                accepted: Some(Accepted {
+                    ballot: b(3, 1),
+                    state: val("new")
+                }),
+                committed: true
+            }
+        );
         // An older commit changes nothing.
         assert!(!r.commit(b(2, 1), val("older")));
         assert_eq!(r.accepted_ballot(), Some(b(3, 1)));
@@ -232,7 +269,8 @@ mod tests {
     fn a_dropped_key_keeps_its_promise_as_the_floor() {
         // R8: the floor is the max of the floor, the key's promise and the GC ballot.
         let mut r = Register::absent(Ballot::ZERO);
-        r.accept(b(4, 1), Some(State::Tombstone { ops: vec![] }), None).unwrap();
+        r.accept(b(4, 1), Some(State::Tombstone { ops: vec![] }), None)
+            .unwrap();
         r.prepare(b(9, 2)).unwrap();
         assert!(r.droppable_at(b(4, 1)) && !r.droppable_at(b(3, 1)));
         let floor = r.floor_after_drop(b(2, 1), b(4, 1));
