@@ -28,12 +28,7 @@ pub struct ClusterParams {
 impl ClusterParams {
     /// The id of the cluster these parameters create.
     pub fn cluster_id(&self) -> ClusterId {
-        ClusterId::derive(
-            self.partitions,
-            self.replication,
-            &self.initial_nodes,
-            &self.token,
-        )
+        ClusterId::derive(self.partitions, self.replication, &self.initial_nodes, &self.token)
     }
 }
 

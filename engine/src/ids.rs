@@ -53,10 +53,7 @@ pub struct NodeId {
 impl NodeId {
     /// A node of the initial list (generation 0).
     pub fn initial(name: impl Into<String>) -> Self {
-        NodeId {
-            name: name.into(),
-            generation: 0,
-        }
+        NodeId { name: name.into(), generation: 0 }
     }
 
     /// The compact tag used inside ballots and op-ids: the first 8 bytes of a BLAKE3 hash of
@@ -86,9 +83,7 @@ impl fmt::Display for NodeId {
 }
 
 /// The compact, totally ordered form of a [`NodeId`] used in ballots and op-ids.
-#[derive(
-    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
-)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct NodeTag(pub u64);
 
 /// Identifies one client operation across forwards and retries (R6): minted by the node

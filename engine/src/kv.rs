@@ -5,7 +5,24 @@
 //! change nothing.
 
 use crate::ids::OpId;
+use crate::paxos::ballot::Ballot;
 use serde::{Deserialize, Serialize};
+
+/// How many recent writes a state remembers (see [`Applied`]).
+pub const RECENT_OPS_MAX: usize = 8;
+
+/// A write that took effect, remembered in the states that follow it (R6 recovery): the op
+/// and the ballot of the proposal that first applied it. Along the chain of chosen states
+/// these entries appear in the order the writes took effect, and their ballots never
+/// decrease, which lets a recovering proposer *prove* that its write did not take effect
+/// (see `node::proposer`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Applied {
+    /// The proposal's ballot.
+    pub ballot: Ballot,
+    /// The write.
+    pub op: OpId,
+}
 
 /// What a register holds once something was ever chosen for it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -14,13 +31,14 @@ pub enum State {
     Value {
         /// The bytes.
         value: Vec<u8>,
-        /// The op-ids of the writes folded into the change that produced this state (R6).
-        ops: Vec<OpId>,
+        /// The last writes of this key's history, oldest first, at most
+        /// [`RECENT_OPS_MAX`].
+        recent: Vec<Applied>,
     },
     /// A deleted key, kept until garbage collection (R8).
     Tombstone {
-        /// The op-ids of the writes folded into the change that produced this state.
-        ops: Vec<OpId>,
+        /// As for `Value`.
+        recent: Vec<Applied>,
     },
 }
 
@@ -33,16 +51,16 @@ impl State {
         }
     }
 
-    /// The op-ids that produced this state.
-    pub fn ops(&self) -> &[OpId] {
+    /// The recent writes of this key, oldest first.
+    pub fn recent(&self) -> &[Applied] {
         match self {
-            State::Value { ops, .. } | State::Tombstone { ops } => ops,
+            State::Value { recent, .. } | State::Tombstone { recent } => recent,
         }
     }
 
-    /// Whether the write `op` produced this state.
+    /// Whether the write `op` is among the recent writes.
     pub fn carries(&self, op: OpId) -> bool {
-        self.ops().contains(&op)
+        self.recent().iter().any(|a| a.op == op)
     }
 }
 
@@ -87,9 +105,9 @@ pub enum Answer {
     NotFound,
 }
 
-/// Applies `change` (made by `op`) to `state` in place and returns its answer. A change whose
-/// precondition fails leaves the state untouched.
-pub fn apply(state: &mut Option<State>, change: &Change, op: OpId) -> Answer {
+/// Applies `change` (made by `op`, proposed at `ballot`) to `state` in place and returns its
+/// answer. A change whose precondition fails leaves the state untouched.
+pub fn apply(state: &mut Option<State>, change: &Change, op: OpId, ballot: Ballot) -> Answer {
     let present = visible(state.as_ref()).is_some();
     let next = match change {
         Change::Fetch => {
@@ -100,38 +118,32 @@ pub fn apply(state: &mut Option<State>, change: &Change, op: OpId) -> Answer {
         }
         Change::Insert(_) if present => return Answer::AlreadyExists,
         Change::Update(_) | Change::Delete if !present => return Answer::NotFound,
-        Change::Insert(v) | Change::Update(v) | Change::Upsert(v) => State::Value {
-            value: v.clone(),
-            ops: vec![op],
-        },
-        Change::Delete => State::Tombstone { ops: vec![op] },
+        Change::Insert(v) | Change::Update(v) | Change::Upsert(v) => {
+            State::Value { value: v.clone(), recent: Vec::new() }
+        }
+        Change::Delete => State::Tombstone { recent: Vec::new() },
     };
+    let mut recent = state.as_ref().map(|s| s.recent().to_vec()).unwrap_or_default();
+    recent.push(Applied { ballot, op });
+    if recent.len() > RECENT_OPS_MAX {
+        recent.drain(..recent.len() - RECENT_OPS_MAX);
+    }
+    let mut next = next;
+    match &mut next {
+        State::Value { recent: r, .. } | State::Tombstone { recent: r } => *r = recent,
+    }
     *state = Some(next);
     Answer::Done
 }
 
-/// Applies a fold of changes in order, merging the op-ids of every write that took effect
-/// into the final state so that each can later recover its outcome (R6).
+/// Applies a fold of changes in order; each write that takes effect is remembered in the
+/// state's recent writes.
 pub fn apply_fold<'a>(
     state: &mut Option<State>,
     changes: impl IntoIterator<Item = (&'a Change, OpId)>,
+    ballot: Ballot,
 ) -> Vec<Answer> {
-    let mut answers = Vec::new();
-    let mut folded: Vec<OpId> = Vec::new();
-    for (change, op) in changes {
-        let answer = apply(state, change, op);
-        if answer == Answer::Done && change.is_write() {
-            folded.push(op);
-        }
-        answers.push(answer);
-    }
-    if folded.len() > 1 {
-        match state {
-            Some(State::Value { ops, .. }) | Some(State::Tombstone { ops }) => *ops = folded,
-            None => unreachable!("a write that took effect leaves a state"),
-        }
-    }
-    answers
+    changes.into_iter().map(|(change, op)| apply(state, change, op, ballot)).collect()
 }
 
 #[cfg(test)]
@@ -140,51 +152,29 @@ mod tests {
     use crate::ids::NodeTag;
 
     fn op(seq: u64) -> OpId {
-        OpId {
-            node: NodeTag(1),
-            restart: 1,
-            seq,
-        }
+        OpId { node: NodeTag(1), restart: 1, seq }
+    }
+
+    fn b(round: u64) -> Ballot {
+        Ballot { epoch: 1, round, node: NodeTag(1), restart: 1 }
     }
 
     #[test]
     fn each_change_has_its_precondition() {
         // (initial, change, answer, visible after)
         let v = |s: &str| s.as_bytes().to_vec();
-        let live = Some(State::Value {
-            value: v("a"),
-            ops: vec![op(0)],
-        });
-        let dead = Some(State::Tombstone { ops: vec![op(0)] });
+        let old = vec![Applied { ballot: b(1), op: op(0) }];
+        let live = Some(State::Value { value: v("a"), recent: old.clone() });
+        let dead = Some(State::Tombstone { recent: old });
         let table: Vec<(Option<State>, Change, Answer, Option<Vec<u8>>)> = vec![
             (None, Change::Insert(v("x")), Answer::Done, Some(v("x"))),
-            (
-                dead.clone(),
-                Change::Insert(v("x")),
-                Answer::Done,
-                Some(v("x")),
-            ),
-            (
-                live.clone(),
-                Change::Insert(v("x")),
-                Answer::AlreadyExists,
-                Some(v("a")),
-            ),
+            (dead.clone(), Change::Insert(v("x")), Answer::Done, Some(v("x"))),
+            (live.clone(), Change::Insert(v("x")), Answer::AlreadyExists, Some(v("a"))),
             (None, Change::Update(v("x")), Answer::NotFound, None),
             (dead.clone(), Change::Update(v("x")), Answer::NotFound, None),
-            (
-                live.clone(),
-                Change::Update(v("x")),
-                Answer::Done,
-                Some(v("x")),
-            ),
+            (live.clone(), Change::Update(v("x")), Answer::Done, Some(v("x"))),
             (None, Change::Upsert(v("x")), Answer::Done, Some(v("x"))),
-            (
-                live.clone(),
-                Change::Upsert(v("x")),
-                Answer::Done,
-                Some(v("x")),
-            ),
+            (live.clone(), Change::Upsert(v("x")), Answer::Done, Some(v("x"))),
             (None, Change::Delete, Answer::NotFound, None),
             (dead.clone(), Change::Delete, Answer::NotFound, None),
             (live.clone(), Change::Delete, Answer::Done, None),
@@ -193,30 +183,34 @@ mod tests {
             (live, Change::Fetch, Answer::Value(v("a")), Some(v("a"))),
         ];
         for (i, (mut state, change, answer, after)) in table.into_iter().enumerate() {
-            assert_eq!(apply(&mut state, &change, op(9)), answer, "row {i}");
-            assert_eq!(
-                visible(state.as_ref()).map(<[u8]>::to_vec),
-                after,
-                "row {i}"
-            );
+            assert_eq!(apply(&mut state, &change, op(9), b(2)), answer, "row {i}");
+            assert_eq!(visible(state.as_ref()).map(<[u8]>::to_vec), after, "row {i}");
+            let remembered = state.as_ref().is_some_and(|s| s.carries(op(9)));
+            assert_eq!(remembered, answer == Answer::Done && change.is_write(), "row {i}");
         }
     }
 
     #[test]
-    fn a_fold_keeps_every_effective_write_op() {
+    fn a_fold_remembers_every_effective_write_in_order() {
         let mut state = None;
-        let changes = [
-            Change::Insert(b"a".to_vec()),
-            Change::Insert(b"b".to_vec()),
-            Change::Upsert(b"c".to_vec()),
-        ];
-        let answers = apply_fold(&mut state, changes.iter().zip([op(1), op(2), op(3)]));
-        assert_eq!(
-            answers,
-            vec![Answer::Done, Answer::AlreadyExists, Answer::Done]
-        );
+        let changes = [Change::Insert(b"a".to_vec()), Change::Insert(b"b".to_vec()), Change::Upsert(b"c".to_vec())];
+        let answers = apply_fold(&mut state, changes.iter().zip([op(1), op(2), op(3)]), b(5));
+        assert_eq!(answers, vec![Answer::Done, Answer::AlreadyExists, Answer::Done]);
         let state = state.expect("written");
         assert!(state.carries(op(1)) && state.carries(op(3)) && !state.carries(op(2)));
         assert_eq!(state.value(), Some(&b"c"[..]));
+        assert_eq!(state.recent().iter().map(|a| a.op).collect::<Vec<_>>(), vec![op(1), op(3)]);
+    }
+
+    #[test]
+    fn the_recent_window_keeps_the_newest_writes() {
+        let mut state = None;
+        for i in 0..20 {
+            apply(&mut state, &Change::Upsert(vec![i as u8]), op(i), b(i));
+        }
+        let recent = state.expect("written").recent().to_vec();
+        assert_eq!(recent.len(), RECENT_OPS_MAX);
+        assert_eq!(recent.first().map(|a| a.op), Some(op(20 - RECENT_OPS_MAX as u64)));
+        assert_eq!(recent.last().map(|a| a.op), Some(op(19)));
     }
 }

@@ -37,11 +37,7 @@ impl ListQuery {
 
     /// Where listing starts: `(key, exclusive)`.
     pub fn start(&self) -> (String, bool) {
-        if self.marker >= self.prefix {
-            (self.marker.clone(), true)
-        } else {
-            (self.prefix.clone(), false)
-        }
+        if self.marker >= self.prefix { (self.marker.clone(), true) } else { (self.prefix.clone(), false) }
     }
 }
 
@@ -69,12 +65,7 @@ impl PageBuilder {
     /// An empty page for `query`.
     pub fn new(query: ListQuery) -> Self {
         let limit = query.page_size();
-        PageBuilder {
-            query,
-            limit,
-            page: ListPage::default(),
-            last_prefix: None,
-        }
+        PageBuilder { query, limit, page: ListPage::default(), last_prefix: None }
     }
 
     /// Offers the next live key. Returns false once the page is full *and* another entry
@@ -114,8 +105,7 @@ impl PageBuilder {
 
     /// Entries still wanted before the page is full.
     pub fn remaining(&self) -> usize {
-        self.limit
-            .saturating_sub(self.page.items.len() + self.page.prefixes.len())
+        self.limit.saturating_sub(self.page.items.len() + self.page.prefixes.len())
     }
 
     /// The page.
@@ -144,24 +134,10 @@ mod tests {
     use super::*;
 
     fn q(prefix: &str, marker: &str, delimiter: &str, max_keys: u64) -> ListQuery {
-        ListQuery {
-            prefix: prefix.into(),
-            marker: marker.into(),
-            delimiter: delimiter.into(),
-            max_keys,
-        }
+        ListQuery { prefix: prefix.into(), marker: marker.into(), delimiter: delimiter.into(), max_keys }
     }
 
-    const KEYS: [&str; 8] = [
-        "a",
-        "a/1",
-        "a/2",
-        "b",
-        "b/x/1",
-        "b/y",
-        "c",
-        "photos/2024/x.jpg",
-    ];
+    const KEYS: [&str; 8] = ["a", "a/1", "a/2", "b", "b/x/1", "b/y", "c", "photos/2024/x.jpg"];
 
     #[test]
     fn s3_semantics_table() {
@@ -173,21 +149,11 @@ mod tests {
             (q("a/", "", "", 0), vec!["a/1", "a/2"], vec![], false),
             (q("", "a/1", "", 2), vec!["a/2", "b"], vec![], true),
             (q("", "a/15", "", 1), vec!["a/2"], vec![], true), // marker need not exist
-            (
-                q("", "", "/", 0),
-                vec!["a", "b", "c"],
-                vec!["a/", "b/", "photos/"],
-                false,
-            ),
+            (q("", "", "/", 0), vec!["a", "b", "c"], vec!["a/", "b/", "photos/"], false),
             (q("b/", "", "/", 0), vec!["b/y"], vec!["b/x/"], false),
             (q("", "", "/", 2), vec!["a"], vec!["a/"], true),
             (q("", "a/", "/", 2), vec!["b"], vec!["b/"], true), // a prefix as marker continues after it
-            (
-                q("photos/", "", "/", 0),
-                vec![],
-                vec!["photos/2024/"],
-                false,
-            ),
+            (q("photos/", "", "/", 0), vec![], vec!["photos/2024/"], false),
             (q("zzz", "", "", 0), vec![], vec![], false),
             (q("", "zzz", "", 0), vec![], vec![], false),
         ];
@@ -215,11 +181,7 @@ mod tests {
                 }
                 marker = last.expect("a truncated page is not empty");
             }
-            assert_eq!(
-                (seen.items, seen.prefixes),
-                (all.items, all.prefixes),
-                "delimiter {delimiter:?}"
-            );
+            assert_eq!((seen.items, seen.prefixes), (all.items, all.prefixes), "delimiter {delimiter:?}");
         }
     }
 

@@ -54,19 +54,9 @@ pub type AttemptId = u64;
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Message {
     /// Phase 1.
-    Prepare {
-        key: String,
-        epoch: EpochRef,
-        ballot: Ballot,
-        attempt: AttemptId,
-    },
+    Prepare { key: String, epoch: EpochRef, ballot: Ballot, attempt: AttemptId },
     /// Phase 1 reply.
-    Promise {
-        key: String,
-        ballot: Ballot,
-        attempt: AttemptId,
-        result: Result<ReadView, Rejection>,
-    },
+    Promise { key: String, ballot: Ballot, attempt: AttemptId, result: Result<ReadView, Rejection> },
     /// Phase 2, with the fast path's piggybacked promise of `next` (R3).
     Accept {
         key: String,
@@ -77,55 +67,21 @@ pub enum Message {
         next: Option<Ballot>,
     },
     /// Phase 2 reply: `Ok(granted)` says whether `next` was promised.
-    Accepted {
-        key: String,
-        ballot: Ballot,
-        attempt: AttemptId,
-        result: Result<bool, Rejection>,
-    },
+    Accepted { key: String, ballot: Ballot, attempt: AttemptId, result: Result<bool, Rejection> },
     /// The state chosen at `accepted.ballot` (R7).
-    Commit {
-        key: String,
-        epoch: EpochRef,
-        accepted: Accepted,
-    },
+    Commit { key: String, epoch: EpochRef, accepted: Accepted },
     /// A linearizable read (R5); no disk write.
-    Read {
-        key: String,
-        epoch: EpochRef,
-        attempt: AttemptId,
-    },
+    Read { key: String, epoch: EpochRef, attempt: AttemptId },
     /// Read reply.
-    ReadReply {
-        key: String,
-        attempt: AttemptId,
-        result: Result<ReadView, Rejection>,
-    },
+    ReadReply { key: String, attempt: AttemptId, result: Result<ReadView, Rejection> },
     /// Drop a garbage-collected tombstone (R8).
-    Drop {
-        key: String,
-        epoch: EpochRef,
-        ballot: Ballot,
-    },
+    Drop { key: String, epoch: EpochRef, ballot: Ballot },
     /// A client request forwarded to the partition's primary (at most one hop).
-    Forward {
-        id: u64,
-        seq: u64,
-        op: OpId,
-        key: String,
-        change: Change,
-    },
+    Forward { id: u64, seq: u64, op: OpId, key: String, change: Change },
     /// The primary's answer to a forward.
-    ForwardReply {
-        id: u64,
-        result: Result<Answer, KvError>,
-    },
+    ForwardReply { id: u64, result: Result<Answer, KvError> },
     /// One List round: raw register views of keys in the given partitions.
-    Scan {
-        id: u64,
-        partitions: Vec<(PartitionId, EpochRef)>,
-        range: ScanRange,
-    },
+    Scan { id: u64, partitions: Vec<(PartitionId, EpochRef)>, range: ScanRange },
     /// Scan reply, one entry per requested partition in the same order.
     ScanReply { id: u64, partitions: Vec<ScanPart> },
 }

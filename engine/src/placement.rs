@@ -43,10 +43,7 @@ pub fn rendezvous_score(partition: PartitionId, node: &NodeId) -> [u8; 32] {
 /// The top `k` of `nodes` for `partition` by rendezvous hash, best first (fewer when there
 /// are fewer nodes).
 pub fn desired_members(partition: PartitionId, nodes: &[NodeId], k: usize) -> Vec<NodeId> {
-    let mut scored: Vec<([u8; 32], &NodeId)> = nodes
-        .iter()
-        .map(|n| (rendezvous_score(partition, n), n))
-        .collect();
+    let mut scored: Vec<([u8; 32], &NodeId)> = nodes.iter().map(|n| (rendezvous_score(partition, n), n)).collect();
     // Ties are impossible for distinct ids short of a BLAKE3 collision; the id breaks them
     // anyway so the order is total.
     scored.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(b.1)));
@@ -87,10 +84,7 @@ impl PartitionConfig {
         }
         let mut first = [0u8; 8];
         first.copy_from_slice(&h.finalize().as_bytes()[..8]);
-        EpochRef {
-            epoch: self.epoch,
-            hash: u64::from_le_bytes(first),
-        }
+        EpochRef { epoch: self.epoch, hash: u64::from_le_bytes(first) }
     }
 
     /// The preferred coordinator.
@@ -126,11 +120,7 @@ impl PartitionMap {
         assert!(partitions.is_power_of_two(), "P must be a power of two");
         let k = (replication.max(1) as usize).min(nodes.len());
         let configs = (0..partitions)
-            .map(|p| PartitionConfig {
-                partition: p,
-                epoch: 1,
-                members: desired_members(p, nodes, k),
-            })
+            .map(|p| PartitionConfig { partition: p, epoch: 1, members: desired_members(p, nodes, k) })
             .collect::<Vec<_>>();
         let refs = configs.iter().map(PartitionConfig::epoch_ref).collect();
         PartitionMap { configs, refs }

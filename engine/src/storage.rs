@@ -40,12 +40,7 @@ pub trait Storage {
     /// The value under `key`.
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError>;
     /// Up to `limit` entries with `start <= key < end`, in key order.
-    fn scan(
-        &self,
-        start: &[u8],
-        end: &[u8],
-        limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StorageError>;
+    fn scan(&self, start: &[u8], end: &[u8], limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StorageError>;
     /// Applies a batch atomically (not necessarily durably).
     fn write(&self, batch: &PersistBatch) -> Result<(), StorageError>;
     /// Makes every applied batch durable.
@@ -56,12 +51,7 @@ impl<S: Storage + ?Sized> Storage for std::sync::Arc<S> {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
         (**self).get(key)
     }
-    fn scan(
-        &self,
-        start: &[u8],
-        end: &[u8],
-        limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StorageError> {
+    fn scan(&self, start: &[u8], end: &[u8], limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StorageError> {
         (**self).scan(start, end, limit)
     }
     fn write(&self, batch: &PersistBatch) -> Result<(), StorageError> {
@@ -101,21 +91,12 @@ impl Storage for MemoryStorage {
         Ok(self.lock().get(key).cloned())
     }
 
-    fn scan(
-        &self,
-        start: &[u8],
-        end: &[u8],
-        limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StorageError> {
+    fn scan(&self, start: &[u8], end: &[u8], limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StorageError> {
         if start >= end {
             return Ok(Vec::new());
         }
         let data = self.lock();
-        Ok(data
-            .range(start.to_vec()..end.to_vec())
-            .take(limit)
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect())
+        Ok(data.range(start.to_vec()..end.to_vec()).take(limit).map(|(k, v)| (k.clone(), v.clone())).collect())
     }
 
     fn write(&self, batch: &PersistBatch) -> Result<(), StorageError> {

@@ -68,16 +68,8 @@ pub enum Verdict {
 pub type Filter = Box<dyn FnMut(usize, usize, &Envelope) -> Verdict>;
 
 enum Event {
-    Deliver {
-        to: usize,
-        from: usize,
-        envelope: Envelope,
-    },
-    Durable {
-        node: usize,
-        life: u64,
-        batch: PersistBatch,
-    },
+    Deliver { to: usize, from: usize, envelope: Envelope },
+    Durable { node: usize, life: u64, batch: PersistBatch },
 }
 
 struct Slot {
@@ -86,6 +78,8 @@ struct Slot {
     /// Bumped on every crash; stale durability events of an older life are ignored.
     life: u64,
     skew: Duration,
+    /// When the last emitted batch becomes durable: batches are durable in order.
+    durable_at: Instant,
     /// Client requests submitted here and not yet answered.
     in_flight: BTreeSet<RequestId>,
 }
@@ -119,21 +113,9 @@ impl Sim {
     }
 
     /// Like [`Sim::new`], with `tune` applied to every node's config (at every start).
-    pub fn with_config(
-        n: usize,
-        partitions: u32,
-        k: u32,
-        seed: u64,
-        faults: Faults,
-        tune: fn(&mut Config),
-    ) -> Self {
+    pub fn with_config(n: usize, partitions: u32, k: u32, seed: u64, faults: Faults, tune: fn(&mut Config)) -> Self {
         let ids: Vec<NodeId> = (0..n).map(|i| NodeId::initial(format!("n{i}"))).collect();
-        let params = ClusterParams {
-            partitions,
-            replication: k,
-            initial_nodes: ids.clone(),
-            token: "sim".into(),
-        };
+        let params = ClusterParams { partitions, replication: k, initial_nodes: ids.clone(), token: "sim".into() };
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let slots = (0..n)
             .map(|_| Slot {
@@ -141,6 +123,7 @@ impl Sim {
                 storage: Arc::new(MemoryStorage::new()),
                 life: 0,
                 skew: Duration::from_micros(rng.next_u64() % 1_000_000),
+                durable_at: Instant::ZERO,
                 in_flight: BTreeSet::new(),
             })
             .collect();
@@ -245,19 +228,13 @@ impl Sim {
             self.slots[i].in_flight.remove(&r.id);
             self.replies.push_back((i, r));
         }
-        // Batches become durable in order: each after the previous one.
-        let mut at = self.now;
+        // Batches become durable in order, as the runtime contract requires: each no
+        // earlier than the one emitted before it.
         for batch in batches {
-            at = at.max(self.now + self.pick(self.faults.fsync));
+            let at = self.slots[i].durable_at.max(self.now + self.pick(self.faults.fsync));
+            self.slots[i].durable_at = at;
             let life = self.slots[i].life;
-            self.schedule(
-                at,
-                Event::Durable {
-                    node: i,
-                    life,
-                    batch,
-                },
-            );
+            self.schedule(at, Event::Durable { node: i, life, batch });
         }
         for t in transmits {
             let to = self.index_of(&t.to);
@@ -283,14 +260,7 @@ impl Sim {
         }
         if self.chance(self.faults.duplicate) {
             let at = self.now + self.pick(self.faults.latency);
-            self.schedule(
-                at,
-                Event::Deliver {
-                    to,
-                    from,
-                    envelope: envelope.clone(),
-                },
-            );
+            self.schedule(at, Event::Deliver { to, from, envelope: envelope.clone() });
         }
         let at = self.now + self.pick(self.faults.latency);
         self.schedule(at, Event::Deliver { to, from, envelope });
@@ -307,11 +277,7 @@ impl Sim {
 
     fn pick(&mut self, (lo, hi): (Duration, Duration)) -> Duration {
         let span = hi.saturating_sub(lo).as_nanos() as u64;
-        lo + Duration::from_nanos(if span == 0 {
-            0
-        } else {
-            self.rng.next_u64() % span
-        })
+        lo + Duration::from_nanos(if span == 0 { 0 } else { self.rng.next_u64() % span })
     }
 
     /// Processes the next event or timer. Returns false if nothing is left to do.
@@ -320,11 +286,7 @@ impl Sim {
         let next_timer = (0..self.slots.len())
             .filter_map(|i| {
                 let (at, _) = self.slots[i].node.as_ref()?.poll_timeout()?;
-                Some((
-                    at.as_nanos()
-                        .saturating_sub(self.slots[i].skew.as_nanos() as u64),
-                    i,
-                ))
+                Some((at.as_nanos().saturating_sub(self.slots[i].skew.as_nanos() as u64), i))
             })
             .min();
         match (next_event, next_timer) {
@@ -363,11 +325,7 @@ impl Sim {
                 node.handle_envelope(envelope, now).expect("valid envelope");
                 self.drain(to);
             }
-            Event::Durable {
-                node: i,
-                life,
-                batch,
-            } => {
+            Event::Durable { node: i, life, batch } => {
                 if self.slots[i].life != life || self.slots[i].node.is_none() {
                     return;
                 }
@@ -396,10 +354,7 @@ impl Sim {
         let t = (0..self.slots.len())
             .filter_map(|i| {
                 let (at, _) = self.slots[i].node.as_ref()?.poll_timeout()?;
-                Some(Instant::from_nanos(
-                    at.as_nanos()
-                        .saturating_sub(self.slots[i].skew.as_nanos() as u64),
-                ))
+                Some(Instant::from_nanos(at.as_nanos().saturating_sub(self.slots[i].skew.as_nanos() as u64)))
             })
             .min();
         match (e, t) {
@@ -486,14 +441,7 @@ impl Sim {
         for (from, to, env) in held {
             if keep(from, to, &env) {
                 let at = self.now + self.pick(self.faults.latency);
-                self.schedule(
-                    at,
-                    Event::Deliver {
-                        to,
-                        from,
-                        envelope: env,
-                    },
-                );
+                self.schedule(at, Event::Deliver { to, from, envelope: env });
             } else {
                 self.held.push((from, to, env));
             }

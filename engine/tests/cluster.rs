@@ -9,71 +9,27 @@ use std::time::Duration;
 const LIMIT: Duration = Duration::from_secs(10);
 
 fn call(sim: &mut Sim, node: usize, req: Request) -> Result<Response, KvError> {
-    sim.call(node, req, LIMIT)
-        .expect("a reply within the limit")
-        .result
+    sim.call(node, req, LIMIT).expect("a reply within the limit").result
 }
 
 #[test]
 fn every_operation_answers_with_memos_status_codes() {
     let mut sim = Sim::new(3, 16, 3, 1, Faults::none());
-    assert_eq!(
-        call(&mut sim, 0, Request::fetch("k")),
-        Err(KvError::NotFound)
-    );
-    assert_eq!(
-        call(&mut sim, 1, Request::update("k", "v")),
-        Err(KvError::NotFound)
-    );
-    assert_eq!(
-        call(&mut sim, 2, Request::delete("k")),
-        Err(KvError::NotFound)
-    );
-    assert_eq!(
-        call(&mut sim, 0, Request::insert("k", "v1")),
-        Ok(Response::Done)
-    );
-    assert_eq!(
-        call(&mut sim, 1, Request::insert("k", "v2")),
-        Err(KvError::AlreadyExists)
-    );
-    assert_eq!(
-        call(&mut sim, 2, Request::fetch("k")),
-        Ok(Response::Value(b"v1".to_vec()))
-    );
-    assert_eq!(
-        call(&mut sim, 2, Request::update("k", "v3")),
-        Ok(Response::Done)
-    );
-    assert_eq!(
-        call(&mut sim, 0, Request::fetch("k")),
-        Ok(Response::Value(b"v3".to_vec()))
-    );
-    assert_eq!(
-        call(&mut sim, 1, Request::upsert("k", "v4")),
-        Ok(Response::Done)
-    );
-    assert_eq!(
-        call(&mut sim, 1, Request::upsert("j", "")),
-        Ok(Response::Done)
-    );
-    assert_eq!(
-        call(&mut sim, 2, Request::fetch("j")),
-        Ok(Response::Value(vec![]))
-    );
+    assert_eq!(call(&mut sim, 0, Request::fetch("k")), Err(KvError::NotFound));
+    assert_eq!(call(&mut sim, 1, Request::update("k", "v")), Err(KvError::NotFound));
+    assert_eq!(call(&mut sim, 2, Request::delete("k")), Err(KvError::NotFound));
+    assert_eq!(call(&mut sim, 0, Request::insert("k", "v1")), Ok(Response::Done));
+    assert_eq!(call(&mut sim, 1, Request::insert("k", "v2")), Err(KvError::AlreadyExists));
+    assert_eq!(call(&mut sim, 2, Request::fetch("k")), Ok(Response::Value(b"v1".to_vec())));
+    assert_eq!(call(&mut sim, 2, Request::update("k", "v3")), Ok(Response::Done));
+    assert_eq!(call(&mut sim, 0, Request::fetch("k")), Ok(Response::Value(b"v3".to_vec())));
+    assert_eq!(call(&mut sim, 1, Request::upsert("k", "v4")), Ok(Response::Done));
+    assert_eq!(call(&mut sim, 1, Request::upsert("j", "")), Ok(Response::Done));
+    assert_eq!(call(&mut sim, 2, Request::fetch("j")), Ok(Response::Value(vec![])));
     assert_eq!(call(&mut sim, 0, Request::delete("k")), Ok(Response::Done));
-    assert_eq!(
-        call(&mut sim, 1, Request::fetch("k")),
-        Err(KvError::NotFound)
-    );
-    assert_eq!(
-        call(&mut sim, 2, Request::insert("k", "v5")),
-        Ok(Response::Done)
-    );
-    assert_eq!(
-        call(&mut sim, 0, Request::fetch("k")),
-        Ok(Response::Value(b"v5".to_vec()))
-    );
+    assert_eq!(call(&mut sim, 1, Request::fetch("k")), Err(KvError::NotFound));
+    assert_eq!(call(&mut sim, 2, Request::insert("k", "v5")), Ok(Response::Done));
+    assert_eq!(call(&mut sim, 0, Request::fetch("k")), Ok(Response::Value(b"v5".to_vec())));
 }
 
 #[test]
@@ -86,50 +42,24 @@ fn bad_requests_are_invalid_arguments() {
         Request::upsert(long.clone(), "v"),
         Request::insert("k", vec![0u8; 1024 * 1024 + 1]),
     ] {
-        assert!(matches!(
-            call(&mut sim, 0, req),
-            Err(KvError::InvalidArgument(_))
-        ));
+        assert!(matches!(call(&mut sim, 0, req), Err(KvError::InvalidArgument(_))));
     }
-    assert_eq!(
-        call(
-            &mut sim,
-            0,
-            Request::upsert("x".repeat(4096), vec![0u8; 1024 * 1024])
-        ),
-        Ok(Response::Done)
-    );
-    let list = Request::List(ListQuery {
-        prefix: long,
-        ..Default::default()
-    });
-    assert!(matches!(
-        call(&mut sim, 0, list),
-        Err(KvError::InvalidArgument(_))
-    ));
+    assert_eq!(call(&mut sim, 0, Request::upsert("x".repeat(4096), vec![0u8; 1024 * 1024])), Ok(Response::Done));
+    let list = Request::List(ListQuery { prefix: long, ..Default::default() });
+    assert!(matches!(call(&mut sim, 0, list), Err(KvError::InvalidArgument(_))));
 }
 
 #[test]
 fn sequential_writes_to_one_key_take_the_fast_path() {
     let mut sim = Sim::new(3, 16, 3, 3, Faults::none());
     for i in 0..20 {
-        assert_eq!(
-            call(&mut sim, i % 3, Request::upsert("hot", format!("v{i}"))),
-            Ok(Response::Done)
-        );
+        assert_eq!(call(&mut sim, i % 3, Request::upsert("hot", format!("v{i}"))), Ok(Response::Done));
     }
-    let fast: u64 = (0..3)
-        .map(|i| sim.node(i).unwrap().stats().fast_rounds)
-        .sum();
-    let full: u64 = (0..3)
-        .map(|i| sim.node(i).unwrap().stats().full_rounds)
-        .sum();
+    let fast: u64 = (0..3).map(|i| sim.node(i).unwrap().stats().fast_rounds).sum();
+    let full: u64 = (0..3).map(|i| sim.node(i).unwrap().stats().full_rounds).sum();
     assert_eq!(full, 1, "only the first write needs phase 1");
     assert_eq!(fast, 19);
-    assert_eq!(
-        call(&mut sim, 1, Request::fetch("hot")),
-        Ok(Response::Value(b"v19".to_vec()))
-    );
+    assert_eq!(call(&mut sim, 1, Request::fetch("hot")), Ok(Response::Value(b"v19".to_vec())));
 }
 
 #[test]
@@ -138,45 +68,21 @@ fn list_pages_through_every_live_key_in_order() {
     let mut live = Vec::new();
     for i in 0..60 {
         let key = format!("dir{}/key{i:03}", i % 4);
-        assert_eq!(
-            call(&mut sim, i % 3, Request::upsert(key.clone(), "v")),
-            Ok(Response::Done)
-        );
+        assert_eq!(call(&mut sim, i % 3, Request::upsert(key.clone(), "v")), Ok(Response::Done));
         live.push(key);
     }
     for i in (0..60).step_by(7) {
         let key = format!("dir{}/key{i:03}", i % 4);
-        assert_eq!(
-            call(&mut sim, 0, Request::delete(key.clone())),
-            Ok(Response::Done)
-        );
+        assert_eq!(call(&mut sim, 0, Request::delete(key.clone())), Ok(Response::Done));
         live.retain(|k| *k != key);
     }
     let queries = [
         ListQuery::default(),
-        ListQuery {
-            max_keys: 7,
-            ..Default::default()
-        },
-        ListQuery {
-            prefix: "dir2/".into(),
-            ..Default::default()
-        },
-        ListQuery {
-            delimiter: "/".into(),
-            ..Default::default()
-        },
-        ListQuery {
-            marker: "dir1/key030".into(),
-            max_keys: 5,
-            ..Default::default()
-        },
-        ListQuery {
-            prefix: "dir3/".into(),
-            marker: "dir3/key011".into(),
-            max_keys: 3,
-            ..Default::default()
-        },
+        ListQuery { max_keys: 7, ..Default::default() },
+        ListQuery { prefix: "dir2/".into(), ..Default::default() },
+        ListQuery { delimiter: "/".into(), ..Default::default() },
+        ListQuery { marker: "dir1/key030".into(), max_keys: 5, ..Default::default() },
+        ListQuery { prefix: "dir3/".into(), marker: "dir3/key011".into(), max_keys: 3, ..Default::default() },
     ];
     for (i, query) in queries.into_iter().enumerate() {
         let expected = list_reference(live.iter().map(String::as_str), &query);

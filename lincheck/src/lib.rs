@@ -206,13 +206,7 @@ impl History {
     }
 
     /// Records that `client` invoked `command` on `key` at time `at`.
-    pub fn invoke(
-        &mut self,
-        client: u64,
-        key: impl Into<String>,
-        command: Command,
-        at: u64,
-    ) -> OpId {
+    pub fn invoke(&mut self, client: u64, key: impl Into<String>, command: Command, at: u64) -> OpId {
         self.ops.push(Operation {
             client,
             key: key.into(),
@@ -309,9 +303,7 @@ pub struct Checker {
 impl Default for Checker {
     /// A budget of 2 000 000 states per key.
     fn default() -> Self {
-        Checker {
-            states_max: 2_000_000,
-        }
+        Checker { states_max: 2_000_000 }
     }
 }
 
@@ -323,11 +315,7 @@ impl Checker {
         for op in ops {
             by_key.entry(op.key.as_str()).or_default().push(op);
         }
-        let mut report = CheckReport {
-            keys: by_key.len(),
-            operations: ops.len(),
-            states_explored: 0,
-        };
+        let mut report = CheckReport { keys: by_key.len(), operations: ops.len(), states_explored: 0 };
         for (key, mut key_ops) in by_key {
             key_ops.sort_by_key(|op| op.invoked_at);
             report.states_explored += self.check_key(key, &key_ops)?;
@@ -340,37 +328,24 @@ impl Checker {
     fn check_key(&self, key: &str, ops: &[&Operation]) -> Result<u64, CheckError> {
         let violation = |explanation: String| {
             let operations = ops.iter().map(|&op| op.clone()).collect();
-            CheckError::NotLinearizable(Violation {
-                key: key.to_string(),
-                operations,
-                explanation,
-            })
+            CheckError::NotLinearizable(Violation { key: key.to_string(), operations, explanation })
         };
-        let compiled = model::compile(ops)
-            .map_err(|(at, why)| violation(format!("#{at} can never be linearized: {why}.")))?;
+        let compiled =
+            model::compile(ops).map_err(|(at, why)| violation(format!("#{at} can never be linearized: {why}.")))?;
         let prepared = ops
             .iter()
             .zip(&compiled.rules)
             .enumerate()
             .filter_map(|(label, (op, rule))| {
-                rule.map(|rule| Prepared {
-                    rule,
-                    call: op.invoked_at,
-                    ret: op.completed_at.max(op.invoked_at),
-                    label,
-                })
+                rule.map(|rule| Prepared { rule, call: op.invoked_at, ret: op.completed_at.max(op.invoked_at), label })
             })
             .collect();
         match Problem::new(prepared).search(self.states_max) {
             Verdict::Linearizable { states } => Ok(states),
-            Verdict::Violation { deepest, .. } => {
-                Err(violation(explain(deepest.as_ref(), ops, &compiled.values)))
+            Verdict::Violation { deepest, .. } => Err(violation(explain(deepest.as_ref(), ops, &compiled.values))),
+            Verdict::GaveUp { states } => {
+                Err(CheckError::TooComplex { key: key.to_string(), operations: ops.len(), states_explored: states })
             }
-            Verdict::GaveUp { states } => Err(CheckError::TooComplex {
-                key: key.to_string(),
-                operations: ops.len(),
-                states_explored: states,
-            }),
         }
     }
 }
@@ -381,47 +356,38 @@ pub fn check(ops: &[Operation]) -> Result<CheckReport, CheckError> {
 }
 
 /// Prose for a failed search.
-fn explain(deepest: Option<&DeadEnd>, ops: &[&Operation], values: &[&[u8]]) -> String {
+fn explain(deepest: Option<&DeadEnd>, ops: &[&Operation], values: &[Option<&[u8]>]) -> String {
     let Some(end) = deepest else {
         return "no order of the operations is consistent with their outcomes.".to_string();
     };
-    let completed = ops
-        .iter()
-        .filter(|op| op.outcome != Outcome::Unknown)
-        .count();
+    let completed = ops.iter().filter(|op| op.outcome != Outcome::Unknown).count();
     let mut tail: Vec<String> = end.tail.iter().map(|label| format!("#{label}")).collect();
     if end.prefix_len > tail.len() {
         tail.insert(0, format!("... ({} earlier)", end.prefix_len - tail.len()));
     }
-    let prefix = if tail.is_empty() {
-        "nothing".to_string()
-    } else {
-        tail.join(", ")
-    };
-    let state = match end.state {
-        ABSENT => "absent".to_string(),
-        id => format!("holds {}", ValueDisplay(state_value(values, id))),
-    };
-    let blocked = ops
-        .get(end.blocked)
-        .map_or(String::new(), |op| format!(" ({})", Brief(op)));
+    let prefix = if tail.is_empty() { "nothing".to_string() } else { tail.join(", ") };
+    let blocked = ops.get(end.blocked).map_or(String::new(), |op| format!(" ({})", Brief(op)));
     format!(
         "no order of the operations is consistent with their outcomes.\n\
          The longest consistent order found places {known} of the {completed} operations with \
-         observed outcomes ({len} operations in all: {prefix}); after it the key is {state}, \
+         observed outcomes ({len} operations in all: {prefix}); after it the key {state}, \
          and #{b}{blocked} cannot be placed next, nor after any operation that may precede it.",
         known = end.known_len,
         len = end.prefix_len,
+        state = describe_state(values, end.state),
         b = end.blocked,
     )
 }
 
-/// The value interned as `id` (ids start at 1; 0 is [`ABSENT`]).
-fn state_value<'a>(values: &[&'a [u8]], id: State) -> &'a [u8] {
-    id.checked_sub(1)
-        .and_then(|i| values.get(i))
-        .copied()
-        .unwrap_or_default()
+/// "is absent", "holds "v"", or "holds a value that no Fetch returns".
+fn describe_state(values: &[Option<&[u8]>], state: State) -> String {
+    if state == ABSENT {
+        return "is absent".to_string();
+    }
+    match state.checked_sub(1).and_then(|i| values.get(i)) {
+        Some(Some(value)) => format!("holds {}", ValueDisplay(value)),
+        _ => "holds a value that no Fetch returns".to_string(),
+    }
 }
 
 /// Formats a value as a quoted string when it is short printable ASCII, and as
@@ -500,11 +466,7 @@ impl fmt::Display for Violation {
     /// A multi-line report: the key, the explanation, then every operation on
     /// the key sorted by invocation time and numbered as in the explanation.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(
-            f,
-            "key {:?} is not linearizable: {}",
-            self.key, self.explanation
-        )?;
+        writeln!(f, "key {:?} is not linearizable: {}", self.key, self.explanation)?;
         write!(
             f,
             "{} operations on {:?}, by invocation time (intervals are closed):",
@@ -522,11 +484,7 @@ impl fmt::Display for CheckError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             CheckError::NotLinearizable(violation) => violation.fmt(f),
-            CheckError::TooComplex {
-                key,
-                operations,
-                states_explored,
-            } => write!(
+            CheckError::TooComplex { key, operations, states_explored } => write!(
                 f,
                 "gave up checking key {key:?} ({operations} operations) after exploring \
                  {states_explored} states; raise Checker::states_max or shorten the history"

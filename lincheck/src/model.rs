@@ -4,7 +4,7 @@
 //! per key into small integers ([`State`]), so that a search state is a handful of
 //! machine words no matter how large the stored values are.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use crate::{Command, Operation, Outcome};
 
@@ -75,8 +75,9 @@ pub(crate) struct Compiled<'a> {
     /// One entry per input operation; `None` for operations that constrain
     /// nothing (Fetch with an unknown outcome).
     pub rules: Vec<Option<Rule>>,
-    /// `values[id - 1]` is the value interned as `id`.
-    pub values: Vec<&'a [u8]>,
+    /// `values[id - 1]` is the value interned as `id`; `None` for the id shared
+    /// by all values that no Fetch returns.
+    pub values: Vec<Option<&'a [u8]>>,
 }
 
 /// Why a key's history is rejected before any search: the position of the
@@ -85,19 +86,40 @@ pub(crate) type Rejection = (usize, String);
 
 /// Compiles the operations of one key (in the order given) into rules.
 ///
+/// Values that no Fetch returns are indistinguishable to every operation (only
+/// their presence is observable), so they all share one id: this abstraction
+/// is exact and makes unknown writes of such values interchangeable, which
+/// keeps the search small.
+///
 /// Fails on an operation that no register could produce in any state: an
 /// outcome that does not belong to the command (a Fetch returning `Ok`), or a
 /// Fetch returning a value that no operation on the key could have written.
 pub(crate) fn compile<'a>(ops: &[&'a Operation]) -> Result<Compiled<'a>, Rejection> {
+    let read: HashSet<&[u8]> = ops
+        .iter()
+        .filter_map(|op| match (&op.command, &op.outcome) {
+            (Command::Fetch, Outcome::Value(value)) => Some(value.as_slice()),
+            _ => None,
+        })
+        .collect();
     let mut ids: HashMap<&'a [u8], State> = HashMap::new();
-    let mut values: Vec<&'a [u8]> = Vec::new();
-    for op in ops {
-        if let Some(value) = written_value(op) {
-            ids.entry(value.as_slice()).or_insert_with(|| {
-                values.push(value);
-                values.len()
-            });
+    let mut values: Vec<Option<&'a [u8]>> = Vec::new();
+    let mut unread: Option<State> = None;
+    for value in ops.iter().filter_map(|op| written_value(op)) {
+        let value = value.as_slice();
+        if ids.contains_key(value) {
+            continue;
         }
+        let id = if read.contains(value) {
+            values.push(Some(value));
+            values.len()
+        } else {
+            *unread.get_or_insert_with(|| {
+                values.push(None);
+                values.len()
+            })
+        };
+        ids.insert(value, id);
     }
     let mut rules = Vec::with_capacity(ops.len());
     for (position, op) in ops.iter().enumerate() {
@@ -110,39 +132,23 @@ pub(crate) fn compile<'a>(ops: &[&'a Operation]) -> Result<Compiled<'a>, Rejecti
 /// The value an operation may store, if it can change the register to a value.
 fn written_value(op: &Operation) -> Option<&Vec<u8>> {
     match (&op.command, &op.outcome) {
-        (
-            Command::Insert(value) | Command::Update(value) | Command::Upsert(value),
-            Outcome::Ok | Outcome::Unknown,
-        ) => Some(value),
+        (Command::Insert(value) | Command::Update(value) | Command::Upsert(value), Outcome::Ok | Outcome::Unknown) => {
+            Some(value)
+        }
         _ => None,
     }
 }
 
 fn compile_one(op: &Operation, ids: &HashMap<&[u8], State>) -> Result<Option<Rule>, String> {
-    let certain = |guard, set| {
-        Ok(Some(Rule {
-            guard,
-            set,
-            certain: true,
-        }))
-    };
-    let maybe = |guard, set| {
-        Ok(Some(Rule {
-            guard,
-            set,
-            certain: false,
-        }))
-    };
+    let certain = |guard, set| Ok(Some(Rule { guard, set, certain: true }));
+    let maybe = |guard, set| Ok(Some(Rule { guard, set, certain: false }));
     // Every written value was interned by `compile`; a miss means "never written".
     let id = |value: &Vec<u8>| ids.get(value.as_slice()).copied();
     match (&op.command, &op.outcome) {
         (Command::Fetch, Outcome::Unknown) => Ok(None),
         (Command::Fetch, Outcome::Value(value)) => match id(value) {
             Some(state) => certain(Guard::Holds(state), None),
-            None => Err(format!(
-                "{} returned a value that no operation on this key writes",
-                op.command
-            )),
+            None => Err(format!("{} returned a value that no operation on this key writes", op.command)),
         },
         (Command::Fetch, Outcome::NotFound) => certain(Guard::Absent, None),
         (Command::Insert(v), Outcome::Ok) => certain(Guard::Absent, id(v)),

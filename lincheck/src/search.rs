@@ -1,10 +1,10 @@
 //! The Wing–Gong / Lowe search over the operations of one key.
 //!
-//! See the crate documentation for the algorithm; this module is its mechanics.
-//! Positions: every operation of the key has an index into [`Problem::ops`];
-//! completed ("known") operations additionally have a position in
-//! [`Problem::by_return`], unknown-outcome ones a position in
-//! [`Problem::unknown_by_call`].
+//! See the crate documentation for the algorithm; this module is its
+//! mechanics. Operations with an observed outcome ("known") are searched
+//! individually; operations with an unknown outcome are grouped into
+//! [`Class`]es of identical rules, because once invoked they are
+//! interchangeable: only *how many* of each class were used matters.
 
 use std::collections::HashMap;
 
@@ -24,25 +24,34 @@ pub(crate) struct Prepared {
     pub label: usize,
 }
 
-impl Prepared {
-    fn known(&self) -> bool {
-        self.rule.is_certain()
+/// Unknown-outcome operations with the same rule.
+struct Class {
+    rule: Rule,
+    /// Invocation times, sorted.
+    calls: Vec<u64>,
+    /// Labels, in the same order.
+    labels: Vec<usize>,
+}
+
+impl Class {
+    /// How many members were invoked no later than `horizon`.
+    fn invoked_by(&self, horizon: u64) -> usize {
+        self.calls.partition_point(|&call| call <= horizon)
     }
 }
 
 /// The operations of one key, indexed for the search.
 pub(crate) struct Problem {
-    ops: Vec<Prepared>,
-    /// Known operations sorted by (return time, index).
+    /// Operations with an observed outcome.
+    known: Vec<Prepared>,
+    /// Indices into `known` sorted by (return time, index).
     by_return: Vec<usize>,
-    /// For each operation, its position in `by_return` or `unknown_by_call`.
-    position: Vec<usize>,
-    /// Known operations sorted by (call time, index).
-    known_by_call: Vec<usize>,
-    /// Unknown-outcome operations sorted by (call time, index).
-    unknown_by_call: Vec<usize>,
-    /// For an unknown operation, the next one (by call) with the same rule.
-    twin: Vec<Option<usize>>,
+    /// For each known operation, its position in `by_return`.
+    return_pos: Vec<usize>,
+    /// Indices into `known` sorted by (call time, index).
+    by_call: Vec<usize>,
+    /// Operations with an unknown outcome, grouped by rule.
+    classes: Vec<Class>,
 }
 
 /// Why the search stopped without finding a linearization.
@@ -74,12 +83,18 @@ pub(crate) enum Verdict {
     /// A linearization exists.
     Linearizable { states: u64 },
     /// No linearization exists.
-    Violation {
-        states: u64,
-        deepest: Option<DeadEnd>,
-    },
+    Violation { deepest: Option<DeadEnd> },
     /// The budget ran out first.
     GaveUp { states: u64 },
+}
+
+/// A step of a linearization.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Step {
+    /// Linearize this known operation.
+    Known(usize),
+    /// Let one more member of this class of unknown operations take effect.
+    Unknown(usize),
 }
 
 /// A node of the search tree: the operations linearized so far (encoded as
@@ -90,9 +105,9 @@ struct Node {
     ret_ptr: usize,
     /// Linearized positions in `by_return` beyond `ret_ptr`, sorted.
     extras: Vec<usize>,
-    /// Linearized positions in `unknown_by_call`, sorted.
-    unknowns: Vec<usize>,
-    /// First position in `known_by_call` not yet linearized.
+    /// Classes of the unknown operations used, sorted, with repetition.
+    used: Vec<usize>,
+    /// First position in `by_call` not yet linearized.
     call_ptr: usize,
     /// Number of unknown operations linearized since the last known one.
     run_len: usize,
@@ -100,12 +115,12 @@ struct Node {
     run_start: State,
     /// Which candidate to try next.
     cursor: Cursor,
-    /// The operation whose linearization created this node (`None` at the root).
-    via: Option<usize>,
+    /// The step that created this node (`None` at the root).
+    via: Option<Step>,
 }
 
-/// Iteration over the candidates of a node: known operations first, then
-/// unknown ones (both by call time). The order only affects speed.
+/// Iteration over the candidates of a node: known operations by call time,
+/// then classes of unknown operations. The order only affects speed.
 #[derive(Clone, Copy)]
 enum Cursor {
     Known(usize),
@@ -115,46 +130,42 @@ enum Cursor {
 impl Problem {
     /// Indexes `ops` for the search.
     pub(crate) fn new(ops: Vec<Prepared>) -> Self {
-        let (mut known, mut unknown): (Vec<usize>, Vec<usize>) =
-            (0..ops.len()).partition(|&i| ops[i].known());
-        let mut by_return = known.clone();
-        by_return.sort_by_key(|&i| (ops[i].ret, i));
-        known.sort_by_key(|&i| (ops[i].call, i));
-        unknown.sort_by_key(|&i| (ops[i].call, i));
-        let mut position = vec![0; ops.len()];
-        for list in [&by_return, &unknown] {
-            for (at, &op) in list.iter().enumerate() {
-                position[op] = at;
-            }
+        let (known, mut unknown): (Vec<Prepared>, Vec<Prepared>) = ops.into_iter().partition(|op| op.rule.is_certain());
+        let mut by_return: Vec<usize> = (0..known.len()).collect();
+        by_return.sort_by_key(|&i| (known[i].ret, i));
+        let mut return_pos = vec![0; known.len()];
+        for (at, &op) in by_return.iter().enumerate() {
+            return_pos[op] = at;
         }
-        let mut twin = vec![None; ops.len()];
-        let mut latest: HashMap<Rule, usize> = HashMap::new();
-        for &op in unknown.iter().rev() {
-            twin[op] = latest.insert(ops[op].rule, op);
+        let mut by_call: Vec<usize> = (0..known.len()).collect();
+        by_call.sort_by_key(|&i| (known[i].call, i));
+        unknown.sort_by_key(|op| (op.call, op.label));
+        let mut classes: Vec<Class> = Vec::new();
+        let mut class_of: HashMap<Rule, usize> = HashMap::new();
+        for op in unknown {
+            let at = *class_of.entry(op.rule).or_insert_with(|| {
+                let (calls, labels) = (Vec::new(), Vec::new());
+                classes.push(Class { rule: op.rule, calls, labels });
+                classes.len() - 1
+            });
+            classes[at].calls.push(op.call);
+            classes[at].labels.push(op.label);
         }
-        Problem {
-            ops,
-            by_return,
-            position,
-            known_by_call: known,
-            unknown_by_call: unknown,
-            twin,
-        }
+        Problem { known, by_return, return_pos, by_call, classes }
     }
 
     /// Searches for a linearization, exploring at most `budget` new states.
     pub(crate) fn search(&self, budget: u64) -> Verdict {
-        let known = self.by_return.len();
-        if known == 0 {
+        if self.known.is_empty() {
             return Verdict::Linearizable { states: 0 };
         }
-        let mut done = Bits::new(self.ops.len());
+        let mut done = Bits::new(self.known.len());
         let mut seen = Seen::default();
         let root = Node {
             state: ABSENT,
             ret_ptr: 0,
             extras: Vec::new(),
-            unknowns: Vec::new(),
+            used: Vec::new(),
             call_ptr: 0,
             run_len: 0,
             run_start: ABSENT,
@@ -166,23 +177,24 @@ impl Problem {
         let mut states = 0u64;
         let mut deepest: Option<DeadEnd> = None;
         while let Some(top) = stack.last_mut() {
-            let Some(op) = self.next_candidate(top, &done) else {
+            let Some(step) = self.next_candidate(top, &done) else {
                 self.note_dead_end(&stack, &mut deepest);
-                if let Some(via) = stack.pop().and_then(|node| node.via) {
-                    done.clear(via);
+                if let Some(Step::Known(op)) = stack.pop().and_then(|node| node.via) {
+                    done.clear(op);
                 }
                 continue;
             };
-            let Some(next) = self.admit(top, op, &done) else {
+            let Some(next) = self.admit(top, step) else {
                 continue;
             };
-            done.set(op);
-            let child = self.child(top, op, next, &done);
-            if child.ret_ptr == known {
+            let child = self.child(top, step, next, &mut done);
+            if child.ret_ptr == self.known.len() {
                 return Verdict::Linearizable { states };
             }
             if !seen.visit(&child) {
-                done.clear(op);
+                if let Step::Known(op) = step {
+                    done.clear(op);
+                }
                 continue;
             }
             states += 1;
@@ -191,125 +203,100 @@ impl Problem {
             }
             stack.push(child);
         }
-        Verdict::Violation { states, deepest }
+        Verdict::Violation { deepest }
     }
 
-    /// The next operation that may be linearized at `node`: any operation not
-    /// yet linearized whose call is no later than the earliest return among
-    /// the pending known operations (intervals are closed, so an operation
-    /// called exactly when another returns is concurrent with it).
-    fn next_candidate(&self, node: &mut Node, done: &Bits) -> Option<usize> {
-        // The caller never keeps a node whose known operations are all
+    /// The next step that may be taken at `node`: a known operation not yet
+    /// linearized, or a class with an unused member, invoked no later than
+    /// the earliest return among the pending known operations (intervals are
+    /// closed, so an operation called exactly when another returns is
+    /// concurrent with it).
+    fn next_candidate(&self, node: &mut Node, done: &Bits) -> Option<Step> {
+        // The search never keeps a node whose known operations are all
         // linearized, so `ret_ptr` indexes a pending known operation.
-        let horizon = self.horizon(node)?;
+        let horizon = self.known[*self.by_return.get(node.ret_ptr)?].ret;
         loop {
-            let (list, at) = match node.cursor {
-                Cursor::Known(at) => (&self.known_by_call, at),
-                Cursor::Unknown(at) => (&self.unknown_by_call, at),
-            };
-            match list.get(at) {
-                Some(&op) if self.ops[op].call <= horizon => {
-                    node.cursor = match node.cursor {
-                        Cursor::Known(_) => Cursor::Known(at + 1),
-                        Cursor::Unknown(_) => Cursor::Unknown(at + 1),
-                    };
-                    if !done.get(op) {
-                        return Some(op);
+            match node.cursor {
+                Cursor::Known(at) => match self.by_call.get(at) {
+                    Some(&op) if self.known[op].call <= horizon => {
+                        node.cursor = Cursor::Known(at + 1);
+                        if !done.get(op) {
+                            return Some(Step::Known(op));
+                        }
+                    }
+                    _ => node.cursor = Cursor::Unknown(0),
+                },
+                Cursor::Unknown(class) => {
+                    let members = self.classes.get(class)?.invoked_by(horizon);
+                    node.cursor = Cursor::Unknown(class + 1);
+                    if count(&node.used, class) < members {
+                        return Some(Step::Unknown(class));
                     }
                 }
-                _ => match node.cursor {
-                    Cursor::Known(_) => node.cursor = Cursor::Unknown(0),
-                    Cursor::Unknown(_) => return None,
-                },
             }
         }
     }
 
-    /// The state after linearizing `op` at `node`, or `None` if `op` is illegal
-    /// there or the order would not be canonical (see the crate documentation):
-    /// a run of unknown operations between two known ones has at most two
-    /// operations, each changing the state, and is followed by a known
-    /// operation that was illegal before the run; among unknown operations
-    /// with the same effect, the one invoked last is used first.
-    fn admit(&self, node: &Node, op: usize, done: &Bits) -> Option<State> {
-        let rule = self.ops[op].rule;
-        let next = rule.apply(node.state)?;
-        let exp = std::env::var("EXP").unwrap_or_default();
-        if exp.contains('n') {
-            if !rule.is_certain() && next == node.state {
-                return None;
+    /// The state after taking `step` at `node`, or `None` if the step is
+    /// illegal there or would make the order non-canonical (see the crate
+    /// documentation): a run of unknown operations between two known ones has
+    /// at most two operations, each changing the state, the second one only
+    /// when the first enabled it, and is followed by a known operation that
+    /// was illegal before the run.
+    fn admit(&self, node: &Node, step: Step) -> Option<State> {
+        match step {
+            Step::Known(op) => {
+                let rule = self.known[op].rule;
+                let next = rule.apply(node.state)?;
+                let run_needed = node.run_len == 0 || rule.apply(node.run_start).is_none();
+                run_needed.then_some(next)
             }
-            return Some(next);
-        }
-        if rule.is_certain() {
-            let needed_run = node.run_len == 0 || rule.apply(node.run_start).is_none();
-            return needed_run.then_some(next);
-        }
-        if next == node.state || node.run_len >= MAX_RUN {
-            return None;
-        }
-        let horizon = self.horizon(node)?;
-        if exp.contains('t') {
-            return Some(next);
-        }
-        let mut twin = self.twin[op];
-        while let Some(later) = twin.filter(|&t| self.ops[t].call <= horizon) {
-            if !done.get(later) {
-                return None;
+            Step::Unknown(class) => {
+                let rule = self.classes[class].rule;
+                let next = rule.apply(node.state)?;
+                let enabled_by_run = node.run_len == 0 || rule.apply(node.run_start) == Some(node.run_start);
+                let useful = next != node.state && node.run_len < MAX_RUN && enabled_by_run;
+                useful.then_some(next)
             }
-            twin = self.twin[later];
         }
-        Some(next)
     }
 
-    /// The earliest return among pending known operations.
-    fn horizon(&self, node: &Node) -> Option<u64> {
-        self.by_return.get(node.ret_ptr).map(|&op| self.ops[op].ret)
-    }
-
-    /// The node reached from `parent` by linearizing `op` (already set in `done`).
-    fn child(&self, parent: &Node, op: usize, state: State, done: &Bits) -> Node {
+    /// The node reached from `parent` by taking `step` to `state`; marks a
+    /// known operation in `done`.
+    fn child(&self, parent: &Node, step: Step, state: State, done: &mut Bits) -> Node {
         let mut ret_ptr = parent.ret_ptr;
         let mut extras = parent.extras.clone();
-        let mut unknowns = parent.unknowns.clone();
-        let at = self.position[op];
-        if !self.ops[op].known() {
-            insert_sorted(&mut unknowns, at);
-        } else if at == ret_ptr {
-            ret_ptr += 1;
-            let mut consumed = 0;
-            while extras.get(consumed) == Some(&ret_ptr) {
-                consumed += 1;
-                ret_ptr += 1;
+        let mut used = parent.used.clone();
+        let (run_len, run_start) = match step {
+            Step::Known(op) => {
+                done.set(op);
+                let at = self.return_pos[op];
+                if at == ret_ptr {
+                    ret_ptr += 1;
+                    let consumed = extras.iter().zip(ret_ptr..).take_while(|(e, r)| *e == r);
+                    let consumed = consumed.count();
+                    ret_ptr += consumed;
+                    extras.drain(..consumed);
+                } else {
+                    insert_sorted(&mut extras, at);
+                }
+                (0, ABSENT)
             }
-            extras.drain(..consumed);
-        } else {
-            insert_sorted(&mut extras, at);
-        }
+            Step::Unknown(class) => {
+                insert_sorted(&mut used, class);
+                match parent.run_len {
+                    0 => (1, parent.state),
+                    len => (len + 1, parent.run_start),
+                }
+            }
+        };
         let mut call_ptr = parent.call_ptr;
-        while self
-            .known_by_call
-            .get(call_ptr)
-            .is_some_and(|&o| done.get(o))
-        {
+        while self.by_call.get(call_ptr).is_some_and(|&op| done.get(op)) {
             call_ptr += 1;
         }
-        let (run_len, run_start) = match (self.ops[op].known(), parent.run_len) {
-            (true, _) => (0, ABSENT),
-            (false, 0) => (1, parent.state),
-            (false, len) => (len + 1, parent.run_start),
-        };
-        Node {
-            state,
-            ret_ptr,
-            extras,
-            unknowns,
-            call_ptr,
-            run_len,
-            run_start,
-            cursor: Cursor::Known(call_ptr),
-            via: Some(op),
-        }
+        let cursor = Cursor::Known(call_ptr);
+        let via = Some(step);
+        Node { state, ret_ptr, extras, used, call_ptr, run_len, run_start, cursor, via }
     }
 
     /// Remembers the top of `stack` (about to be abandoned) if it orders more
@@ -323,29 +310,41 @@ impl Problem {
         let Some(&blocked) = self.by_return.get(top.ret_ptr) else {
             return;
         };
-        let prefix_len = stack.len() - 1;
-        let tail = stack[stack.len().saturating_sub(TAIL)..]
-            .iter()
-            .filter_map(|node| node.via)
-            .map(|op| self.ops[op].label)
-            .collect();
+        let tail = stack[stack.len().saturating_sub(TAIL)..].iter().filter_map(|node| self.label(node)).collect();
         *deepest = Some(DeadEnd {
-            prefix_len,
+            prefix_len: stack.len() - 1,
             known_len,
             tail,
             state: top.state,
-            blocked: self.ops[blocked].label,
+            blocked: self.known[blocked].label,
         });
+    }
+
+    /// Label of the operation whose step created `node`. For a class of
+    /// unknown operations, the n-th use is attributed to its n-th member.
+    fn label(&self, node: &Node) -> Option<usize> {
+        match node.via? {
+            Step::Known(op) => Some(self.known[op].label),
+            Step::Unknown(class) => {
+                let nth = count(&node.used, class).checked_sub(1)?;
+                self.classes[class].labels.get(nth).copied()
+            }
+        }
     }
 }
 
+/// Number of occurrences of `value` in sorted `list`.
+fn count(list: &[usize], value: usize) -> usize {
+    list.partition_point(|&v| v <= value) - list.partition_point(|&v| v < value)
+}
+
 fn insert_sorted(list: &mut Vec<usize>, value: usize) {
-    let at = list.partition_point(|&v| v < value);
+    let at = list.partition_point(|&v| v <= value);
     list.insert(at, value);
 }
 
-/// Whether sorted `small` is a subset of sorted `large`.
-fn is_subset(small: &[usize], large: &[usize]) -> bool {
+/// Whether sorted multiset `small` is included in sorted multiset `large`.
+fn is_submultiset(small: &[usize], large: &[usize]) -> bool {
     let mut rest = large.iter();
     small.iter().all(|s| rest.by_ref().any(|l| l == s))
 }
@@ -355,16 +354,16 @@ fn is_subset(small: &[usize], large: &[usize]) -> bool {
 /// The set of linearized operations is encoded exactly and compactly: known
 /// operations are "every position of `by_return` before `ret_ptr`, plus
 /// `extras`" (only operations concurrent with the earliest pending return can
-/// be in `extras`), unknown ones are listed explicitly.
+/// be in `extras`); unknown ones are counted per class.
 ///
 /// Unknown operations are optional, so a node is *dominated* by a visited node
-/// with the same known set and state whose unknown set is a subset of its own:
-/// everything that can follow the larger node can follow the smaller one. Such
-/// nodes are pruned, which is sound because both lead to the same verdict.
+/// with the same known operations, state and run whose used unknown
+/// operations are fewer (a sub-multiset): everything that can follow the
+/// larger node can follow the smaller one. Dominated nodes are pruned.
 #[derive(Default)]
 struct Seen {
-    /// Key `[state, ret_ptr, extras..]` → the unknown sets visited with it,
-    /// none a subset of another.
+    /// Key `[state, run_len, run_start, ret_ptr, extras..]` → the multisets of
+    /// used classes visited with it, none included in another.
     map: HashMap<Vec<usize>, Vec<Vec<usize>>>,
     scratch: Vec<usize>,
 }
@@ -373,24 +372,23 @@ impl Seen {
     /// Records `node`; returns false if it is dominated by a visited node.
     fn visit(&mut self, node: &Node) -> bool {
         self.scratch.clear();
-        self.scratch
-            .extend([node.state, node.run_len, node.run_start, node.ret_ptr]);
+        let head = [node.state, node.run_len, node.run_start, node.ret_ptr];
+        self.scratch.extend(head);
         self.scratch.extend_from_slice(&node.extras);
         if let Some(sets) = self.map.get_mut(self.scratch.as_slice()) {
-            if sets.iter().any(|seen| is_subset(seen, &node.unknowns)) {
+            if sets.iter().any(|seen| is_submultiset(seen, &node.used)) {
                 return false;
             }
-            sets.retain(|seen| !is_subset(&node.unknowns, seen));
-            sets.push(node.unknowns.clone());
+            sets.retain(|seen| !is_submultiset(&node.used, seen));
+            sets.push(node.used.clone());
         } else {
-            self.map
-                .insert(self.scratch.clone(), vec![node.unknowns.clone()]);
+            self.map.insert(self.scratch.clone(), vec![node.used.clone()]);
         }
         true
     }
 }
 
-/// A fixed-size bitset over operation indices.
+/// A fixed-size bitset.
 struct Bits(Vec<u64>);
 
 impl Bits {

@@ -36,14 +36,7 @@ fn op(command: Command, outcome: Outcome, inv: u64, comp: u64) -> Operation {
 }
 
 fn on(key: &str, command: Command, outcome: Outcome, inv: u64, comp: u64) -> Operation {
-    Operation {
-        client: 0,
-        key: key.to_string(),
-        command,
-        outcome,
-        invoked_at: inv,
-        completed_at: comp,
-    }
+    Operation { client: 0, key: key.to_string(), command, outcome, invoked_at: inv, completed_at: comp }
 }
 
 /// Sequential history: operation `i` occupies `[10 i, 10 i + 5]`.
@@ -92,50 +85,14 @@ fn sequential_valid() {
     run_table(vec![
         ("empty", vec![], true),
         ("fetch absent", seq(vec![(Fetch, NotFound)]), true),
-        (
-            "insert then fetch",
-            seq(vec![(ins("a"), OK), (Fetch, val("a"))]),
-            true,
-        ),
-        (
-            "insert on present",
-            seq(vec![
-                (ins("a"), OK),
-                (ins("b"), AlreadyExists),
-                (Fetch, val("a")),
-            ]),
-            true,
-        ),
-        (
-            "update on absent",
-            seq(vec![(upd("a"), NotFound), (Fetch, NotFound)]),
-            true,
-        ),
-        (
-            "update on present",
-            seq(vec![(ins("a"), OK), (upd("b"), OK), (Fetch, val("b"))]),
-            true,
-        ),
-        (
-            "upsert on absent",
-            seq(vec![(ups("a"), OK), (Fetch, val("a"))]),
-            true,
-        ),
-        (
-            "upsert on present",
-            seq(vec![(ups("a"), OK), (ups("b"), OK), (Fetch, val("b"))]),
-            true,
-        ),
-        (
-            "delete on present",
-            seq(vec![(ups("a"), OK), (Delete, OK), (Fetch, NotFound)]),
-            true,
-        ),
-        (
-            "delete on absent",
-            seq(vec![(Delete, NotFound), (Fetch, NotFound)]),
-            true,
-        ),
+        ("insert then fetch", seq(vec![(ins("a"), OK), (Fetch, val("a"))]), true),
+        ("insert on present", seq(vec![(ins("a"), OK), (ins("b"), AlreadyExists), (Fetch, val("a"))]), true),
+        ("update on absent", seq(vec![(upd("a"), NotFound), (Fetch, NotFound)]), true),
+        ("update on present", seq(vec![(ins("a"), OK), (upd("b"), OK), (Fetch, val("b"))]), true),
+        ("upsert on absent", seq(vec![(ups("a"), OK), (Fetch, val("a"))]), true),
+        ("upsert on present", seq(vec![(ups("a"), OK), (ups("b"), OK), (Fetch, val("b"))]), true),
+        ("delete on present", seq(vec![(ups("a"), OK), (Delete, OK), (Fetch, NotFound)]), true),
+        ("delete on absent", seq(vec![(Delete, NotFound), (Fetch, NotFound)]), true),
         (
             "full lifecycle",
             seq(vec![
@@ -154,94 +111,33 @@ fn sequential_valid() {
             ]),
             true,
         ),
-        (
-            "same value rewritten",
-            seq(vec![
-                (ups("a"), OK),
-                (ups("b"), OK),
-                (ups("a"), OK),
-                (Fetch, val("a")),
-            ]),
-            true,
-        ),
-        (
-            "unknown fetch is ignored",
-            seq(vec![(Fetch, Unknown), (Fetch, NotFound)]),
-            true,
-        ),
+        ("same value rewritten", seq(vec![(ups("a"), OK), (ups("b"), OK), (ups("a"), OK), (Fetch, val("a"))]), true),
+        ("unknown fetch is ignored", seq(vec![(Fetch, Unknown), (Fetch, NotFound)]), true),
     ]);
 }
 
 #[test]
 fn sequential_invalid() {
     run_table(vec![
-        (
-            "fetch of a value never written",
-            seq(vec![(Fetch, val("x"))]),
-            false,
-        ),
-        (
-            "fetch of a value written later",
-            seq(vec![(Fetch, val("a")), (ups("a"), OK)]),
-            false,
-        ),
+        ("fetch of a value never written", seq(vec![(Fetch, val("x"))]), false),
+        ("fetch of a value written later", seq(vec![(Fetch, val("a")), (ups("a"), OK)]), false),
         (
             "fetch of a value only a failed insert carried",
-            seq(vec![
-                (ins("a"), OK),
-                (ins("b"), AlreadyExists),
-                (Fetch, val("b")),
-            ]),
+            seq(vec![(ins("a"), OK), (ins("b"), AlreadyExists), (Fetch, val("b"))]),
             false,
         ),
-        (
-            "insert ok twice",
-            seq(vec![(ins("a"), OK), (ins("b"), OK)]),
-            false,
-        ),
-        (
-            "insert already-exists on absent",
-            seq(vec![(ins("a"), AlreadyExists)]),
-            false,
-        ),
+        ("insert ok twice", seq(vec![(ins("a"), OK), (ins("b"), OK)]), false),
+        ("insert already-exists on absent", seq(vec![(ins("a"), AlreadyExists)]), false),
         ("update ok on absent", seq(vec![(upd("a"), OK)]), false),
-        (
-            "update not-found on present",
-            seq(vec![(ups("a"), OK), (upd("b"), NotFound)]),
-            false,
-        ),
+        ("update not-found on present", seq(vec![(ups("a"), OK), (upd("b"), NotFound)]), false),
         ("delete ok on absent", seq(vec![(Delete, OK)]), false),
-        (
-            "delete not-found on present",
-            seq(vec![(ups("a"), OK), (Delete, NotFound)]),
-            false,
-        ),
-        (
-            "fetch not-found on present",
-            seq(vec![(ins("a"), OK), (Fetch, NotFound)]),
-            false,
-        ),
-        (
-            "fetch after delete",
-            seq(vec![(ins("a"), OK), (Delete, OK), (Fetch, val("a"))]),
-            false,
-        ),
-        (
-            "stale read",
-            seq(vec![(ups("a"), OK), (ups("b"), OK), (Fetch, val("a"))]),
-            false,
-        ),
+        ("delete not-found on present", seq(vec![(ups("a"), OK), (Delete, NotFound)]), false),
+        ("fetch not-found on present", seq(vec![(ins("a"), OK), (Fetch, NotFound)]), false),
+        ("fetch after delete", seq(vec![(ins("a"), OK), (Delete, OK), (Fetch, val("a"))]), false),
+        ("stale read", seq(vec![(ups("a"), OK), (ups("b"), OK), (Fetch, val("a"))]), false),
         ("fetch with ok outcome", seq(vec![(Fetch, OK)]), false),
-        (
-            "upsert with not-found outcome",
-            seq(vec![(ups("a"), NotFound)]),
-            false,
-        ),
-        (
-            "insert with a value outcome",
-            seq(vec![(ins("a"), val("a"))]),
-            false,
-        ),
+        ("upsert with not-found outcome", seq(vec![(ups("a"), NotFound)]), false),
+        ("insert with a value outcome", seq(vec![(ins("a"), val("a"))]), false),
     ]);
 }
 
@@ -251,28 +147,14 @@ fn sequential_invalid() {
 
 #[test]
 fn concurrent() {
-    let two_upserts = |read: Outcome| {
-        vec![
-            op(ups("a"), OK, 0, 10),
-            op(ups("b"), OK, 5, 15),
-            op(Fetch, read, 20, 21),
-        ]
-    };
+    let two_upserts = |read: Outcome| vec![op(ups("a"), OK, 0, 10), op(ups("b"), OK, 5, 15), op(Fetch, read, 20, 21)];
     run_table(vec![
         ("overlapping upserts, a wins", two_upserts(val("a")), true),
         ("overlapping upserts, b wins", two_upserts(val("b")), true),
-        (
-            "overlapping upserts, read absent",
-            two_upserts(NotFound),
-            false,
-        ),
+        ("overlapping upserts, read absent", two_upserts(NotFound), false),
         (
             "insert ok and insert already-exists",
-            vec![
-                op(ins("a"), OK, 0, 10),
-                op(ins("b"), AlreadyExists, 5, 15),
-                op(Fetch, val("a"), 20, 21),
-            ],
+            vec![op(ins("a"), OK, 0, 10), op(ins("b"), AlreadyExists, 5, 15), op(Fetch, val("a"), 20, 21)],
             true,
         ),
         (
@@ -280,62 +162,31 @@ fn concurrent() {
             vec![op(ins("b"), AlreadyExists, 0, 4), op(ins("a"), OK, 2, 10)],
             true,
         ),
-        (
-            "already-exists before any insert",
-            vec![op(ins("b"), AlreadyExists, 0, 1), op(ins("a"), OK, 2, 10)],
-            false,
-        ),
+        ("already-exists before any insert", vec![op(ins("b"), AlreadyExists, 0, 1), op(ins("a"), OK, 2, 10)], false),
         (
             "insert ok and insert already-exists, read the loser",
-            vec![
-                op(ins("a"), OK, 0, 10),
-                op(ins("b"), AlreadyExists, 5, 15),
-                op(Fetch, val("b"), 20, 21),
-            ],
+            vec![op(ins("a"), OK, 0, 10), op(ins("b"), AlreadyExists, 5, 15), op(Fetch, val("b"), 20, 21)],
             false,
         ),
-        (
-            "two overlapping inserts ok",
-            vec![op(ins("a"), OK, 0, 10), op(ins("b"), OK, 5, 15)],
-            false,
-        ),
+        ("two overlapping inserts ok", vec![op(ins("a"), OK, 0, 10), op(ins("b"), OK, 5, 15)], false),
         (
             "two inserts ok with an overlapping delete",
-            vec![
-                op(ins("a"), OK, 0, 10),
-                op(Delete, OK, 0, 10),
-                op(ins("b"), OK, 0, 10),
-            ],
+            vec![op(ins("a"), OK, 0, 10), op(Delete, OK, 0, 10), op(ins("b"), OK, 0, 10)],
             true,
         ),
         (
             "read during a write sees either",
-            vec![
-                op(ups("a"), OK, 0, 1),
-                op(ups("b"), OK, 5, 15),
-                op(Fetch, val("a"), 6, 7),
-                op(Fetch, val("b"), 8, 9),
-            ],
+            vec![op(ups("a"), OK, 0, 1), op(ups("b"), OK, 5, 15), op(Fetch, val("a"), 6, 7), op(Fetch, val("b"), 8, 9)],
             true,
         ),
         (
             "reads during a write cannot go back",
-            vec![
-                op(ups("a"), OK, 0, 1),
-                op(ups("b"), OK, 5, 15),
-                op(Fetch, val("b"), 6, 7),
-                op(Fetch, val("a"), 8, 9),
-            ],
+            vec![op(ups("a"), OK, 0, 1), op(ups("b"), OK, 5, 15), op(Fetch, val("b"), 6, 7), op(Fetch, val("a"), 8, 9)],
             false,
         ),
         (
             "concurrent reads may be ordered either way",
-            vec![
-                op(ups("a"), OK, 0, 1),
-                op(ups("b"), OK, 5, 15),
-                op(Fetch, val("b"), 6, 9),
-                op(Fetch, val("a"), 8, 9),
-            ],
+            vec![op(ups("a"), OK, 0, 1), op(ups("b"), OK, 5, 15), op(Fetch, val("b"), 6, 9), op(Fetch, val("a"), 8, 9)],
             true,
         ),
     ]);
@@ -344,21 +195,9 @@ fn concurrent() {
 #[test]
 fn tie_rule_intervals_are_closed() {
     run_table(vec![
-        (
-            "read invoked when the write returns",
-            vec![op(ups("a"), OK, 0, 10), op(Fetch, NotFound, 10, 12)],
-            true,
-        ),
-        (
-            "read invoked after the write returns",
-            vec![op(ups("a"), OK, 0, 10), op(Fetch, NotFound, 11, 12)],
-            false,
-        ),
-        (
-            "instantaneous operations at the same time",
-            vec![op(Fetch, val("a"), 5, 5), op(ups("a"), OK, 5, 5)],
-            true,
-        ),
+        ("read invoked when the write returns", vec![op(ups("a"), OK, 0, 10), op(Fetch, NotFound, 10, 12)], true),
+        ("read invoked after the write returns", vec![op(ups("a"), OK, 0, 10), op(Fetch, NotFound, 11, 12)], false),
+        ("instantaneous operations at the same time", vec![op(Fetch, val("a"), 5, 5), op(ups("a"), OK, 5, 5)], true),
         (
             "unknown write invoked when a read returns",
             vec![op(Fetch, val("a"), 0, 5), op(ups("a"), Unknown, 5, 0)],
@@ -376,16 +215,8 @@ fn tie_rule_intervals_are_closed() {
 fn completion_before_invocation_is_clamped() {
     run_table(vec![
         // The upsert is treated as [10, 10], after the read.
-        (
-            "clamped write after read",
-            vec![op(Fetch, NotFound, 7, 8), op(ups("a"), OK, 10, 5)],
-            true,
-        ),
-        (
-            "clamped write cannot precede read",
-            vec![op(Fetch, val("a"), 7, 8), op(ups("a"), OK, 10, 5)],
-            false,
-        ),
+        ("clamped write after read", vec![op(Fetch, NotFound, 7, 8), op(ups("a"), OK, 10, 5)], true),
+        ("clamped write cannot precede read", vec![op(Fetch, val("a"), 7, 8), op(ups("a"), OK, 10, 5)], false),
     ]);
 }
 
@@ -400,11 +231,7 @@ fn read_flip_is_rejected() {
     run_table(vec![
         (
             "flip to absent",
-            vec![
-                op(ups("v"), Unknown, 0, 3),
-                op(Fetch, val("v"), 5, 6),
-                op(Fetch, NotFound, 7, 8),
-            ],
+            vec![op(ups("v"), Unknown, 0, 3), op(Fetch, val("v"), 5, 6), op(Fetch, NotFound, 7, 8)],
             false,
         ),
         (
@@ -417,15 +244,7 @@ fn read_flip_is_rejected() {
             ],
             false,
         ),
-        (
-            "no flip",
-            vec![
-                op(ups("v"), Unknown, 0, 3),
-                op(Fetch, val("v"), 5, 6),
-                op(Fetch, val("v"), 7, 8),
-            ],
-            true,
-        ),
+        ("no flip", vec![op(ups("v"), Unknown, 0, 3), op(Fetch, val("v"), 5, 6), op(Fetch, val("v"), 7, 8)], true),
         (
             "no flip from old value",
             vec![
@@ -444,11 +263,7 @@ fn unknown_outcomes() {
     run_table(vec![
         (
             "absent forever",
-            vec![
-                op(ups("v"), Unknown, 0, 0),
-                op(Fetch, NotFound, 5, 6),
-                op(Fetch, NotFound, 100, 101),
-            ],
+            vec![op(ups("v"), Unknown, 0, 0), op(Fetch, NotFound, 5, 6), op(Fetch, NotFound, 100, 101)],
             true,
         ),
         (
@@ -461,18 +276,10 @@ fn unknown_outcomes() {
             ],
             true,
         ),
-        (
-            "cannot appear before its invocation",
-            vec![op(Fetch, val("v"), 0, 1), op(ups("v"), Unknown, 5, 6)],
-            false,
-        ),
+        ("cannot appear before its invocation", vec![op(Fetch, val("v"), 0, 1), op(ups("v"), Unknown, 5, 6)], false),
         (
             "once observed cannot disappear",
-            vec![
-                op(ins("v"), Unknown, 0, 0),
-                op(Fetch, val("v"), 5, 6),
-                op(Fetch, NotFound, 7, 8),
-            ],
+            vec![op(ins("v"), Unknown, 0, 0), op(Fetch, val("v"), 5, 6), op(Fetch, NotFound, 7, 8)],
             false,
         ),
         (
@@ -509,20 +316,12 @@ fn unknown_outcomes() {
         ),
         (
             "unknown insert on a present key changes nothing",
-            vec![
-                op(ups("a"), OK, 0, 1),
-                op(ins("b"), Unknown, 2, 0),
-                op(Fetch, val("a"), 3, 4),
-            ],
+            vec![op(ups("a"), OK, 0, 1), op(ins("b"), Unknown, 2, 0), op(Fetch, val("a"), 3, 4)],
             true,
         ),
         (
             "unknown insert on a present key cannot write",
-            vec![
-                op(ups("a"), OK, 0, 1),
-                op(ins("b"), Unknown, 2, 0),
-                op(Fetch, val("b"), 3, 4),
-            ],
+            vec![op(ups("a"), OK, 0, 1), op(ins("b"), Unknown, 2, 0), op(Fetch, val("b"), 3, 4)],
             false,
         ),
         (
@@ -532,11 +331,7 @@ fn unknown_outcomes() {
         ),
         (
             "unknown delete may happen",
-            vec![
-                op(ups("a"), OK, 0, 1),
-                op(Delete, Unknown, 2, 0),
-                op(Fetch, NotFound, 3, 4),
-            ],
+            vec![op(ups("a"), OK, 0, 1), op(Delete, Unknown, 2, 0), op(Fetch, NotFound, 3, 4)],
             true,
         ),
         (
@@ -551,27 +346,15 @@ fn unknown_outcomes() {
         ),
         (
             "unknown write explains an already-exists",
-            vec![
-                op(ins("a"), Unknown, 0, 0),
-                op(ins("b"), AlreadyExists, 5, 6),
-                op(Fetch, val("a"), 7, 8),
-            ],
+            vec![op(ins("a"), Unknown, 0, 0), op(ins("b"), AlreadyExists, 5, 6), op(Fetch, val("a"), 7, 8)],
             true,
         ),
         (
             "unknown fetch constrains nothing",
-            vec![
-                op(ups("a"), OK, 0, 1),
-                op(Fetch, Unknown, 2, 3),
-                op(Fetch, val("a"), 4, 5),
-            ],
+            vec![op(ups("a"), OK, 0, 1), op(Fetch, Unknown, 2, 3), op(Fetch, val("a"), 4, 5)],
             true,
         ),
-        (
-            "only unknown operations",
-            vec![op(ups("a"), Unknown, 0, 0), op(Delete, Unknown, 1, 0)],
-            true,
-        ),
+        ("only unknown operations", vec![op(ups("a"), Unknown, 0, 0), op(Delete, Unknown, 1, 0)], true),
     ]);
 }
 
@@ -596,11 +379,7 @@ fn keys_are_independent_and_the_first_bad_key_is_reported() {
     assert_eq!(v.operations.len(), 2);
     assert!(v.operations.iter().all(|op| op.key == "b"));
 
-    let good: Vec<Operation> = history
-        .iter()
-        .filter(|op| op.key == "a" || op.key == "d")
-        .cloned()
-        .collect();
+    let good: Vec<Operation> = history.iter().filter(|op| op.key == "a" || op.key == "d").cloned().collect();
     let report = check(&good).expect("keys a and d are linearizable");
     assert_eq!(report.keys, 2);
     assert_eq!(report.operations, 3);
@@ -612,54 +391,29 @@ fn keys_are_independent_and_the_first_bad_key_is_reported() {
 
 #[test]
 fn violation_report_is_readable() {
-    let history = vec![
-        on("k", Fetch, NotFound, 30, 40),
-        on("k", ups("v"), Unknown, 0, 0),
-        on("k", Fetch, val("v"), 10, 20),
-    ];
+    let history =
+        vec![on("k", Fetch, NotFound, 30, 40), on("k", ups("v"), Unknown, 0, 0), on("k", Fetch, val("v"), 10, 20)];
     let v = violation(check(&history));
     let invoked: Vec<u64> = v.operations.iter().map(|op| op.invoked_at).collect();
     assert_eq!(invoked, [0, 10, 30], "operations are sorted by invocation");
     let text = v.to_string();
     assert!(text.starts_with("key \"k\" is not linearizable"), "{text}");
-    assert!(
-        text.contains("#0    [0, ?] client 0 \"k\": Upsert(\"v\") -> Unknown"),
-        "{text}"
-    );
-    assert!(
-        text.contains("#2    [30, 40] client 0 \"k\": Fetch -> NotFound"),
-        "{text}"
-    );
-    assert!(
-        v.explanation.contains("#2 (Fetch -> NotFound)"),
-        "{}",
-        v.explanation
-    );
+    assert!(text.contains("#0    [0, ?] client 0 \"k\": Upsert(\"v\") -> Unknown"), "{text}");
+    assert!(text.contains("#2    [30, 40] client 0 \"k\": Fetch -> NotFound"), "{text}");
+    assert!(v.explanation.contains("#2 (Fetch -> NotFound)"), "{}", v.explanation);
     assert!(v.explanation.contains("holds \"v\""), "{}", v.explanation);
     assert_eq!(CheckError::NotLinearizable(v.clone()).to_string(), text);
 
     let bad = violation(check(&[op(Fetch, val("zz"), 0, 1)]));
-    assert!(
-        bad.explanation.contains("#0 can never be linearized"),
-        "{}",
-        bad.explanation
-    );
+    assert!(bad.explanation.contains("#0 can never be linearized"), "{}", bad.explanation);
 
     let binary = Command::Upsert(vec![0, 255, 7]).to_string();
     assert_eq!(binary, "Upsert(0x00ff07)");
     let long = Outcome::Value(vec![1; 100]).to_string();
     assert!(long.ends_with("...(100 bytes))"), "{long}");
 
-    let too_complex = CheckError::TooComplex {
-        key: "k".into(),
-        operations: 3,
-        states_explored: 9,
-    };
-    assert!(
-        too_complex
-            .to_string()
-            .contains("gave up checking key \"k\"")
-    );
+    let too_complex = CheckError::TooComplex { key: "k".into(), operations: 3, states_explored: 9 };
+    assert!(too_complex.to_string().contains("gave up checking key \"k\""));
     let _: &dyn std::error::Error = &too_complex;
 }
 
@@ -677,14 +431,7 @@ fn history_records_operations() {
     let ops = history.operations();
     assert_eq!(
         ops[0],
-        Operation {
-            client: 1,
-            key: "k".into(),
-            command: ups("a"),
-            outcome: OK,
-            invoked_at: 0,
-            completed_at: 6
-        }
+        Operation { client: 1, key: "k".into(), command: ups("a"), outcome: OK, invoked_at: 0, completed_at: 6 }
     );
     assert_eq!(ops[1].outcome, val("a"));
     assert_eq!(ops[2].outcome, Unknown, "never completed");
@@ -707,9 +454,7 @@ fn history_double_completion_panics() {
 /// Many concurrent unknown upserts followed by reads that would need one of
 /// them to take effect twice: refuting it means trying many subsets.
 fn pathological(unknowns: usize) -> Vec<Operation> {
-    let mut ops: Vec<Operation> = (0..unknowns)
-        .map(|i| op(ups(&format!("u{i}")), Unknown, 0, 0))
-        .collect();
+    let mut ops: Vec<Operation> = (0..unknowns).map(|i| op(ups(&format!("u{i}")), Unknown, 0, 0)).collect();
     let mut t = 10;
     for i in (0..unknowns).chain([0]) {
         ops.push(op(Fetch, val(&format!("u{i}")), t, t + 1));
@@ -723,11 +468,7 @@ fn budget_exhaustion_is_too_complex() {
     let history = pathological(12);
     let tiny = Checker { states_max: 50 };
     match tiny.check(&history) {
-        Err(CheckError::TooComplex {
-            key,
-            operations,
-            states_explored,
-        }) => {
+        Err(CheckError::TooComplex { key, operations, states_explored }) => {
             assert_eq!(key, "k");
             assert_eq!(operations, 25);
             assert_eq!(states_explored, 51);
@@ -802,13 +543,7 @@ fn simulate(seed: u64, clients: u64, keys: u64, total: usize) -> Vec<Operation> 
     simulate_with(seed, clients, keys, total, 20)
 }
 
-fn simulate_with(
-    seed: u64,
-    clients: u64,
-    keys: u64,
-    total: usize,
-    unknown_one_in: u64,
-) -> Vec<Operation> {
+fn simulate_with(seed: u64, clients: u64, keys: u64, total: usize, unknown_one_in: u64) -> Vec<Operation> {
     let mut rng = Rng::new(seed);
     let mut clocks: Vec<u64> = (0..clients).map(|_| rng.below(5)).collect();
     let mut ops = Vec::with_capacity(total);
@@ -834,14 +569,7 @@ fn simulate_with(
         effects.extend(at.map(|at| (at, n)));
         let outcome = if unknown { Unknown } else { OK }; // filled in below
         let key = format!("key{}", rng.below(keys));
-        ops.push(Operation {
-            client,
-            key,
-            command,
-            outcome,
-            invoked_at: inv,
-            completed_at: comp,
-        });
+        ops.push(Operation { client, key, command, outcome, invoked_at: inv, completed_at: comp });
     }
     effects.sort();
     let mut registers: BTreeMap<String, Option<Value>> = BTreeMap::new();
@@ -869,11 +597,7 @@ fn stale_fetch(ops: &[Operation]) -> Option<(usize, Value)> {
         }
         let writes = || ops.iter().filter(|op| op.key == fetch.key && ok_write(op));
         // The latest-starting write that completed before the fetch began.
-        let Some(second) = writes()
-            .filter(|w| w.completed_at < fetch.invoked_at)
-            .map(|w| w.invoked_at)
-            .max()
-        else {
+        let Some(second) = writes().filter(|w| w.completed_at < fetch.invoked_at).map(|w| w.invoked_at).max() else {
             continue;
         };
         let stale = writes().find_map(|first| match &first.command {
@@ -913,20 +637,14 @@ fn large_histories_are_fast() {
         let mut ops = simulate(seed, 25, 5, 4000);
         let start = Instant::now();
         let report = check(&ops).unwrap_or_else(|e| panic!("seed {seed}: {e}"));
-        eprintln!(
-            "seed {seed}: 4000 ops accepted in {:?}: {report:?}",
-            start.elapsed()
-        );
+        eprintln!("seed {seed}: 4000 ops accepted in {:?}: {report:?}", start.elapsed());
         assert!(report.states_explored < 200_000, "{report:?}");
 
         let (f, stale) = stale_fetch(&ops).expect("some fetch can be made stale");
         ops[f].outcome = Outcome::Value(stale);
         let start = Instant::now();
         let result = check(&ops);
-        eprintln!(
-            "seed {seed}: corrupted #{f} rejected in {:?}",
-            start.elapsed()
-        );
+        eprintln!("seed {seed}: corrupted #{f} rejected in {:?}", start.elapsed());
         assert_eq!(violation(result).key, ops[f].key);
     }
 }
@@ -945,8 +663,7 @@ fn brute_force(ops: &[Operation]) -> bool {
             return true;
         }
         for i in 0..ops.len() {
-            let blocked =
-                (0..ops.len()).any(|j| !used[j] && known(j) && ret(j) < ops[i].invoked_at);
+            let blocked = (0..ops.len()).any(|j| !used[j] && known(j) && ret(j) < ops[i].invoked_at);
             if used[i] || blocked {
                 continue;
             }
@@ -988,30 +705,19 @@ fn agrees_with_brute_force_on_small_histories() {
             .map(|_| {
                 let value = [b"a", b"b"][rng.below(2) as usize].to_vec();
                 let command = random_command(&mut rng, value);
-                let outcome = if rng.below(3) == 0 {
-                    random_outcome(&mut rng)
-                } else {
-                    Unknown
-                };
+                let outcome = if rng.below(3) == 0 { random_outcome(&mut rng) } else { Unknown };
                 let inv = rng.below(12);
                 op(command, outcome, inv, inv + rng.below(8))
             })
             .collect();
         // Fill most outcomes from a random real execution so that many cases are valid.
-        let ops = if rng.below(2) == 0 {
-            replay(ops, &mut rng)
-        } else {
-            ops
-        };
+        let ops = if rng.below(2) == 0 { replay(ops, &mut rng) } else { ops };
         let expected = brute_force(&ops);
         let got = check(&ops);
         assert_eq!(got.is_ok(), expected, "case {case}: {ops:#?}\n{got:?}");
         if expected { valid += 1 } else { invalid += 1 }
     }
-    assert!(
-        valid > 1000 && invalid > 1000,
-        "valid {valid}, invalid {invalid}"
-    );
+    assert!(valid > 1000 && invalid > 1000, "valid {valid}, invalid {invalid}");
 }
 
 /// Replaces Unknown outcomes by those of a sequential execution in a random
@@ -1020,12 +726,7 @@ fn replay(mut ops: Vec<Operation>, rng: &mut Rng) -> Vec<Operation> {
     let mut points: Vec<(u64, usize)> = ops
         .iter()
         .enumerate()
-        .map(|(i, op)| {
-            (
-                op.invoked_at + rng.below(op.completed_at - op.invoked_at + 1),
-                i,
-            )
-        })
+        .map(|(i, op)| (op.invoked_at + rng.below(op.completed_at - op.invoked_at + 1), i))
         .collect();
     points.sort();
     let mut state = None;
@@ -1042,9 +743,7 @@ fn replay(mut ops: Vec<Operation>, rng: &mut Rng) -> Vec<Operation> {
 #[test]
 #[ignore]
 fn zz_probe() {
-    let rate: u64 = std::env::var("RATE")
-        .map(|s| s.parse().unwrap())
-        .unwrap_or(20);
+    let rate: u64 = std::env::var("RATE").map(|s| s.parse().unwrap()).unwrap_or(20);
     for seed in [7, 8, 9] {
         let ops = simulate_with(seed, 25, 5, 4000, rate);
         for k in 0..5 {
@@ -1057,6 +756,32 @@ fn zz_probe() {
                 "seed {seed} {key}: {} ops, {unk} unknown: {:?} in {:?}",
                 kops.len(),
                 r.map(|r| r.states_explored),
+                start.elapsed()
+            );
+        }
+    }
+}
+
+#[test]
+#[ignore]
+fn zz_probe_bad() {
+    let rate: u64 = std::env::var("RATE").map(|s| s.parse().unwrap()).unwrap_or(20);
+    for seed in [7, 8, 9] {
+        let ops = simulate_with(seed, 25, 5, 4000, rate);
+        for k in 0..5 {
+            let key = format!("key{k}");
+            let mut kops: Vec<Operation> = ops.iter().filter(|o| o.key == key).cloned().collect();
+            let (f, stale) = stale_fetch(&kops).unwrap();
+            kops[f].outcome = Outcome::Value(stale);
+            let start = Instant::now();
+            let r = Checker { states_max: 3_000_000 }.check(&kops);
+            eprintln!(
+                "seed {seed} {key}: {} ops, bad #{f}: {:?} in {:?}",
+                kops.len(),
+                r.map_err(|e| match e {
+                    CheckError::TooComplex { states_explored, .. } => states_explored,
+                    _ => 0,
+                }),
                 start.elapsed()
             );
         }

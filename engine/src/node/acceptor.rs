@@ -41,20 +41,12 @@ impl ForwardWindows {
     /// Records forward `seq` of `op`'s node life; false if it is a duplicate or too old to
     /// tell (then it must not run).
     pub(super) fn admit(&mut self, op: OpId, seq: u64) -> bool {
-        let w = self.windows.entry(op.node).or_insert(Window {
-            restart: op.restart,
-            highest: 0,
-            seen: [0; 16],
-        });
+        let w = self.windows.entry(op.node).or_insert(Window { restart: op.restart, highest: 0, seen: [0; 16] });
         if op.restart < w.restart {
             return false;
         }
         if op.restart > w.restart {
-            *w = Window {
-                restart: op.restart,
-                highest: 0,
-                seen: [0; 16],
-            };
+            *w = Window { restart: op.restart, highest: 0, seen: [0; 16] };
         }
         if seq > w.highest {
             w.shift(seq - w.highest);
@@ -105,12 +97,10 @@ impl<S: Storage> Node<S> {
     }
 
     fn load(&mut self, partition: PartitionId, key: &str) -> Result<Register, Rejection> {
-        self.persist
-            .register(&self.storage, partition, key)
-            .map_err(|_| {
-                self.stats.storage_errors += 1;
-                Rejection::Storage
-            })
+        self.persist.register(&self.storage, partition, key).map_err(|_| {
+            self.stats.storage_errors += 1;
+            Rejection::Storage
+        })
     }
 
     pub(super) fn on_prepare(
@@ -131,16 +121,7 @@ impl<S: Storage> Node<S> {
             Ok((p, view)) => (self.persist.gate(p, &key), Ok(view)),
             Err(e) => (self.gate_of(&key), Err(e)),
         };
-        self.send(
-            from,
-            Message::Promise {
-                key,
-                ballot,
-                attempt,
-                result,
-            },
-            gate,
-        );
+        self.send(from, Message::Promise { key, ballot, attempt, result }, gate);
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -161,23 +142,12 @@ impl<S: Storage> Node<S> {
         }
         let outcome = self.fence(&key, epoch).and_then(|p| {
             let mut reg = self.load(p, &key)?;
-            let granted = reg
-                .accept(ballot, accepted.state, next)
-                .map_err(Rejection::Refused)?;
+            let granted = reg.accept(ballot, accepted.state, next).map_err(Rejection::Refused)?;
             self.persist.put_register(p, &key, Some(reg), true);
             Ok(granted)
         });
         let gate = self.gate_of(&key);
-        self.send(
-            from,
-            Message::Accepted {
-                key,
-                ballot,
-                attempt,
-                result: outcome,
-            },
-            gate,
-        );
+        self.send(from, Message::Accepted { key, ballot, attempt, result: outcome }, gate);
     }
 
     pub(super) fn on_commit(&mut self, key: String, epoch: EpochRef, accepted: Accepted) {
@@ -194,26 +164,10 @@ impl<S: Storage> Node<S> {
         }
     }
 
-    pub(super) fn on_read(
-        &mut self,
-        from: NodeId,
-        key: String,
-        epoch: EpochRef,
-        attempt: AttemptId,
-    ) {
-        let result = self
-            .fence(&key, epoch)
-            .and_then(|p| Ok(self.load(p, &key)?.view()));
+    pub(super) fn on_read(&mut self, from: NodeId, key: String, epoch: EpochRef, attempt: AttemptId) {
+        let result = self.fence(&key, epoch).and_then(|p| Ok(self.load(p, &key)?.view()));
         let gate = self.gate_of(&key);
-        self.send(
-            from,
-            Message::ReadReply {
-                key,
-                attempt,
-                result,
-            },
-            gate,
-        );
+        self.send(from, Message::ReadReply { key, attempt, result }, gate);
     }
 
     pub(super) fn on_drop(&mut self, key: String, epoch: EpochRef, ballot: Ballot) {
@@ -227,8 +181,7 @@ impl<S: Storage> Node<S> {
         let Ok(floor) = self.persist.floor(&self.storage, p) else {
             return;
         };
-        self.persist
-            .put_floor(p, reg.floor_after_drop(floor, ballot));
+        self.persist.put_floor(p, reg.floor_after_drop(floor, ballot));
         self.persist.put_register(p, &key, None, true);
         self.stats.keys_dropped += 1;
     }
@@ -252,33 +205,16 @@ impl<S: Storage> Node<S> {
                     }
                 })
             };
-            parts.push(ScanPart {
-                partition: p,
-                result,
-            });
+            parts.push(ScanPart { partition: p, result });
         }
-        self.send(
-            from,
-            Message::ScanReply {
-                id,
-                partitions: parts,
-            },
-            gate,
-        );
+        self.send(from, Message::ScanReply { id, partitions: parts }, gate);
     }
 
     /// Keys of one partition in `range`, with their views, merging the overlay over the silo.
-    fn scan_partition(
-        &mut self,
-        p: PartitionId,
-        range: &ScanRange,
-    ) -> Result<ScanEntries, Rejection> {
+    fn scan_partition(&mut self, p: PartitionId, range: &ScanRange) -> Result<ScanEntries, Rejection> {
         let limit = range.limit.clamp(1, 100_000) as usize;
-        let from = if range.start.as_str() > range.prefix.as_str() {
-            range.start.as_str()
-        } else {
-            range.prefix.as_str()
-        };
+        let from =
+            if range.start.as_str() > range.prefix.as_str() { range.start.as_str() } else { range.prefix.as_str() };
         let start = storage::register_key(p, from.as_bytes());
         let end = match prefix_successor(range.prefix.as_bytes()) {
             Some(succ) => storage::register_key(p, &succ),
@@ -291,15 +227,10 @@ impl<S: Storage> Node<S> {
             Rejection::Storage
         })?;
         let silo_last = (rows.len() >= limit + 2)
-            .then(|| {
-                rows.last()
-                    .and_then(|(sk, _)| String::from_utf8(sk[5..].to_vec()).ok())
-            })
+            .then(|| rows.last().and_then(|(sk, _)| String::from_utf8(sk[5..].to_vec()).ok()))
             .flatten();
-        let mut keys: Vec<String> = rows
-            .into_iter()
-            .filter_map(|(sk, _)| String::from_utf8(sk[5..].to_vec()).ok())
-            .collect();
+        let mut keys: Vec<String> =
+            rows.into_iter().filter_map(|(sk, _)| String::from_utf8(sk[5..].to_vec()).ok()).collect();
         keys.extend(self.persist.pending_keys(&start, &end));
         keys.sort();
         keys.dedup();
@@ -320,10 +251,7 @@ impl<S: Storage> Node<S> {
             }
             entries.push((key, reg.view()));
         }
-        Ok(ScanEntries {
-            entries,
-            complete_to,
-        })
+        Ok(ScanEntries { entries, complete_to })
     }
 
     fn gate_of(&self, key: &str) -> Option<crate::storage::BatchId> {
@@ -346,26 +274,15 @@ impl<S: Storage> Node<S> {
             return; // a duplicate, a replay from an older life, or a forged op-id
         }
         if self.requests.len() >= self.cfg.requests_in_flight_max {
-            let e = crate::KvError::ResourceExhausted(
-                "too many requests in flight on the primary".into(),
-            );
+            let e = crate::KvError::ResourceExhausted("too many requests in flight on the primary".into());
             self.send(from, Message::ForwardReply { id, result: Err(e) }, None);
             return;
         }
         let req = self.next_req;
         self.next_req += 1;
-        self.requests.insert(
-            req,
-            Pending {
-                origin: Origin::Peer { from, id },
-                forwarded: None,
-            },
-        );
-        self.timers.set(
-            now + self.cfg.request_timeout,
-            super::timers::Timer::Request { req },
-        );
-        self.coordinate(req, key, change, op, false, now);
+        self.requests.insert(req, Pending { origin: Origin::Peer { from, id }, forwarded: None });
+        self.timers.set(now + self.cfg.request_timeout, super::timers::Timer::Request { req });
+        self.coordinate(req, key, change, op, None, now);
     }
 }
 
@@ -386,11 +303,7 @@ mod tests {
     use super::*;
 
     fn op(restart: u64) -> OpId {
-        OpId {
-            node: NodeTag(7),
-            restart,
-            seq: 0,
-        }
+        OpId { node: NodeTag(7), restart, seq: 0 }
     }
 
     #[test]

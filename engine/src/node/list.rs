@@ -61,11 +61,7 @@ struct PartScan {
 
 impl<S: Storage> Node<S> {
     pub(super) fn start_list(&mut self, req: ReqKey, query: ListQuery, now: Instant) {
-        for (name, s) in [
-            ("prefix", &query.prefix),
-            ("marker", &query.marker),
-            ("delimiter", &query.delimiter),
-        ] {
+        for (name, s) in [("prefix", &query.prefix), ("marker", &query.marker), ("delimiter", &query.delimiter)] {
             if s.len() > KEY_BYTES_MAX {
                 let e = KvError::InvalidArgument(format!("{name} is longer than the largest key"));
                 self.finish_response(req, Err(e));
@@ -86,8 +82,7 @@ impl<S: Storage> Node<S> {
             resolving: BTreeMap::new(),
         };
         self.lists.rounds.insert(id, round);
-        self.timers
-            .set(now + self.cfg.request_timeout, Timer::List { list: id });
+        self.timers.set(now + self.cfg.request_timeout, Timer::List { list: id });
         self.scan_round(id);
     }
 
@@ -116,40 +111,19 @@ impl<S: Storage> Node<S> {
         for config in self.map.iter() {
             let p = config.partition;
             for m in &config.members {
-                per_node
-                    .entry(m.clone())
-                    .or_default()
-                    .push((p, self.map.epoch_ref(p)));
+                per_node.entry(m.clone()).or_default().push((p, self.map.epoch_ref(p)));
             }
-            let part = PartScan {
-                members: config.members.clone(),
-                quorum: config.quorum(),
-                replies: Vec::new(),
-                refused: 0,
-            };
+            let part =
+                PartScan { members: config.members.clone(), quorum: config.quorum(), replies: Vec::new(), refused: 0 };
             round.parts.insert(p, part);
         }
         round.waiting = round.parts.len();
         for (node, partitions) in per_node {
-            self.send(
-                node,
-                Message::Scan {
-                    id: scan,
-                    partitions,
-                    range: range.clone(),
-                },
-                None,
-            );
+            self.send(node, Message::Scan { id: scan, partitions, range: range.clone() }, None);
         }
     }
 
-    pub(super) fn on_scan_reply(
-        &mut self,
-        from: NodeId,
-        scan: u64,
-        parts: Vec<ScanPart>,
-        now: Instant,
-    ) {
+    pub(super) fn on_scan_reply(&mut self, from: NodeId, scan: u64, parts: Vec<ScanPart>, now: Instant) {
         let Some(&id) = self.lists.scans.get(&scan) else {
             return;
         };
@@ -197,11 +171,8 @@ impl<S: Storage> Node<S> {
         let Some(round) = self.lists.rounds.get_mut(&id) else {
             return;
         };
-        let frontier = round
-            .parts
-            .values()
-            .flat_map(|ps| ps.replies.iter().filter_map(|(_, e)| e.complete_to.clone()))
-            .min();
+        let frontier =
+            round.parts.values().flat_map(|ps| ps.replies.iter().filter_map(|(_, e)| e.complete_to.clone())).min();
         let mut unresolved = Vec::new();
         for ps in round.parts.values() {
             let mut views: BTreeMap<&str, Vec<ReadView>> = BTreeMap::new();
@@ -214,19 +185,10 @@ impl<S: Storage> Node<S> {
             }
             for (key, mut vs) in views {
                 // A member that did not list the key has accepted nothing for it.
-                vs.resize(
-                    ps.quorum,
-                    ReadView {
-                        accepted: None,
-                        committed: false,
-                    },
-                );
+                vs.resize(ps.quorum, ReadView { accepted: None, committed: false });
                 match proven_state(&vs) {
                     Some(state) => {
-                        round.keys.insert(
-                            key.to_string(),
-                            Some(state.is_some_and(|s| s.value().is_some())),
-                        );
+                        round.keys.insert(key.to_string(), Some(state.is_some_and(|s| s.value().is_some())));
                     }
                     None => {
                         round.keys.insert(key.to_string(), None);
@@ -249,24 +211,10 @@ impl<S: Storage> Node<S> {
             round.resolving.insert(req, key.clone());
         }
         self.stats.read_fallbacks += 1;
-        self.enqueue(
-            key,
-            Queued {
-                req,
-                change: Change::Fetch,
-                op,
-                recover: false,
-            },
-            now,
-        );
+        self.enqueue(key, Queued { req, change: Change::Fetch, op, recover: None }, now);
     }
 
-    pub(super) fn list_key_resolved(
-        &mut self,
-        id: u64,
-        req: ReqKey,
-        result: Result<Answer, KvError>,
-    ) {
+    pub(super) fn list_key_resolved(&mut self, id: u64, req: ReqKey, result: Result<Answer, KvError>) {
         let Some(round) = self.lists.rounds.get_mut(&id) else {
             return;
         };

@@ -73,38 +73,23 @@ pub enum Request {
 impl Request {
     /// Insert `value` under `key` if absent.
     pub fn insert(key: impl Into<String>, value: impl Into<Vec<u8>>) -> Self {
-        Request::Kv {
-            key: key.into(),
-            change: Change::Insert(value.into()),
-        }
+        Request::Kv { key: key.into(), change: Change::Insert(value.into()) }
     }
     /// Replace the value of present `key`.
     pub fn update(key: impl Into<String>, value: impl Into<Vec<u8>>) -> Self {
-        Request::Kv {
-            key: key.into(),
-            change: Change::Update(value.into()),
-        }
+        Request::Kv { key: key.into(), change: Change::Update(value.into()) }
     }
     /// Set `key` to `value`.
     pub fn upsert(key: impl Into<String>, value: impl Into<Vec<u8>>) -> Self {
-        Request::Kv {
-            key: key.into(),
-            change: Change::Upsert(value.into()),
-        }
+        Request::Kv { key: key.into(), change: Change::Upsert(value.into()) }
     }
     /// Delete present `key`.
     pub fn delete(key: impl Into<String>) -> Self {
-        Request::Kv {
-            key: key.into(),
-            change: Change::Delete,
-        }
+        Request::Kv { key: key.into(), change: Change::Delete }
     }
     /// Read `key`.
     pub fn fetch(key: impl Into<String>) -> Self {
-        Request::Kv {
-            key: key.into(),
-            change: Change::Fetch,
-        }
+        Request::Kv { key: key.into(), change: Change::Fetch }
     }
 }
 
@@ -253,22 +238,16 @@ impl<S: Storage> Node<S> {
             )));
         }
         if !params.initial_nodes.contains(&cfg.me) {
-            return Err(StartError::Config(format!(
-                "{} is not in the initial node list",
-                cfg.me
-            )));
+            return Err(StartError::Config(format!("{} is not in the initial node list", cfg.me)));
         }
         let mut nodes = BTreeMap::new();
         for n in &params.initial_nodes {
             if nodes.values().any(|t| *t == n.tag()) {
-                return Err(StartError::Config(format!(
-                    "node {n} collides with another node's tag"
-                )));
+                return Err(StartError::Config(format!("node {n} collides with another node's tag")));
             }
             nodes.insert(n.clone(), n.tag());
         }
-        let map =
-            PartitionMap::initial(params.partitions, params.replication, &params.initial_nodes);
+        let map = PartitionMap::initial(params.partitions, params.replication, &params.initial_nodes);
         let mut persist = persist::Persist::default();
         let restart = persist.bump_restart(&storage)?;
         let _ = now;
@@ -435,27 +414,14 @@ impl<S: Storage> Node<S> {
     fn register_request(&mut self, origin: Origin, now: Instant) -> ReqKey {
         let req = self.next_req;
         self.next_req += 1;
-        self.requests.insert(
-            req,
-            Pending {
-                origin,
-                forwarded: None,
-            },
-        );
-        self.timers.set(
-            now + self.cfg.request_timeout,
-            timers::Timer::Request { req },
-        );
+        self.requests.insert(req, Pending { origin, forwarded: None });
+        self.timers.set(now + self.cfg.request_timeout, timers::Timer::Request { req });
         req
     }
 
     fn mint_op(&mut self) -> OpId {
         self.next_op_seq += 1;
-        OpId {
-            node: self.me_tag,
-            restart: self.restart,
-            seq: self.next_op_seq,
-        }
+        OpId { node: self.me_tag, restart: self.restart, seq: self.next_op_seq }
     }
 
     /// Answers a request (if it is still waiting) and forgets it.
@@ -503,12 +469,7 @@ impl<S: Storage> Node<S> {
             self.stats.transmit_dropped += 1;
             return;
         }
-        let envelope = Envelope {
-            cluster: self.cluster,
-            from: self.cfg.me.clone(),
-            to: to.clone(),
-            message: msg,
-        };
+        let envelope = Envelope { cluster: self.cluster, from: self.cfg.me.clone(), to: to.clone(), message: msg };
         self.transmits.push_back(Transmit { to, envelope });
     }
 
@@ -522,71 +483,30 @@ impl<S: Storage> Node<S> {
 
     fn dispatch(&mut self, from: NodeId, msg: Message, now: Instant) {
         match msg {
-            Message::Prepare {
-                key,
-                epoch,
-                ballot,
-                attempt,
-            } => self.on_prepare(from, key, epoch, ballot, attempt),
-            Message::Accept {
-                key,
-                epoch,
-                ballot,
-                attempt,
-                accepted,
-                next,
-            } => self.on_accept(from, key, epoch, ballot, attempt, accepted, next),
-            Message::Commit {
-                key,
-                epoch,
-                accepted,
-            } => self.on_commit(key, epoch, accepted),
-            Message::Read {
-                key,
-                epoch,
-                attempt,
-            } => self.on_read(from, key, epoch, attempt),
+            Message::Prepare { key, epoch, ballot, attempt } => self.on_prepare(from, key, epoch, ballot, attempt),
+            Message::Accept { key, epoch, ballot, attempt, accepted, next } => {
+                self.on_accept(from, key, epoch, ballot, attempt, accepted, next)
+            }
+            Message::Commit { key, epoch, accepted } => self.on_commit(key, epoch, accepted),
+            Message::Read { key, epoch, attempt } => self.on_read(from, key, epoch, attempt),
             Message::Drop { key, epoch, ballot } => self.on_drop(key, epoch, ballot),
-            Message::Scan {
-                id,
-                partitions,
-                range,
-            } => self.on_scan(from, id, partitions, range),
-            Message::Promise {
-                key,
-                ballot,
-                attempt,
-                result,
-            } => self.on_promise(from, key, ballot, attempt, result, now),
-            Message::Accepted {
-                key,
-                ballot,
-                attempt,
-                result,
-            } => self.on_accepted(from, key, ballot, attempt, result, now),
-            Message::ReadReply {
-                key,
-                attempt,
-                result,
-            } => self.on_read_reply(from, key, attempt, result, now),
+            Message::Scan { id, partitions, range } => self.on_scan(from, id, partitions, range),
+            Message::Promise { key, ballot, attempt, result } => {
+                self.on_promise(from, key, ballot, attempt, result, now)
+            }
+            Message::Accepted { key, ballot, attempt, result } => {
+                self.on_accepted(from, key, ballot, attempt, result, now)
+            }
+            Message::ReadReply { key, attempt, result } => self.on_read_reply(from, key, attempt, result, now),
             Message::ScanReply { id, partitions } => self.on_scan_reply(from, id, partitions, now),
-            Message::Forward {
-                id,
-                seq,
-                op,
-                key,
-                change,
-            } => self.on_forward(from, id, seq, op, key, change, now),
+            Message::Forward { id, seq, op, key, change } => self.on_forward(from, id, seq, op, key, change, now),
             Message::ForwardReply { id, result } => self.on_forward_reply(from, id, result),
         }
     }
 
     fn check_envelope(&self, envelope: &Envelope) -> Result<(), PeerError> {
         if envelope.cluster != self.cluster {
-            return Err(PeerError::WrongCluster {
-                expected: self.cluster,
-                got: envelope.cluster,
-            });
+            return Err(PeerError::WrongCluster { expected: self.cluster, got: envelope.cluster });
         }
         if envelope.to != self.cfg.me {
             return Err(PeerError::WrongReceiver(envelope.to.clone()));
@@ -595,9 +515,7 @@ impl<S: Storage> Node<S> {
             return Err(PeerError::UnknownSender(envelope.from.clone()));
         }
         if envelope.from == self.cfg.me {
-            return Err(PeerError::Invalid(
-                "a node does not send to itself over the network".into(),
-            ));
+            return Err(PeerError::Invalid("a node does not send to itself over the network".into()));
         }
         self.check_message(&envelope.message)
     }
@@ -613,9 +531,7 @@ impl<S: Storage> Node<S> {
             | Message::ReadReply { key, .. }
             | Message::Drop { key, .. }
             | Message::Forward { key, .. } => Some(key),
-            Message::Scan {
-                partitions, range, ..
-            } => {
+            Message::Scan { partitions, range, .. } => {
                 if partitions.iter().any(|(p, _)| *p >= self.map.partitions()) {
                     return Err(PeerError::Invalid("scan of an unknown partition".into()));
                 }
@@ -630,8 +546,7 @@ impl<S: Storage> Node<S> {
             validate_key(key).map_err(|e| PeerError::Invalid(e.to_string()))?;
         }
         if let Message::Forward { change, .. } = msg {
-            self.validate("k", change)
-                .map_err(|e| PeerError::Invalid(e.to_string()))?;
+            self.validate("k", change).map_err(|e| PeerError::Invalid(e.to_string()))?;
         }
         Ok(())
     }
@@ -640,8 +555,7 @@ impl<S: Storage> Node<S> {
         use timers::Timer;
         match timer {
             Timer::Request { req } => {
-                let e =
-                    KvError::Unavailable("no quorum answered before the request deadline".into());
+                let e = KvError::Unavailable("no quorum answered before the request deadline".into());
                 self.finish(req, Err(e));
             }
             Timer::Forward { req } => self.on_forward_timeout(req, now),

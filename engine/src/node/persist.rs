@@ -47,19 +47,14 @@ impl Persist {
         self.open_id = 1;
         let previous = match silo.get(storage::RESTART_KEY)? {
             Some(bytes) => {
-                let arr: [u8; 8] = bytes
-                    .as_slice()
-                    .try_into()
-                    .map_err(|_| StorageError("corrupt restart counter".into()))?;
+                let arr: [u8; 8] =
+                    bytes.as_slice().try_into().map_err(|_| StorageError("corrupt restart counter".into()))?;
                 u64::from_le_bytes(arr)
             }
             None => 0,
         };
         let restart = previous + 1;
-        self.open.insert(
-            storage::RESTART_KEY.to_vec(),
-            Some(restart.to_le_bytes().to_vec()),
-        );
+        self.open.insert(storage::RESTART_KEY.to_vec(), Some(restart.to_le_bytes().to_vec()));
         self.restart_batch = 1;
         Ok(restart)
     }
@@ -85,11 +80,7 @@ impl Persist {
     }
 
     /// The partition's GC floor.
-    pub(super) fn floor(
-        &mut self,
-        silo: &impl Storage,
-        partition: PartitionId,
-    ) -> Result<Ballot, StorageError> {
+    pub(super) fn floor(&mut self, silo: &impl Storage, partition: PartitionId) -> Result<Ballot, StorageError> {
         if let Some(f) = self.floors.get(&partition) {
             return Ok(*f);
         }
@@ -111,14 +102,9 @@ impl Persist {
         reported: bool,
     ) {
         let sk = storage::register_key(partition, key.as_bytes());
-        self.open
-            .insert(sk.clone(), register.as_ref().map(storage::encode_register));
+        self.open.insert(sk.clone(), register.as_ref().map(storage::encode_register));
         let id = self.open_id;
-        let entry = self.overlay.entry(sk.clone()).or_insert(Entry {
-            batch: id,
-            gate: 0,
-            register: None,
-        });
+        let entry = self.overlay.entry(sk.clone()).or_insert(Entry { batch: id, gate: 0, register: None });
         entry.batch = id;
         if reported {
             entry.gate = id;
@@ -144,10 +130,7 @@ impl Persist {
     /// Raises a partition's floor, in the open batch.
     pub(super) fn put_floor(&mut self, partition: PartitionId, floor: Ballot) {
         self.floors.insert(partition, floor);
-        self.open.insert(
-            storage::floor_key(partition),
-            Some(storage::encode_ballot(&floor)),
-        );
+        self.open.insert(storage::floor_key(partition), Some(storage::encode_ballot(&floor)));
     }
 
     /// The batch a reply about `key` must wait for, if it is not durable yet.

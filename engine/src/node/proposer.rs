@@ -53,7 +53,7 @@ use super::timers::Timer;
 use super::{Forwarded, Node, ReqKey};
 use crate::KvError;
 use crate::ids::{NodeId, OpId};
-use crate::kv::{Answer, Change, State, apply_fold};
+use crate::kv::{Answer, Change, State, apply};
 use crate::message::{AttemptId, Message, Rejection};
 use crate::paxos::acceptor::{Accepted, ReadView, Refusal};
 use crate::paxos::ballot::Ballot;
@@ -85,11 +85,7 @@ struct Slot {
 
 impl Slot {
     fn idle(&self) -> bool {
-        self.fast.is_none()
-            && self.active.is_none()
-            && self.queue.is_empty()
-            && !self.backing_off
-            && !self.gc_due
+        self.fast.is_none() && self.active.is_none() && self.queue.is_empty() && !self.backing_off && !self.gc_due
     }
 }
 
@@ -105,8 +101,30 @@ pub(super) struct Queued {
     pub(super) req: ReqKey,
     pub(super) change: Change,
     pub(super) op: OpId,
-    /// Recover only (R6).
-    pub(super) recover: bool,
+    /// Set when an earlier attempt may have applied this write (R6).
+    pub(super) recover: Option<Recover>,
+}
+
+/// Why a write may already have taken effect, and what that allows a retry to prove.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Recover {
+    /// It was proposed, at this ballot or higher ones, in attempts that may have been
+    /// accepted somewhere.
+    Proposed(Ballot),
+    /// It was forwarded to a primary that did not answer: the primary may apply it at any
+    /// time, so only finding it counts.
+    Forwarded,
+}
+
+/// What a recovering write learns from the state phase 1 found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Recovery {
+    /// The state remembers it: it took effect.
+    Applied,
+    /// It provably never took effect, and after this round it never can: apply it now.
+    NotApplied,
+    /// Neither can be shown.
+    Unknown,
 }
 
 enum Work {
@@ -121,6 +139,8 @@ enum Phase {
     Accept {
         proposal: Accepted,
         answers: Vec<Result<Answer, KvError>>,
+        /// Per op: whether the proposal applies it (so the proposal may carry its effect).
+        written: Vec<bool>,
         acks: usize,
         grants: usize,
         need: usize,
@@ -157,53 +177,26 @@ impl<S: Storage> Node<S> {
     /// Routes a client operation: writes go to the partition's primary (the fast path's
     /// home) unless this node is the primary or the primary is suspected; reads are
     /// coordinated here, since the one-round-trip read needs no primary.
-    pub(super) fn route(
-        &mut self,
-        req: ReqKey,
-        key: String,
-        change: Change,
-        op: OpId,
-        now: Instant,
-    ) {
+    pub(super) fn route(&mut self, req: ReqKey, key: String, change: Change, op: OpId, now: Instant) {
         let p = partition_of(key.as_bytes(), self.map.partitions());
         let primary = self.map.config(p).primary().clone();
-        let suspected = self
-            .suspected
-            .get(&primary)
-            .is_some_and(|until| *until > now);
+        let suspected = self.suspected.get(&primary).is_some_and(|until| *until > now);
         if primary == self.cfg.me || suspected || !change.is_write() {
-            self.coordinate(req, key, change, op, false, now);
+            self.coordinate(req, key, change, op, None, now);
             return;
         }
         let seq = self.forward_seq.entry(primary.clone()).or_insert(0);
         *seq += 1;
-        let msg = Message::Forward {
-            id: req,
-            seq: *seq,
-            op,
-            key: key.clone(),
-            change: change.clone(),
-        };
+        let msg = Message::Forward { id: req, seq: *seq, op, key: key.clone(), change: change.clone() };
         if let Some(pending) = self.requests.get_mut(&req) {
-            pending.forwarded = Some(Forwarded {
-                to: primary.clone(),
-                key,
-                change,
-                op,
-            });
+            pending.forwarded = Some(Forwarded { to: primary.clone(), key, change, op });
         }
         self.stats.forwards += 1;
         self.send(primary, msg, None);
-        self.timers
-            .set(now + self.cfg.forward_timeout, Timer::Forward { req });
+        self.timers.set(now + self.cfg.forward_timeout, Timer::Forward { req });
     }
 
-    pub(super) fn on_forward_reply(
-        &mut self,
-        from: NodeId,
-        id: u64,
-        result: Result<Answer, KvError>,
-    ) {
+    pub(super) fn on_forward_reply(&mut self, from: NodeId, id: u64, result: Result<Answer, KvError>) {
         let Some(pending) = self.requests.get(&id) else {
             return;
         };
@@ -223,9 +216,8 @@ impl<S: Storage> Node<S> {
         };
         self.stats.forward_timeouts += 1;
         self.suspected.retain(|_, until| *until > now);
-        self.suspected
-            .insert(f.to, now + self.cfg.primary_suspicion);
-        self.coordinate(req, f.key, f.change, f.op, true, now);
+        self.suspected.insert(f.to, now + self.cfg.primary_suspicion);
+        self.coordinate(req, f.key, f.change, f.op, Some(Recover::Forwarded), now);
     }
 
     /// Coordinates an operation on this node: Fetch through the one-round-trip read,
@@ -236,23 +228,14 @@ impl<S: Storage> Node<S> {
         key: String,
         change: Change,
         op: OpId,
-        recover: bool,
+        recover: Option<Recover>,
         now: Instant,
     ) {
         if change == Change::Fetch {
             self.start_read(req, key, op, now);
             return;
         }
-        self.enqueue(
-            key,
-            Queued {
-                req,
-                change,
-                op,
-                recover,
-            },
-            now,
-        );
+        self.enqueue(key, Queued { req, change, op, recover }, now);
     }
 
     pub(super) fn enqueue(&mut self, key: String, queued: Queued, now: Instant) {
@@ -278,13 +261,8 @@ impl<S: Storage> Node<S> {
         let requests = &self.requests;
         slot.queue.retain(|q| requests.contains_key(&q.req));
         let work = if let Some(front) = slot.queue.front() {
-            let recover = front.recover;
-            let n = slot
-                .queue
-                .iter()
-                .take(self.cfg.fold_max)
-                .take_while(|q| q.recover == recover)
-                .count();
+            let _ = front;
+            let n = slot.queue.len().min(self.cfg.fold_max);
             Work::Ops(slot.queue.drain(..n).collect())
         } else if slot.gc_due {
             slot.gc_due = false;
@@ -308,69 +286,30 @@ impl<S: Storage> Node<S> {
         let id = self.proposer.next_attempt;
         // Slot exists: `pump` found it.
         let slot = self.proposer.slots.get_mut(key).expect("slot exists");
-        let recover = matches!(&work, Work::Ops(ops) if ops.iter().any(|q| q.recover));
-        let fast = slot
-            .fast
-            .take()
-            .filter(|f| f.epoch == epoch && !recover && matches!(work, Work::Ops(_)));
+        // A recovering write needs phase 1 to find what happened to it.
+        let recover = matches!(&work, Work::Ops(ops) if ops.iter().any(|q| q.recover.is_some()));
+        let fast = slot.fast.take().filter(|f| f.epoch == epoch && !recover && matches!(work, Work::Ops(_)));
         let (ballot, phase) = match fast {
             Some(f) => {
-                let Work::Ops(ops) = &work else {
-                    unreachable!("filtered above")
-                };
-                let mut state = f.state;
-                let answers = apply_fold(&mut state, ops.iter().map(|q| (&q.change, q.op)))
-                    .into_iter()
-                    .map(Ok)
-                    .collect();
-                let proposal = Accepted {
-                    ballot: f.next,
-                    state,
-                };
+                let Work::Ops(ops) = &work else { unreachable!("filtered above") };
+                let (state, answers, written) = propose(&f.state, None, ops, f.next);
+                let proposal = Accepted { ballot: f.next, state };
                 let need = quorum;
                 self.stats.fast_rounds += 1;
-                (
-                    f.next,
-                    Phase::Accept {
-                        proposal,
-                        answers,
-                        acks: 0,
-                        grants: 0,
-                        need,
-                    },
-                )
+                (f.next, Phase::Accept { proposal, answers, written, acks: 0, grants: 0, need })
             }
             None => {
                 self.proposer.round += 1;
-                let ballot = Ballot {
-                    epoch: epoch.epoch,
-                    round: self.proposer.round,
-                    node: self.me_tag,
-                    restart: self.restart,
-                };
+                let ballot =
+                    Ballot { epoch: epoch.epoch, round: self.proposer.round, node: self.me_tag, restart: self.restart };
                 self.stats.full_rounds += 1;
                 (ballot, Phase::Prepare { views: Vec::new() })
             }
         };
         self.proposer.round = self.proposer.round.max(ballot.round);
-        let attempt = Attempt {
-            id,
-            ballot,
-            epoch,
-            members,
-            quorum,
-            work,
-            phase,
-            replied: BTreeSet::new(),
-            refused: 0,
-        };
+        let attempt = Attempt { id, ballot, epoch, members, quorum, work, phase, replied: BTreeSet::new(), refused: 0 };
         let msg = match &attempt.phase {
-            Phase::Prepare { .. } => Message::Prepare {
-                key: key.to_string(),
-                epoch,
-                ballot,
-                attempt: id,
-            },
+            Phase::Prepare { .. } => Message::Prepare { key: key.to_string(), epoch, ballot, attempt: id },
             Phase::Accept { proposal, .. } => Message::Accept {
                 key: key.to_string(),
                 epoch,
@@ -385,30 +324,14 @@ impl<S: Storage> Node<S> {
         for m in members {
             self.send(m, msg.clone(), None);
         }
-        self.timers.set(
-            now + self.cfg.round_timeout,
-            Timer::Attempt {
-                key: key.to_string(),
-                attempt: id,
-            },
-        );
+        self.timers.set(now + self.cfg.round_timeout, Timer::Attempt { key: key.to_string(), attempt: id });
     }
 
     /// The active attempt of `key` if `(attempt, ballot)` names it and `from` is a member
     /// that has not answered this phase yet.
-    fn attempt_for(
-        &mut self,
-        key: &str,
-        attempt: AttemptId,
-        ballot: Ballot,
-        from: &NodeId,
-    ) -> Option<&mut Attempt> {
+    fn attempt_for(&mut self, key: &str, attempt: AttemptId, ballot: Ballot, from: &NodeId) -> Option<&mut Attempt> {
         let a = self.proposer.slots.get_mut(key)?.active.as_mut()?;
-        if a.id != attempt
-            || a.ballot != ballot
-            || !a.members.contains(from)
-            || !a.replied.insert(from.clone())
-        {
+        if a.id != attempt || a.ballot != ballot || !a.members.contains(from) || !a.replied.insert(from.clone()) {
             return None;
         }
         Some(a)
@@ -417,20 +340,13 @@ impl<S: Storage> Node<S> {
     /// Records a refusal; true if the phase can no longer succeed.
     fn refused(&mut self, key: &str, rejection: Rejection) -> bool {
         match rejection {
-            Rejection::Refused(Refusal::Promised(b)) => {
-                self.proposer.round = self.proposer.round.max(b.round)
-            }
+            Rejection::Refused(Refusal::Promised(b)) => self.proposer.round = self.proposer.round.max(b.round),
             Rejection::Config(c) => {
                 self.map.adopt(c);
             }
             Rejection::Refused(Refusal::BallotReused) | Rejection::Storage => {}
         }
-        let Some(a) = self
-            .proposer
-            .slots
-            .get_mut(key)
-            .and_then(|s| s.active.as_mut())
-        else {
+        let Some(a) = self.proposer.slots.get_mut(key).and_then(|s| s.active.as_mut()) else {
             return false;
         };
         a.refused += 1;
@@ -470,54 +386,34 @@ impl<S: Storage> Node<S> {
     /// Phase 1 is complete: compute the proposal and send phase 2 (or answer at once when
     /// nothing changes and the promises already prove the state chosen).
     fn promised_by_quorum(&mut self, key: &str, now: Instant) {
-        let Some(a) = self
-            .proposer
-            .slots
-            .get_mut(key)
-            .and_then(|s| s.active.as_mut())
-        else {
+        let Some(a) = self.proposer.slots.get_mut(key).and_then(|s| s.active.as_mut()) else {
             return;
         };
         let Phase::Prepare { views } = &a.phase else {
             return;
         };
+        let head_ballot = views.iter().filter_map(|v| v.accepted.as_ref()).map(|a| a.ballot).max();
         let current = highest_state(views);
         let proven = read_rule_holds(views);
-        let (state, answers, need, next) = match &a.work {
+        let (state, answers, written, need, next) = match &a.work {
             Work::Gc => {
                 if !matches!(current, Some(State::Tombstone { .. })) {
                     // Reinserted since the Delete: nothing to collect.
                     self.abandon_gc(key, now);
                     return;
                 }
-                (current.clone(), Vec::new(), a.members.len(), None)
-            }
-            Work::Ops(ops) if ops.iter().any(|q| q.recover) => {
-                let answers = ops.iter().map(|q| recovered(current.as_ref(), q)).collect();
-                (
-                    current.clone(),
-                    answers,
-                    a.quorum,
-                    Some(a.ballot.successor()),
-                )
+                (current.clone(), Vec::new(), Vec::new(), a.members.len(), None)
             }
             Work::Ops(ops) => {
-                let mut state = current.clone();
-                let answers = apply_fold(&mut state, ops.iter().map(|q| (&q.change, q.op)))
-                    .into_iter()
-                    .map(Ok)
-                    .collect();
-                (state, answers, a.quorum, Some(a.ballot.successor()))
+                let (state, answers, written) = propose(&current, Some(head_ballot), ops, a.ballot);
+                (state, answers, written, a.quorum, Some(a.ballot.successor()))
             }
         };
         if state == current && proven && matches!(a.work, Work::Ops(_)) {
             self.answer_without_write(key, answers, now);
             return;
         }
-        let proposal = Accepted {
-            ballot: a.ballot,
-            state,
-        };
+        let proposal = Accepted { ballot: a.ballot, state };
         let msg = Message::Accept {
             key: key.to_string(),
             epoch: a.epoch,
@@ -526,13 +422,7 @@ impl<S: Storage> Node<S> {
             accepted: proposal.clone(),
             next,
         };
-        a.phase = Phase::Accept {
-            proposal,
-            answers,
-            acks: 0,
-            grants: 0,
-            need,
-        };
+        a.phase = Phase::Accept { proposal, answers, written, acks: 0, grants: 0, need };
         a.replied.clear();
         a.refused = 0;
         for m in a.members.clone() {
@@ -540,12 +430,7 @@ impl<S: Storage> Node<S> {
         }
     }
 
-    fn answer_without_write(
-        &mut self,
-        key: &str,
-        answers: Vec<Result<Answer, KvError>>,
-        now: Instant,
-    ) {
+    fn answer_without_write(&mut self, key: &str, answers: Vec<Result<Answer, KvError>>, now: Instant) {
         let Some(slot) = self.proposer.slots.get_mut(key) else {
             return;
         };
@@ -571,10 +456,7 @@ impl<S: Storage> Node<S> {
         let Some(a) = self.attempt_for(&key, attempt, ballot, &from) else {
             return;
         };
-        let Phase::Accept {
-            acks, grants, need, ..
-        } = &mut a.phase
-        else {
+        let Phase::Accept { acks, grants, need, .. } = &mut a.phase else {
             return;
         };
         match result {
@@ -600,24 +482,14 @@ impl<S: Storage> Node<S> {
             return;
         };
         let Some(a) = slot.active.take() else { return };
-        let Phase::Accept {
-            proposal,
-            answers,
-            grants,
-            ..
-        } = a.phase
-        else {
+        let Phase::Accept { proposal, answers, grants, .. } = a.phase else {
             return;
         };
         slot.failures = 0;
         let is_gc = matches!(a.work, Work::Gc);
         if !is_gc && grants >= a.quorum {
             let next = a.ballot.successor();
-            slot.fast = Some(FastPath {
-                epoch: a.epoch,
-                next,
-                state: proposal.state.clone(),
-            });
+            slot.fast = Some(FastPath { epoch: a.epoch, next, state: proposal.state.clone() });
             self.proposer.round = self.proposer.round.max(next.round);
         }
         let deleted = matches!(proposal.state, Some(State::Tombstone { .. }));
@@ -625,34 +497,20 @@ impl<S: Storage> Node<S> {
         if is_gc {
             self.stats.gc_rounds += 1;
             for m in &a.members {
-                self.send(
-                    m.clone(),
-                    Message::Drop {
-                        key: key_s.clone(),
-                        epoch: a.epoch,
-                        ballot: a.ballot,
-                    },
-                    None,
-                );
+                self.send(m.clone(), Message::Drop { key: key_s.clone(), epoch: a.epoch, ballot: a.ballot }, None);
             }
         } else {
             for m in &a.members {
                 self.send(
                     m.clone(),
-                    Message::Commit {
-                        key: key_s.clone(),
-                        epoch: a.epoch,
-                        accepted: proposal.clone(),
-                    },
+                    Message::Commit { key: key_s.clone(), epoch: a.epoch, accepted: proposal.clone() },
                     None,
                 );
             }
         }
         if let Work::Ops(ops) = a.work {
-            let wrote_delete = ops
-                .iter()
-                .zip(&answers)
-                .any(|(q, r)| q.change == Change::Delete && r == &Ok(Answer::Done));
+            let wrote_delete =
+                ops.iter().zip(&answers).any(|(q, r)| q.change == Change::Delete && r == &Ok(Answer::Done));
             for (q, answer) in ops.into_iter().zip(answers) {
                 self.finish(q.req, answer);
             }
@@ -673,45 +531,40 @@ impl<S: Storage> Node<S> {
         self.stats.retries += 1;
         slot.fast = None;
         slot.failures = slot.failures.saturating_add(1);
-        let accept_sent = matches!(a.phase, Phase::Accept { .. });
+        let written = match &a.phase {
+            Phase::Accept { written, .. } if maybe_accepted => written.clone(),
+            _ => Vec::new(),
+        };
         match a.work {
             Work::Ops(ops) => {
-                for mut q in ops.into_iter().rev() {
-                    q.recover |= accept_sent && maybe_accepted && q.change.is_write();
+                for (i, mut q) in ops.into_iter().enumerate().rev() {
+                    if written.get(i).copied().unwrap_or(false) {
+                        // Keep the lowest ballot it was ever proposed at: the proof of
+                        // "not applied" must cover every earlier proposal.
+                        let lowest = match q.recover {
+                            Some(Recover::Proposed(b)) => b.min(a.ballot),
+                            _ => a.ballot,
+                        };
+                        q.recover = Some(Recover::Proposed(lowest));
+                    }
                     slot.queue.push_front(q);
                 }
             }
             Work::Gc => {
                 // Some member is unreachable or busy: try again after another delay.
-                self.timers.set(
-                    now + self.cfg.gc_delay,
-                    Timer::Gc {
-                        key: key.to_string(),
-                    },
-                );
+                self.timers.set(now + self.cfg.gc_delay, Timer::Gc { key: key.to_string() });
                 self.proposer.gc_pending += 1;
             }
         }
-        let ceiling = Duration::from_millis(1)
-            .saturating_mul(1 << slot.failures.min(16))
-            .min(self.cfg.backoff_max);
+        let ceiling = Duration::from_millis(1).saturating_mul(1 << slot.failures.min(16)).min(self.cfg.backoff_max);
         let ceiling_ns = u64::try_from(ceiling.as_nanos()).unwrap_or(u64::MAX).max(1);
         let delay = Duration::from_nanos(self.rng.next_u64() % ceiling_ns);
         slot.backing_off = true;
-        self.timers.set(
-            now + delay,
-            Timer::Backoff {
-                key: key.to_string(),
-            },
-        );
+        self.timers.set(now + delay, Timer::Backoff { key: key.to_string() });
     }
 
     pub(super) fn on_attempt_timeout(&mut self, key: String, attempt: AttemptId, now: Instant) {
-        let active = self
-            .proposer
-            .slots
-            .get(&key)
-            .and_then(|s| s.active.as_ref());
+        let active = self.proposer.slots.get(&key).and_then(|s| s.active.as_ref());
         if active.is_some_and(|a| a.id == attempt) {
             self.fail_attempt(&key, true, now);
         }
@@ -729,12 +582,7 @@ impl<S: Storage> Node<S> {
             return; // the tombstone stays until a later delete collects it
         }
         self.proposer.gc_pending += 1;
-        self.timers.set(
-            now + self.cfg.gc_delay,
-            Timer::Gc {
-                key: key.to_string(),
-            },
-        );
+        self.timers.set(now + self.cfg.gc_delay, Timer::Gc { key: key.to_string() });
     }
 
     pub(super) fn on_gc_due(&mut self, key: String, now: Instant) {
@@ -753,11 +601,7 @@ impl<S: Storage> Node<S> {
 
 /// The state with the highest accepted ballot among promises (`None`: absent).
 fn highest_state(views: &[ReadView]) -> Option<State> {
-    views
-        .iter()
-        .filter_map(|v| v.accepted.as_ref())
-        .max_by_key(|a| a.ballot)
-        .and_then(|a| a.state.clone())
+    views.iter().filter_map(|v| v.accepted.as_ref()).max_by_key(|a| a.ballot).and_then(|a| a.state.clone())
 }
 
 /// R5: the highest accepted state among a quorum of views is chosen if every view reports
@@ -770,20 +614,63 @@ pub(super) fn read_rule_holds(views: &[ReadView]) -> bool {
     if views.iter().all(|v| ballot(v) == ballot(first)) {
         return true;
     }
-    views
-        .iter()
-        .max_by_key(|v| ballot(v))
-        .is_some_and(|v| v.committed)
+    views.iter().max_by_key(|v| ballot(v)).is_some_and(|v| v.committed)
 }
 
-/// A recovering op's answer given the state found (R6).
-fn recovered(state: Option<&State>, q: &Queued) -> Result<Answer, KvError> {
-    if state.is_some_and(|s| s.carries(q.op)) {
-        return Ok(Answer::Done);
+/// The proposal for `ops` on `current` at `ballot`: the new state, each op's answer, and
+/// whether each op's effect is in the new state. `head` is the highest accepted ballot
+/// phase 1 found (`None` on the fast path, which never carries recovering writes).
+fn propose(
+    current: &Option<State>,
+    head: Option<Option<Ballot>>,
+    ops: &[Queued],
+    ballot: Ballot,
+) -> (Option<State>, Vec<Result<Answer, KvError>>, Vec<bool>) {
+    let mut state = current.clone();
+    let mut answers = Vec::with_capacity(ops.len());
+    let mut written = Vec::with_capacity(ops.len());
+    for q in ops {
+        let recovery = q.recover.map(|r| recovery(current.as_ref(), head.flatten(), q.op, r));
+        let answer = match recovery {
+            Some(Recovery::Applied) => Ok(Answer::Done),
+            Some(Recovery::Unknown) => Err(KvError::Unavailable(
+                "the outcome of this write is unknown; it may or may not have taken effect".into(),
+            )),
+            Some(Recovery::NotApplied) | None => Ok(apply(&mut state, &q.change, q.op, ballot)),
+        };
+        let applied_now = recovery.is_none_or(|r| r == Recovery::NotApplied);
+        written.push(applied_now && answer == Ok(Answer::Done) && q.change.is_write());
+        answers.push(answer);
     }
-    Err(KvError::Unavailable(
-        "the outcome of this write is unknown; it may or may not have taken effect".into(),
-    ))
+    (state, answers, written)
+}
+
+/// What happened to a write that may have been applied (R6), given the state `current`
+/// at the highest accepted ballot `head` that phase 1 found. That state is about to be
+/// chosen (written back, or changed, at this round's ballot), so it is the head of the
+/// key's chain of chosen states: every chosen state is derived from the previous one.
+///
+/// - The state remembers the op: it took effect.
+/// - A forwarded op may still be started by the primary: only finding it counts.
+/// - Otherwise let `b` be the lowest ballot the op was proposed at. If it took effect, it
+///   did so in a state at ballot `b` or higher, and every later state of the chain has a
+///   higher ballot. So if the head's ballot is below `b`, it never took effect. And since
+///   the recent writes are kept in chain order with non-decreasing ballots, an entry
+///   below `b` that is still remembered is older than the op would be, which would then
+///   be remembered too: it never took effect. Once this round's state is chosen at a
+///   ballot above every earlier proposal, none of them can be chosen later, so applying
+///   the op now applies it exactly once.
+/// - Nothing accepted at all (the key may have been collected) proves nothing.
+fn recovery(current: Option<&State>, head: Option<Ballot>, op: OpId, recover: Recover) -> Recovery {
+    if current.is_some_and(|s| s.carries(op)) {
+        return Recovery::Applied;
+    }
+    let Recover::Proposed(lowest) = recover else { return Recovery::Unknown };
+    let Some(head) = head else { return Recovery::Unknown };
+    if head < lowest || current.is_some_and(|s| s.recent().iter().any(|a| a.ballot < lowest)) {
+        return Recovery::NotApplied;
+    }
+    Recovery::Unknown
 }
 
 /// The state a quorum of read views proves chosen, if the read rule holds.

@@ -65,18 +65,9 @@ impl<S: Storage> Node<S> {
         };
         self.reads.rounds.insert(id, round);
         for m in members {
-            self.send(
-                m,
-                Message::Read {
-                    key: key.clone(),
-                    epoch,
-                    attempt: id,
-                },
-                None,
-            );
+            self.send(m, Message::Read { key: key.clone(), epoch, attempt: id }, None);
         }
-        self.timers
-            .set(now + self.cfg.round_timeout, Timer::Read { read: id });
+        self.timers.set(now + self.cfg.round_timeout, Timer::Read { read: id });
     }
 
     pub(super) fn on_read_reply(
@@ -90,10 +81,7 @@ impl<S: Storage> Node<S> {
         let Some(round) = self.reads.rounds.get_mut(&attempt) else {
             return;
         };
-        if round.key != key
-            || !round.members.contains(&from)
-            || round.views.iter().any(|(n, _)| *n == from)
-        {
+        if round.key != key || !round.members.contains(&from) || round.views.iter().any(|(n, _)| *n == from) {
             return;
         }
         match result {
@@ -139,12 +127,7 @@ impl<S: Storage> Node<S> {
             return;
         };
         self.stats.read_fallbacks += 1;
-        let queued = Queued {
-            req: round.req,
-            change: Change::Fetch,
-            op: round.op,
-            recover: false,
-        };
+        let queued = Queued { req: round.req, change: Change::Fetch, op: round.op, recover: None };
         self.enqueue(round.key, queued, now);
     }
 

@@ -66,9 +66,7 @@ impl Timers {
     }
 
     pub(super) fn next(&self) -> Option<(Instant, TimerReason)> {
-        self.table
-            .first_key_value()
-            .map(|((at, _), t)| (*at, t.reason()))
+        self.table.first_key_value().map(|((at, _), t)| (*at, t.reason()))
     }
 
     pub(super) fn pop_due(&mut self, now: Instant) -> Option<Timer> {

@@ -67,11 +67,7 @@ pub struct ReadView {
 impl Register {
     /// The register of a key absent from storage, in a partition whose floor is `floor`.
     pub fn absent(floor: Ballot) -> Self {
-        Register {
-            promised: floor,
-            accepted: None,
-            committed: false,
-        }
+        Register { promised: floor, accepted: None, committed: false }
     }
 
     /// The highest accepted ballot, if any.
@@ -90,12 +86,7 @@ impl Register {
 
     /// Phase 2, with the fast path's piggybacked promise of `next`. Returns whether `next`
     /// was granted.
-    pub fn accept(
-        &mut self,
-        ballot: Ballot,
-        state: Option<State>,
-        next: Option<Ballot>,
-    ) -> Result<bool, Refusal> {
+    pub fn accept(&mut self, ballot: Ballot, state: Option<State>, next: Option<Ballot>) -> Result<bool, Refusal> {
         if ballot < self.promised {
             return Err(Refusal::Promised(self.promised));
         }
@@ -112,10 +103,8 @@ impl Register {
         self.committed = false;
         self.promised = self.promised.max(ballot);
         let Some(next) = next else { return Ok(false) };
-        let well_formed = next > ballot
-            && next.node == ballot.node
-            && next.restart == ballot.restart
-            && next.epoch == ballot.epoch;
+        let well_formed =
+            next > ballot && next.node == ballot.node && next.restart == ballot.restart && next.epoch == ballot.epoch;
         if well_formed && next > self.promised {
             self.promised = next;
             return Ok(true);
@@ -147,10 +136,7 @@ impl Register {
 
     /// What a read sees.
     pub fn view(&self) -> ReadView {
-        ReadView {
-            accepted: self.accepted.clone(),
-            committed: self.committed,
-        }
+        ReadView { accepted: self.accepted.clone(), committed: self.committed }
     }
 
     /// Whether a Drop for `ballot` may remove this key: its accepted state is exactly the
@@ -169,24 +155,14 @@ impl Register {
 mod tests {
     use super::*;
     use crate::ids::{NodeTag, OpId};
+    use crate::kv::Applied;
 
     fn b(round: u64, node: u64) -> Ballot {
-        Ballot {
-            epoch: 1,
-            round,
-            node: NodeTag(node),
-            restart: 1,
-        }
+        Ballot { epoch: 1, round, node: NodeTag(node), restart: 1 }
     }
     fn val(s: &str) -> Option<State> {
-        Some(State::Value {
-            value: s.as_bytes().to_vec(),
-            ops: vec![OpId {
-                node: NodeTag(9),
-                restart: 1,
-                seq: 1,
-            }],
-        })
+        let op = OpId { node: NodeTag(9), restart: 1, seq: 1 };
+        Some(State::Value { value: s.as_bytes().to_vec(), recent: vec![Applied { ballot: b(1, 9), op }] })
     }
 
     #[test]
@@ -202,10 +178,7 @@ mod tests {
     fn accept_at_the_promised_ballot_and_refuse_below() {
         let mut r = Register::absent(Ballot::ZERO);
         r.prepare(b(2, 1)).unwrap();
-        assert_eq!(
-            r.accept(b(1, 1), val("x"), None),
-            Err(Refusal::Promised(b(2, 1)))
-        );
+        assert_eq!(r.accept(b(1, 1), val("x"), None), Err(Refusal::Promised(b(2, 1))));
         assert_eq!(r.accept(b(2, 1), val("x"), None), Ok(false));
         assert_eq!(r.accepted_ballot(), Some(b(2, 1)));
     }
@@ -216,10 +189,7 @@ mod tests {
         // not overwrite what was accepted at b.
         let mut r = Register::absent(Ballot::ZERO);
         r.accept(b(5, 1), val("v1"), None).unwrap();
-        assert_eq!(
-            r.accept(b(5, 1), val("v2"), None),
-            Err(Refusal::BallotReused)
-        );
+        assert_eq!(r.accept(b(5, 1), val("v2"), None), Err(Refusal::BallotReused));
         assert_eq!(r.accepted.as_ref().unwrap().state, val("v1"));
         // The same proposal again is idempotent.
         assert_eq!(r.accept(b(5, 1), val("v1"), None), Ok(false));
@@ -234,10 +204,7 @@ mod tests {
         // A malformed next (other node) is never granted.
         assert_eq!(r.accept(b(2, 1), val("b"), Some(b(3, 2))), Ok(false));
         // A duplicate of the first Accept arrives late: refused, the newer state stays.
-        assert_eq!(
-            r.accept(b(1, 1), val("a"), Some(b(2, 1))),
-            Err(Refusal::Promised(b(2, 1)))
-        );
+        assert_eq!(r.accept(b(1, 1), val("a"), Some(b(2, 1))), Err(Refusal::Promised(b(2, 1))));
         assert_eq!(r.accepted.as_ref().unwrap().state, val("b"));
     }
 
@@ -249,13 +216,7 @@ mod tests {
         assert!(r.commit(b(3, 1), val("new")));
         assert_eq!(
             r.view(),
-            ReadView {
-                accepted: Some(Accepted {
-                    ballot: b(3, 1),
-                    state: val("new")
-                }),
-                committed: true
-            }
+            ReadView { accepted: Some(Accepted { ballot: b(3, 1), state: val("new") }), committed: true }
         );
         // An older commit changes nothing.
         assert!(!r.commit(b(2, 1), val("older")));
@@ -269,8 +230,7 @@ mod tests {
     fn a_dropped_key_keeps_its_promise_as_the_floor() {
         // R8: the floor is the max of the floor, the key's promise and the GC ballot.
         let mut r = Register::absent(Ballot::ZERO);
-        r.accept(b(4, 1), Some(State::Tombstone { ops: vec![] }), None)
-            .unwrap();
+        r.accept(b(4, 1), Some(State::Tombstone { recent: vec![] }), None).unwrap();
         r.prepare(b(9, 2)).unwrap();
         assert!(r.droppable_at(b(4, 1)) && !r.droppable_at(b(3, 1)));
         let floor = r.floor_after_drop(b(2, 1), b(4, 1));

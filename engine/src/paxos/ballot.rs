@@ -24,31 +24,16 @@ pub struct Ballot {
 
 impl Ballot {
     /// Below every real ballot: what an acceptor that never promised anything holds.
-    pub const ZERO: Ballot = Ballot {
-        epoch: 0,
-        round: 0,
-        node: NodeTag(0),
-        restart: 0,
-    };
+    pub const ZERO: Ballot = Ballot { epoch: 0, round: 0, node: NodeTag(0), restart: 0 };
 
     /// The same proposer's next ballot (the piggybacked promise of the fast path, R3).
     pub fn successor(self) -> Ballot {
-        Ballot {
-            round: self.round + 1,
-            ..self
-        }
+        Ballot { round: self.round + 1, ..self }
     }
 }
 
 impl fmt::Debug for Ballot {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "b{}.{}.{:04x}.{}",
-            self.epoch,
-            self.round,
-            self.node.0 & 0xffff,
-            self.restart
-        )
+        write!(f, "b{}.{}.{:04x}.{}", self.epoch, self.round, self.node.0 & 0xffff, self.restart)
     }
 }
