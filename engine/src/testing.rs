@@ -62,6 +62,8 @@ pub enum Verdict {
     Drop,
     /// Keep it aside until [`Sim::release_held`].
     Hold,
+    /// Deliver it, and keep a copy aside (a duplicate to replay later).
+    DeliverAndHold,
 }
 
 /// A message filter: `(from, to, envelope) -> verdict`.
@@ -104,6 +106,8 @@ pub struct Sim {
     tune: fn(&mut Config),
     /// Messages delivered so far.
     pub delivered: u64,
+    /// Persist batches emitted so far, all nodes together.
+    pub batches: u64,
 }
 
 impl Sim {
@@ -144,6 +148,7 @@ impl Sim {
             next_request: 0,
             tune,
             delivered: 0,
+            batches: 0,
         };
         for i in 0..n {
             sim.start(i);
@@ -231,6 +236,7 @@ impl Sim {
         // Batches become durable in order, as the runtime contract requires: each no
         // earlier than the one emitted before it.
         for batch in batches {
+            self.batches += 1;
             let at = self.slots[i].durable_at.max(self.now + self.pick(self.faults.fsync));
             self.slots[i].durable_at = at;
             let life = self.slots[i].life;
@@ -253,6 +259,7 @@ impl Sim {
                 self.held.push((from, to, envelope));
                 return;
             }
+            Verdict::DeliverAndHold => self.held.push((from, to, envelope.clone())),
             Verdict::Deliver => {}
         }
         if self.cut.contains(&(from, to)) || self.chance(self.faults.drop) {

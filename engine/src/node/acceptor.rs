@@ -15,7 +15,7 @@ use super::{Node, Origin, Pending};
 use crate::ids::{NodeId, NodeTag, OpId};
 use crate::kv::Change;
 use crate::message::{AttemptId, Message, Rejection, ScanEntries, ScanPart, ScanRange};
-use crate::paxos::acceptor::{Accepted, Register};
+use crate::paxos::acceptor::{Accepted, ReadView, Register};
 use crate::paxos::ballot::Ballot;
 use crate::placement::{EpochRef, PartitionId, partition_of};
 use crate::storage::{self, Storage};
@@ -115,7 +115,7 @@ impl<S: Storage> Node<S> {
             let mut reg = self.load(p, &key)?;
             let view = reg.prepare(ballot).map_err(Rejection::Refused)?;
             self.persist.put_register(p, &key, Some(reg), true);
-            Ok((p, view))
+            Ok((p, self.with_floor(p, view)?))
         });
         let (gate, result) = match outcome {
             Ok((p, view)) => (self.persist.gate(p, &key), Ok(view)),
@@ -165,7 +165,10 @@ impl<S: Storage> Node<S> {
     }
 
     pub(super) fn on_read(&mut self, from: NodeId, key: String, epoch: EpochRef, attempt: AttemptId) {
-        let result = self.fence(&key, epoch).and_then(|p| Ok(self.load(p, &key)?.view()));
+        let result = self.fence(&key, epoch).and_then(|p| {
+            let view = self.load(p, &key)?.view();
+            self.with_floor(p, view)
+        });
         let gate = self.gate_of(&key);
         self.send(from, Message::ReadReply { key, attempt, result }, gate);
     }
@@ -252,6 +255,17 @@ impl<S: Storage> Node<S> {
             entries.push((key, reg.view()));
         }
         Ok(ScanEntries { entries, complete_to })
+    }
+
+    /// Adds the partition floor to the view of a key with nothing accepted.
+    fn with_floor(&mut self, p: PartitionId, mut view: ReadView) -> Result<ReadView, Rejection> {
+        if view.accepted.is_none() {
+            view.floor = self.persist.floor(&self.storage, p).map_err(|_| {
+                self.stats.storage_errors += 1;
+                Rejection::Storage
+            })?;
+        }
+        Ok(view)
     }
 
     fn gate_of(&self, key: &str) -> Option<crate::storage::BatchId> {

@@ -328,13 +328,23 @@ impl<S: Storage> Node<S> {
     }
 
     /// The active attempt of `key` if `(attempt, ballot)` names it and `from` is a member
-    /// that has not answered this phase yet.
-    fn attempt_for(&mut self, key: &str, attempt: AttemptId, ballot: Ballot, from: &NodeId) -> Option<&mut Attempt> {
+    /// that has not answered this phase yet. `accept` names the phase the reply belongs to:
+    /// a promise that arrives after phase 1 is complete must not count as the member's
+    /// phase-2 answer.
+    fn attempt_for(
+        &mut self,
+        key: &str,
+        attempt: AttemptId,
+        ballot: Ballot,
+        from: &NodeId,
+        accept: bool,
+    ) -> Option<&mut Attempt> {
         let a = self.proposer.slots.get_mut(key)?.active.as_mut()?;
-        if a.id != attempt || a.ballot != ballot || !a.members.contains(from) || !a.replied.insert(from.clone()) {
+        let in_phase = matches!(a.phase, Phase::Accept { .. }) == accept;
+        if a.id != attempt || a.ballot != ballot || !in_phase || !a.members.contains(from) {
             return None;
         }
-        Some(a)
+        a.replied.insert(from.clone()).then_some(a)
     }
 
     /// Records a refusal; true if the phase can no longer succeed.
@@ -362,7 +372,7 @@ impl<S: Storage> Node<S> {
         result: Result<ReadView, Rejection>,
         now: Instant,
     ) {
-        let Some(a) = self.attempt_for(&key, attempt, ballot, &from) else {
+        let Some(a) = self.attempt_for(&key, attempt, ballot, &from, false) else {
             return;
         };
         let Phase::Prepare { views } = &mut a.phase else {
@@ -392,7 +402,10 @@ impl<S: Storage> Node<S> {
         let Phase::Prepare { views } = &a.phase else {
             return;
         };
-        let head_ballot = views.iter().filter_map(|v| v.accepted.as_ref()).map(|a| a.ballot).max();
+        let found = Found {
+            head: views.iter().filter_map(|v| v.accepted.as_ref()).map(|a| a.ballot).max(),
+            floor: views.iter().map(|v| v.floor).max().unwrap_or_default(),
+        };
         let current = highest_state(views);
         let proven = read_rule_holds(views);
         let (state, answers, written, need, next) = match &a.work {
@@ -405,7 +418,7 @@ impl<S: Storage> Node<S> {
                 (current.clone(), Vec::new(), Vec::new(), a.members.len(), None)
             }
             Work::Ops(ops) => {
-                let (state, answers, written) = propose(&current, Some(head_ballot), ops, a.ballot);
+                let (state, answers, written) = propose(&current, Some(found), ops, a.ballot);
                 (state, answers, written, a.quorum, Some(a.ballot.successor()))
             }
         };
@@ -453,7 +466,7 @@ impl<S: Storage> Node<S> {
         result: Result<bool, Rejection>,
         now: Instant,
     ) {
-        let Some(a) = self.attempt_for(&key, attempt, ballot, &from) else {
+        let Some(a) = self.attempt_for(&key, attempt, ballot, &from, true) else {
             return;
         };
         let Phase::Accept { acks, grants, need, .. } = &mut a.phase else {
@@ -618,11 +631,11 @@ pub(super) fn read_rule_holds(views: &[ReadView]) -> bool {
 }
 
 /// The proposal for `ops` on `current` at `ballot`: the new state, each op's answer, and
-/// whether each op's effect is in the new state. `head` is the highest accepted ballot
-/// phase 1 found (`None` on the fast path, which never carries recovering writes).
+/// whether each op's effect is in the new state. `found` is what phase 1 found (`None` on
+/// the fast path, which never carries recovering writes).
 fn propose(
     current: &Option<State>,
-    head: Option<Option<Ballot>>,
+    found: Option<Found>,
     ops: &[Queued],
     ballot: Ballot,
 ) -> (Option<State>, Vec<Result<Answer, KvError>>, Vec<bool>) {
@@ -630,7 +643,7 @@ fn propose(
     let mut answers = Vec::with_capacity(ops.len());
     let mut written = Vec::with_capacity(ops.len());
     for q in ops {
-        let recovery = q.recover.map(|r| recovery(current.as_ref(), head.flatten(), q.op, r));
+        let recovery = q.recover.map(|r| recovery(current.as_ref(), found, q.op, r));
         let answer = match recovery {
             Some(Recovery::Applied) => Ok(Answer::Done),
             Some(Recovery::Unknown) => Err(KvError::Unavailable(
@@ -660,17 +673,29 @@ fn propose(
 ///   be remembered too: it never took effect. Once this round's state is chosen at a
 ///   ballot above every earlier proposal, none of them can be chosen later, so applying
 ///   the op now applies it exactly once.
-/// - Nothing accepted at all (the key may have been collected) proves nothing.
-fn recovery(current: Option<&State>, head: Option<Ballot>, op: OpId, recover: Recover) -> Recovery {
+/// - Nothing accepted anywhere in the quorum: had the op taken effect, a quorum accepted a
+///   state at `b` or above, which meets this quorum; so it either is still there (it is
+///   not) or it was collected, which raised the floor of every member that dropped it to
+///   above `b`. If every floor is below `b`, it never took effect.
+fn recovery(current: Option<&State>, found: Option<Found>, op: OpId, recover: Recover) -> Recovery {
     if current.is_some_and(|s| s.carries(op)) {
         return Recovery::Applied;
     }
-    let Recover::Proposed(lowest) = recover else { return Recovery::Unknown };
-    let Some(head) = head else { return Recovery::Unknown };
-    if head < lowest || current.is_some_and(|s| s.recent().iter().any(|a| a.ballot < lowest)) {
-        return Recovery::NotApplied;
-    }
-    Recovery::Unknown
+    let (Recover::Proposed(lowest), Some(found)) = (recover, found) else { return Recovery::Unknown };
+    let proven = match found.head {
+        None => found.floor < lowest,
+        Some(head) => head < lowest || current.is_some_and(|s| s.recent().iter().any(|a| a.ballot < lowest)),
+    };
+    if proven { Recovery::NotApplied } else { Recovery::Unknown }
+}
+
+/// What phase 1 found about a key besides its state.
+#[derive(Clone, Copy, Debug)]
+struct Found {
+    /// The highest accepted ballot, if any member accepted anything.
+    head: Option<Ballot>,
+    /// The highest GC floor reported by a member with nothing accepted.
+    floor: Ballot,
 }
 
 /// The state a quorum of read views proves chosen, if the read rule holds.

@@ -62,6 +62,9 @@ pub struct ReadView {
     pub accepted: Option<Accepted>,
     /// Whether that is known to be chosen.
     pub committed: bool,
+    /// When nothing is accepted: the partition's GC floor, so a recovering proposer can
+    /// tell "never written" from "collected" (R6, R8). Zero otherwise.
+    pub floor: Ballot,
 }
 
 impl Register {
@@ -136,7 +139,7 @@ impl Register {
 
     /// What a read sees.
     pub fn view(&self) -> ReadView {
-        ReadView { accepted: self.accepted.clone(), committed: self.committed }
+        ReadView { accepted: self.accepted.clone(), committed: self.committed, floor: Ballot::ZERO }
     }
 
     /// Whether a Drop for `ballot` may remove this key: its accepted state is exactly the
@@ -216,7 +219,11 @@ mod tests {
         assert!(r.commit(b(3, 1), val("new")));
         assert_eq!(
             r.view(),
-            ReadView { accepted: Some(Accepted { ballot: b(3, 1), state: val("new") }), committed: true }
+            ReadView {
+                accepted: Some(Accepted { ballot: b(3, 1), state: val("new") }),
+                committed: true,
+                floor: Ballot::ZERO
+            }
         );
         // An older commit changes nothing.
         assert!(!r.commit(b(2, 1), val("older")));

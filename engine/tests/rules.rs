@@ -1,0 +1,347 @@
+//! One test per protocol rule of DESIGN §4, each built from the counterexample the rule
+//! prevents (see shared/notes/protocol-review.md), plus the classic per-key Paxos bugs:
+//! reads that flip after a minority-accepted write (CASSANDRA-12126), a non-applied CAS
+//! that answers without making its read chosen (ScyllaDB #6299), and a tombstone GC that
+//! resurrects an older value.
+
+use memo_engine::kv::State;
+use memo_engine::message::Message;
+use memo_engine::paxos::acceptor::Register;
+use memo_engine::placement::partition_of;
+use memo_engine::storage::{decode_ballot, decode_register, floor_key, register_key};
+use memo_engine::testing::{Faults, Sim, Verdict};
+use memo_engine::{Config, KvError, Request, Response};
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::rc::Rc;
+use std::time::Duration;
+
+const PARTITIONS: u32 = 8;
+const LIMIT: Duration = Duration::from_secs(10);
+
+fn tune(cfg: &mut Config) {
+    cfg.round_timeout = Duration::from_millis(50);
+    cfg.request_timeout = Duration::from_millis(600);
+    cfg.forward_timeout = Duration::from_millis(200);
+    cfg.gc_delay = Duration::from_millis(100);
+    cfg.backoff_max = Duration::from_millis(5);
+}
+
+fn sim(seed: u64) -> Sim {
+    Sim::with_config(3, PARTITIONS, 3, seed, Faults::none(), tune)
+}
+
+fn call(sim: &mut Sim, node: usize, req: Request) -> Result<Response, KvError> {
+    sim.call(node, req, LIMIT).expect("a reply within the limit").result
+}
+
+fn value(v: &str) -> Result<Response, KvError> {
+    Ok(Response::Value(v.as_bytes().to_vec()))
+}
+
+/// The primary of `key`'s partition and the two other members, by index.
+fn roles(sim: &Sim, key: &str) -> (usize, usize, usize) {
+    let config = sim.node(0).unwrap().map().config_of(key.as_bytes()).clone();
+    let idx: Vec<usize> = config.members.iter().map(|m| sim.index_of(m)).collect();
+    (idx[0], idx[1], idx[2])
+}
+
+/// The durable register of `key` on node `i`.
+fn register(sim: &Sim, i: usize, key: &str) -> Option<Register> {
+    let p = partition_of(key.as_bytes(), PARTITIONS);
+    sim.storage(i).snapshot().get(&register_key(p, key.as_bytes())).map(|b| decode_register(b).unwrap())
+}
+
+fn is_accept_of(msg: &Message, key: &str) -> bool {
+    matches!(msg, Message::Accept { key: k, .. } if k == key)
+}
+
+/// Makes node `p` write `v` to `key` so that only its own acceptor accepts it: every
+/// Accept `p` sends about `key` is lost. The client learns nothing (UNAVAILABLE).
+fn write_on_minority(sim: &mut Sim, p: usize, key: &'static str, v: &str) {
+    sim.set_filter(Box::new(move |from, _, env| {
+        if from == p && is_accept_of(&env.message, key) { Verdict::Drop } else { Verdict::Deliver }
+    }));
+    assert!(matches!(call(sim, p, Request::upsert(key, v)), Err(KvError::Unavailable(_))));
+    sim.clear_filter();
+    sim.run_for(Duration::from_secs(1));
+    let reg = register(sim, p, key).expect("accepted by its own acceptor");
+    assert_eq!(
+        reg.accepted.and_then(|a| a.state).and_then(|s| s.value().map(<[u8]>::to_vec)),
+        Some(v.as_bytes().to_vec())
+    );
+}
+
+/// Cuts both directions between `a` and `b`.
+fn cut_both(sim: &mut Sim, a: usize, b: usize) {
+    sim.cut(a, b);
+    sim.cut(b, a);
+}
+
+#[test]
+fn reads_never_flip_after_a_minority_accepted_write() {
+    // CASSANDRA-12126 / R5: v is accepted by a minority only. A read whose quorum sees it
+    // must make it chosen before returning it, so a later read through a quorum that
+    // never saw v cannot return the older x0.
+    let mut sim = sim(1);
+    let key = "flip";
+    let (p, a, b) = roles(&sim, key);
+    assert_eq!(call(&mut sim, p, Request::upsert(key, "x0")), Ok(Response::Done));
+    write_on_minority(&mut sim, p, key, "v");
+    cut_both(&mut sim, a, b); // a's read quorum is {a, p}
+    let first = call(&mut sim, a, Request::fetch(key));
+    assert_eq!(first, value("v"), "the read quorum holds v at the highest ballot");
+    sim.heal();
+    sim.isolate(p); // b's read quorum is {a, b}
+    assert_eq!(call(&mut sim, b, Request::fetch(key)), first, "a later read returns what an earlier one did");
+    assert_eq!(call(&mut sim, a, Request::fetch(key)), first);
+}
+
+#[test]
+fn a_failed_precondition_makes_the_state_it_read_chosen() {
+    // ScyllaDB #6299 / R2: an Insert that fails because it saw a minority-accepted v must
+    // write v back, or a later read of the other quorum answers NOT_FOUND, contradicting
+    // the ALREADY_EXISTS it returned.
+    let mut sim = sim(2);
+    let key = "cas";
+    let (p, a, b) = roles(&sim, key);
+    write_on_minority(&mut sim, p, key, "v");
+    cut_both(&mut sim, a, b); // a coordinates with {a, p}
+    sim.isolate(b);
+    assert_eq!(call(&mut sim, a, Request::insert(key, "w")), Err(KvError::AlreadyExists));
+    sim.heal();
+    sim.isolate(p); // b reads through {a, b}
+    assert_eq!(call(&mut sim, b, Request::fetch(key)), value("v"));
+}
+
+#[test]
+fn a_collected_tombstone_never_lets_a_delayed_accept_resurrect_a_value() {
+    // R8 / H5: C misses the Accept of v (delayed), then v is deleted and the tombstone is
+    // collected with C participating. The delayed Accept then reaches C; the partition floor
+    // must refuse it, or a read of {p, C} would adopt v from C and resurrect it.
+    let mut sim = sim(3);
+    let key = "gc";
+    let (p, a, c) = roles(&sim, key);
+    assert_eq!(call(&mut sim, p, Request::upsert(key, "v0")), Ok(Response::Done));
+    sim.set_filter(Box::new(move |_, to, env| match &env.message {
+        Message::Accept { key: k, accepted, .. } if k == key && to == c => {
+            let is_v = accepted.state.as_ref().and_then(State::value) == Some(&b"v"[..]);
+            if is_v { Verdict::Hold } else { Verdict::Deliver }
+        }
+        _ => Verdict::Deliver,
+    }));
+    assert_eq!(call(&mut sim, p, Request::upsert(key, "v")), Ok(Response::Done));
+    assert_eq!(call(&mut sim, p, Request::delete(key)), Ok(Response::Done));
+    sim.run_for(Duration::from_secs(1)); // the GC delay passes; the tombstone is collected
+    for i in [p, a, c] {
+        assert_eq!(register(&sim, i, key), None, "dropped on node {i}");
+        let floor = sim.storage(i).snapshot().get(&floor_key(partition_of(key.as_bytes(), PARTITIONS))).cloned();
+        assert!(floor.map(|f| decode_ballot(&f).unwrap()).is_some(), "floor raised on node {i}");
+    }
+    assert!(!sim.held().is_empty(), "the Accept of v to C is still delayed");
+    sim.release_held(|_, _, _| true);
+    sim.clear_filter();
+    sim.run_for(Duration::from_secs(1));
+    assert_eq!(register(&sim, c, key), None, "the delayed Accept was refused by the floor");
+    for isolated in [p, a, c] {
+        sim.heal();
+        sim.isolate(isolated);
+        let reader = (isolated + 1) % 3;
+        assert_eq!(call(&mut sim, reader, Request::fetch(key)), Err(KvError::NotFound), "read without {isolated}");
+    }
+    // Ballots stay monotonic across the floor: the key can be inserted again.
+    sim.heal();
+    assert_eq!(call(&mut sim, a, Request::insert(key, "again")), Ok(Response::Done));
+    assert_eq!(call(&mut sim, c, Request::fetch(key)), value("again"));
+}
+
+#[test]
+fn a_restarted_proposer_ignores_promises_from_its_earlier_life() {
+    // R1 / H1: the restart counter is part of every ballot, so after a restart the
+    // proposer's round counter may start over without its new ballots matching old ones;
+    // duplicated promises from the earlier life (reporting the key absent) are not counted,
+    // and the second Insert sees the first one's value.
+    let mut sim = sim(4);
+    let key = "restart";
+    let (p, _, _) = roles(&sim, key);
+    sim.set_filter(Box::new(move |_, to, env| {
+        if to == p && matches!(env.message, Message::Promise { .. }) {
+            Verdict::DeliverAndHold
+        } else {
+            Verdict::Deliver
+        }
+    }));
+    assert_eq!(call(&mut sim, p, Request::insert(key, "v1")), Ok(Response::Done));
+    sim.clear_filter();
+    let restarts = sim.node(p).unwrap().restart();
+    sim.crash(p);
+    sim.restart(p);
+    assert_eq!(sim.node(p).unwrap().restart(), restarts + 1, "the restart counter is persisted and bumped");
+    let id = sim.submit(p, Request::insert(key, "v2"));
+    sim.release_held(|_, _, _| true); // stale promises arrive during the new round
+    let mut answer = None;
+    for _ in 0..10_000 {
+        if let Some((_, r)) = sim.take_replies().into_iter().find(|(_, r)| r.id == id) {
+            answer = Some(r.result);
+            break;
+        }
+        sim.step();
+    }
+    assert_eq!(answer, Some(Err(KvError::AlreadyExists)));
+    assert_eq!(call(&mut sim, p, Request::fetch(key)), value("v1"));
+}
+
+#[test]
+fn two_requests_racing_on_one_fast_path_ballot_are_folded_into_one_value() {
+    // R3 / H2: with a granted next ballot cached, concurrent Inserts must never send
+    // Accepts at one ballot with different values: one ballot is outstanding per key, and
+    // requests that queue behind it are folded into one proposal. One Insert succeeds, the
+    // others see its value, and every quorum agrees.
+    let mut sim = sim(5);
+    let key = "race";
+    let (p, a, b) = roles(&sim, key);
+    assert_eq!(call(&mut sim, p, Request::upsert(key, "x")), Ok(Response::Done));
+    assert_eq!(call(&mut sim, p, Request::delete(key)), Ok(Response::Done));
+    let proposals = Rc::new(RefCell::new(BTreeMap::new()));
+    let seen = proposals.clone();
+    sim.set_filter(Box::new(move |_, _, env| {
+        if let Message::Accept { key: k, accepted, .. } = &env.message {
+            if k == key {
+                let previous = seen.borrow_mut().insert(accepted.ballot, accepted.state.clone());
+                assert!(previous.is_none_or(|s| s == accepted.state), "two states at ballot {:?}", accepted.ballot);
+            }
+        }
+        Verdict::Deliver
+    }));
+    let fast_before = sim.node(p).unwrap().stats().fast_rounds;
+    let ids: Vec<_> = ["v", "w", "u"].into_iter().map(|v| sim.submit(p, Request::insert(key, v))).collect();
+    sim.run_for(Duration::from_millis(500));
+    let replies = sim.take_replies();
+    let answer = |id| replies.iter().find(|(_, r)| r.id == id).map(|(_, r)| r.result.clone());
+    assert_eq!(answer(ids[0]), Some(Ok(Response::Done)));
+    assert_eq!(answer(ids[1]), Some(Err(KvError::AlreadyExists)));
+    assert_eq!(answer(ids[2]), Some(Err(KvError::AlreadyExists)));
+    // The first Insert started alone; the two that queued behind it shared one proposal.
+    assert_eq!(sim.node(p).unwrap().stats().fast_rounds, fast_before + 2);
+    assert_eq!(proposals.borrow().len(), 2, "two ballots, one state each");
+    for isolated in [p, a, b] {
+        sim.heal();
+        sim.isolate(isolated);
+        assert_eq!(call(&mut sim, (isolated + 1) % 3, Request::fetch(key)), value("v"));
+    }
+}
+
+#[test]
+fn a_retry_after_an_unknown_outcome_recovers_instead_of_reapplying() {
+    // R6 / H4: P's Insert v is accepted by P's acceptor only; a read elsewhere adopts v
+    // and makes it chosen. P's retry must find its own op in the state and answer success,
+    // never ALREADY_EXISTS for its own insert.
+    let mut sim = sim(6);
+    let key = "retry";
+    let (p, a, b) = roles(&sim, key);
+    sim.set_filter(Box::new(move |from, _, env| {
+        if from == p && is_accept_of(&env.message, key) { Verdict::Drop } else { Verdict::Deliver }
+    }));
+    let id = sim.submit(p, Request::insert(key, "v"));
+    sim.run_for(Duration::from_millis(120)); // P's first attempt has timed out; it recovers
+    cut_both(&mut sim, a, b); // a reads through {a, p} and adopts v
+    assert_eq!(call(&mut sim, a, Request::fetch(key)), value("v"));
+    sim.heal();
+    sim.clear_filter();
+    sim.run_for(Duration::from_secs(1));
+    let answer = sim.take_replies().into_iter().find(|(_, r)| r.id == id).map(|(_, r)| r.result);
+    assert_eq!(answer, Some(Ok(Response::Done)), "P recovers its own insert");
+}
+
+#[test]
+fn a_write_whose_accept_may_have_landed_is_never_applied_twice() {
+    // R6: a stale fast-path Accept lands on a minority while another node's round takes the
+    // key further; the primary's retry may re-apply its write only when it can prove the
+    // write never took effect. Here the write is an Update, so applying it twice or
+    // resurrecting it after the later Upsert would both be visible.
+    let mut sim = sim(7);
+    let key = "twice";
+    let (p, a, b) = roles(&sim, key);
+    assert_eq!(call(&mut sim, p, Request::upsert(key, "base")), Ok(Response::Done));
+    // b takes the key further with a full round while p's fast-path Accept only reaches p.
+    // b's first write is forwarded to the isolated primary and times out (its outcome is
+    // unknown, but p never received it); b then bypasses p and coordinates itself.
+    sim.isolate(p);
+    assert!(matches!(call(&mut sim, b, Request::upsert(key, "lost")), Err(KvError::Unavailable(_))));
+    assert_eq!(call(&mut sim, b, Request::upsert(key, "from-b")), Ok(Response::Done));
+    sim.heal();
+    sim.set_filter(Box::new(move |from, _, env| {
+        if from == p && is_accept_of(&env.message, key) { Verdict::Hold } else { Verdict::Deliver }
+    }));
+    let id = sim.submit(p, Request::update(key, "from-p"));
+    sim.run_for(Duration::from_millis(30));
+    sim.clear_filter();
+    sim.release_held(|_, _, _| true);
+    sim.run_for(Duration::from_secs(1));
+    let answer = sim.take_replies().into_iter().find(|(_, r)| r.id == id).map(|(_, r)| r.result);
+    let final_value = call(&mut sim, a, Request::fetch(key));
+    match answer {
+        Some(Ok(Response::Done)) => assert_eq!(final_value, value("from-p")),
+        Some(Err(KvError::Unavailable(_))) => assert!(final_value == value("from-p") || final_value == value("from-b")),
+        other => panic!("unexpected answer {other:?}"),
+    }
+}
+
+#[test]
+fn a_replica_that_missed_the_accept_converges_from_the_commit() {
+    // R7: Commit carries the state, so a member that missed the Accept installs it.
+    let mut sim = sim(8);
+    let key = "converge";
+    let (p, _, c) = roles(&sim, key);
+    sim.set_filter(Box::new(
+        move |_, to, env| {
+            if to == c && is_accept_of(&env.message, key) { Verdict::Drop } else { Verdict::Deliver }
+        },
+    ));
+    assert_eq!(call(&mut sim, p, Request::upsert(key, "v")), Ok(Response::Done));
+    sim.run_for(Duration::from_millis(100));
+    let reg = register(&sim, c, key).expect("installed from the Commit");
+    assert!(reg.committed);
+    assert_eq!(reg.accepted.and_then(|a| a.state).and_then(|s| s.value().map(<[u8]>::to_vec)), Some(b"v".to_vec()));
+    assert_eq!(register(&sim, p, key).unwrap().accepted, register(&sim, c, key).unwrap().accepted);
+}
+
+#[test]
+fn a_linearizable_read_of_a_settled_key_takes_one_round_trip_and_writes_nothing() {
+    // R5: no disk write, one round trip.
+    let mut sim = sim(9);
+    let key = "settled";
+    assert_eq!(call(&mut sim, 0, Request::upsert(key, "v")), Ok(Response::Done));
+    sim.run_for(Duration::from_millis(100));
+    let batches = sim.batches;
+    let fast_reads: u64 = (0..3).map(|i| sim.node(i).unwrap().stats().fast_reads).sum();
+    for reader in 0..3 {
+        assert_eq!(call(&mut sim, reader, Request::fetch(key)), value("v"));
+    }
+    assert_eq!(sim.batches, batches, "reads persist nothing");
+    let after: u64 = (0..3).map(|i| sim.node(i).unwrap().stats().fast_reads).sum();
+    assert_eq!(after, fast_reads + 3);
+}
+
+#[test]
+fn list_resolves_a_minority_accepted_key_before_listing_it() {
+    // R9: a key whose replicas disagree is resolved by an identity round, never listed (or
+    // skipped) from raw key sets; what List returns, later reads confirm.
+    let mut sim = sim(10);
+    let key = "list/minority";
+    let (p, a, b) = roles(&sim, key);
+    assert_eq!(call(&mut sim, a, Request::upsert("list/live", "x")), Ok(Response::Done));
+    assert_eq!(call(&mut sim, a, Request::upsert("list/dead", "x")), Ok(Response::Done));
+    assert_eq!(call(&mut sim, a, Request::delete("list/dead")), Ok(Response::Done));
+    write_on_minority(&mut sim, p, key, "v");
+    cut_both(&mut sim, a, b); // a lists through {a, p}
+    let query = memo_engine::list::ListQuery { prefix: "list/".into(), ..Default::default() };
+    let page = match call(&mut sim, a, Request::List(query)) {
+        Ok(Response::List(page)) => page,
+        other => panic!("List answered {other:?}"),
+    };
+    assert_eq!(page.items, vec!["list/live".to_string(), key.to_string()]);
+    sim.heal();
+    sim.isolate(p);
+    assert_eq!(call(&mut sim, b, Request::fetch(key)), value("v"), "what List saw is chosen");
+}
