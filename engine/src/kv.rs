@@ -166,7 +166,8 @@ mod tests {
         let old = vec![Applied { ballot: b(1), op: op(0) }];
         let live = Some(State::Value { value: v("a"), recent: old.clone() });
         let dead = Some(State::Tombstone { recent: old });
-        let table: Vec<(Option<State>, Change, Answer, Option<Vec<u8>>)> = vec![
+        type Row = (Option<State>, Change, Answer, Option<Vec<u8>>);
+        let table: Vec<Row> = vec![
             (None, Change::Insert(v("x")), Answer::Done, Some(v("x"))),
             (dead.clone(), Change::Insert(v("x")), Answer::Done, Some(v("x"))),
             (live.clone(), Change::Insert(v("x")), Answer::AlreadyExists, Some(v("a"))),

@@ -79,10 +79,10 @@ impl PageBuilder {
             .then(|| key[q.prefix.len()..].find(q.delimiter.as_str()))
             .flatten()
             .map(|i| key[..q.prefix.len() + i + q.delimiter.len()].to_string());
-        if let Some(cp) = &rolled {
-            if self.last_prefix.as_ref() == Some(cp) || cp.as_str() <= q.marker.as_str() {
-                return true;
-            }
+        if let Some(cp) = &rolled
+            && (self.last_prefix.as_ref() == Some(cp) || cp.as_str() <= q.marker.as_str())
+        {
+            return true;
         }
         if self.page.items.len() + self.page.prefixes.len() >= self.limit {
             self.page.truncated = true;

@@ -29,6 +29,9 @@ pub struct PersistBatch {
     pub writes: Vec<(Vec<u8>, Option<Vec<u8>>)>,
 }
 
+/// Entries of a scan: `(silo key, value)` in key order.
+pub type Entries = Vec<(Vec<u8>, Vec<u8>)>;
+
 /// A storage failure, as the silo reports it.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("storage: {0}")]
@@ -40,7 +43,7 @@ pub trait Storage {
     /// The value under `key`.
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError>;
     /// Up to `limit` entries with `start <= key < end`, in key order.
-    fn scan(&self, start: &[u8], end: &[u8], limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StorageError>;
+    fn scan(&self, start: &[u8], end: &[u8], limit: usize) -> Result<Entries, StorageError>;
     /// Applies a batch atomically (not necessarily durably).
     fn write(&self, batch: &PersistBatch) -> Result<(), StorageError>;
     /// Makes every applied batch durable.
@@ -51,7 +54,7 @@ impl<S: Storage + ?Sized> Storage for std::sync::Arc<S> {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
         (**self).get(key)
     }
-    fn scan(&self, start: &[u8], end: &[u8], limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StorageError> {
+    fn scan(&self, start: &[u8], end: &[u8], limit: usize) -> Result<Entries, StorageError> {
         (**self).scan(start, end, limit)
     }
     fn write(&self, batch: &PersistBatch) -> Result<(), StorageError> {
@@ -91,7 +94,7 @@ impl Storage for MemoryStorage {
         Ok(self.lock().get(key).cloned())
     }
 
-    fn scan(&self, start: &[u8], end: &[u8], limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StorageError> {
+    fn scan(&self, start: &[u8], end: &[u8], limit: usize) -> Result<Entries, StorageError> {
         if start >= end {
             return Ok(Vec::new());
         }

@@ -70,7 +70,7 @@ pub enum Verdict {
 pub type Filter = Box<dyn FnMut(usize, usize, &Envelope) -> Verdict>;
 
 enum Event {
-    Deliver { to: usize, from: usize, envelope: Envelope },
+    Deliver { to: usize, from: usize, envelope: Box<Envelope> },
     Durable { node: usize, life: u64, batch: PersistBatch },
 }
 
@@ -267,10 +267,10 @@ impl Sim {
         }
         if self.chance(self.faults.duplicate) {
             let at = self.now + self.pick(self.faults.latency);
-            self.schedule(at, Event::Deliver { to, from, envelope: envelope.clone() });
+            self.schedule(at, Event::Deliver { to, from, envelope: Box::new(envelope.clone()) });
         }
         let at = self.now + self.pick(self.faults.latency);
-        self.schedule(at, Event::Deliver { to, from, envelope });
+        self.schedule(at, Event::Deliver { to, from, envelope: Box::new(envelope) });
     }
 
     fn schedule(&mut self, at: Instant, event: Event) {
@@ -329,7 +329,7 @@ impl Sim {
                 };
                 self.delivered += 1;
                 // Messages between nodes of one sim are well formed.
-                node.handle_envelope(envelope, now).expect("valid envelope");
+                node.handle_envelope(*envelope, now).expect("valid envelope");
                 self.drain(to);
             }
             Event::Durable { node: i, life, batch } => {
@@ -448,7 +448,7 @@ impl Sim {
         for (from, to, env) in held {
             if keep(from, to, &env) {
                 let at = self.now + self.pick(self.faults.latency);
-                self.schedule(at, Event::Deliver { to, from, envelope: env });
+                self.schedule(at, Event::Deliver { to, from, envelope: Box::new(env) });
             } else {
                 self.held.push((from, to, env));
             }

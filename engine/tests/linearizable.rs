@@ -213,6 +213,8 @@ fn run_seed(nodes: usize, k: u32, seed: u64) {
     let _ = (Answer::Done, Change::Fetch);
 }
 
+/// The seeds to run: `MEMO_SEEDS` of them (default 12) from `base`.
+#[allow(clippy::disallowed_methods)] // the seed count is test configuration, not engine input
 fn seeds(base: u64) -> impl Iterator<Item = u64> {
     let n: u64 = std::env::var("MEMO_SEEDS").ok().and_then(|s| s.parse().ok()).unwrap_or(12);
     base..base + n

@@ -205,11 +205,11 @@ fn two_requests_racing_on_one_fast_path_ballot_are_folded_into_one_value() {
     let proposals = Rc::new(RefCell::new(BTreeMap::new()));
     let seen = proposals.clone();
     sim.set_filter(Box::new(move |_, _, env| {
-        if let Message::Accept { key: k, accepted, .. } = &env.message {
-            if k == key {
-                let previous = seen.borrow_mut().insert(accepted.ballot, accepted.state.clone());
-                assert!(previous.is_none_or(|s| s == accepted.state), "two states at ballot {:?}", accepted.ballot);
-            }
+        if let Message::Accept { key: k, accepted, .. } = &env.message
+            && k == key
+        {
+            let previous = seen.borrow_mut().insert(accepted.ballot, accepted.state.clone());
+            assert!(previous.is_none_or(|s| s == accepted.state), "two states at ballot {:?}", accepted.ballot);
         }
         Verdict::Deliver
     }));

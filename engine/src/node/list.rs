@@ -247,12 +247,10 @@ impl<S: Storage> Node<S> {
                 break;
             }
         }
-        if !complete {
-            if let Some(f) = round.frontier.take() {
-                round.cursor = (f, true);
-                self.scan_round(id);
-                return;
-            }
+        if !complete && let Some(f) = round.frontier.take() {
+            round.cursor = (f, true);
+            self.scan_round(id);
+            return;
         }
         let Some(round) = self.lists.rounds.remove(&id) else {
             return;
