@@ -11,6 +11,8 @@
 
 use crate::ids::NodeId;
 use serde::{Deserialize, Serialize};
+#[cfg(test)]
+use std::collections::BTreeMap;
 
 /// A partition number, `0..P`.
 pub type PartitionId = u32;
@@ -162,5 +164,113 @@ impl PartitionMap {
         self.refs[config.partition as usize] = config.epoch_ref();
         *slot = config;
         true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn nodes(n: usize) -> Vec<NodeId> {
+        (0..n).map(|i| NodeId::initial(format!("n{i}"))).collect()
+    }
+
+    #[test]
+    fn quorum_is_a_majority_of_the_members() {
+        // (members, quorum, failures tolerated)
+        let table = [(1, 1, 0), (2, 2, 0), (3, 2, 1), (4, 3, 1), (5, 3, 2), (6, 4, 2), (7, 4, 3)];
+        for (members, quorum, tolerated) in table {
+            let config = PartitionConfig { partition: 0, epoch: 1, members: nodes(members) };
+            assert_eq!(config.quorum(), quorum, "{members} members");
+            assert_eq!(members - config.quorum(), tolerated, "{members} members");
+            // Any two quorums intersect.
+            assert!(2 * config.quorum() > members);
+        }
+    }
+
+    #[test]
+    fn the_replication_factor_is_capped_by_the_cluster_size() {
+        // (nodes, k, members per partition)
+        let table = [(1, 3, 1), (2, 3, 2), (3, 3, 3), (5, 3, 3), (5, 5, 5), (7, 3, 3), (3, 0, 1)];
+        for (n, k, expected) in table {
+            let map = PartitionMap::initial(16, k, &nodes(n));
+            for config in map.iter() {
+                assert_eq!(config.members.len(), expected, "{n} nodes, k={k}");
+                let mut distinct = config.members.clone();
+                distinct.sort();
+                distinct.dedup();
+                assert_eq!(distinct.len(), expected, "members are distinct");
+            }
+        }
+    }
+
+    #[test]
+    fn addresses_partitions_and_primaries_never_change() {
+        // Placement is part of the on-disk and wire format: a change here moves data. These
+        // values were computed once and frozen; a failure means placement drifted.
+        // (key, first 8 address bytes, partition of 256, partition of 64)
+        let table = [
+            ("", "7eaab3dabb7e0d1d", 126, 62),
+            ("k", "75630968b1007037", 117, 53),
+            ("hello", "cd37a68c2ff02180", 205, 13),
+            ("memo/kv", "4239716a310f7e86", 66, 2),
+        ];
+        for (key, prefix, p256, p64) in table {
+            let hex: String = address(key.as_bytes())[..8].iter().map(|b| format!("{b:02x}")).collect();
+            assert_eq!(hex, prefix, "address of {key:?}");
+            assert_eq!(partition_of(key.as_bytes(), 256), p256, "partition of {key:?}");
+            assert_eq!(partition_of(key.as_bytes(), 64), p64, "partition of {key:?}");
+        }
+        let map = PartitionMap::initial(4, 3, &nodes(3));
+        let order = |p: u32| map.config(p).members.iter().map(|m| m.name.clone()).collect::<Vec<_>>().join(",");
+        assert_eq!([order(0), order(1), order(2), order(3)], ["n1,n2,n0", "n0,n2,n1", "n1,n2,n0", "n2,n0,n1"]);
+        assert_eq!(NodeId::initial("n0").tag().0, 16119235579269278490);
+    }
+
+    #[test]
+    fn every_node_computes_the_same_epoch_one_map_from_any_list_order() {
+        let mut list = nodes(5);
+        let a = PartitionMap::initial(64, 3, &list);
+        list.reverse();
+        let b = PartitionMap::initial(64, 3, &list);
+        assert_eq!(a, b);
+        for p in 0..64 {
+            assert_eq!(a.epoch_ref(p), a.config(p).epoch_ref());
+        }
+    }
+
+    #[test]
+    fn rendezvous_spreads_primaries_and_moves_little_when_a_node_joins() {
+        let before = PartitionMap::initial(256, 3, &nodes(5));
+        let mut primaries = BTreeMap::<NodeId, u32>::new();
+        for c in before.iter() {
+            *primaries.entry(c.primary().clone()).or_default() += 1;
+        }
+        // 256 partitions over 5 nodes: about 51 each.
+        assert!(primaries.values().all(|&n| (30..=75).contains(&n)), "{primaries:?}");
+        let after = PartitionMap::initial(256, 3, &nodes(6));
+        let moved: usize = before
+            .iter()
+            .zip(after.iter())
+            .map(|(a, b)| a.members.iter().filter(|m| !b.members.contains(m)).count())
+            .sum();
+        // A sixth node should take about k/6 of the 768 replicas, not reshuffle them.
+        assert!((64..=200).contains(&moved), "{moved} replicas moved");
+    }
+
+    #[test]
+    fn a_newer_config_is_adopted_and_an_older_or_empty_one_is_not() {
+        let mut map = PartitionMap::initial(4, 3, &nodes(3));
+        let mut newer = map.config(1).clone();
+        newer.epoch = 2;
+        newer.members.reverse();
+        assert!(map.adopt(newer.clone()));
+        assert_eq!(map.config(1), &newer);
+        assert_eq!(map.epoch_ref(1), newer.epoch_ref());
+        let mut older = newer.clone();
+        older.epoch = 1;
+        assert!(!map.adopt(older));
+        assert!(!map.adopt(PartitionConfig { partition: 2, epoch: 9, members: vec![] }));
+        assert!(!map.adopt(PartitionConfig { partition: 99, epoch: 9, members: nodes(1) }));
     }
 }

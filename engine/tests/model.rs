@@ -230,6 +230,7 @@ fn run(
             let Some(key) = op.written_key() else {
                 continue; // a failed read or List changed nothing
             };
+            eprintln!("UNAVAILABLE write {op:?} n={n}");
             sim.run_for(SETTLE);
             let learned = learn(&mut sim, node, key)?;
             let before = model.get(key).cloned();
@@ -256,6 +257,7 @@ fn run(
         prop_assert_eq!(got, want, "step {}: {:?} at node {} of {}; model before: {:?}", step, op, node, n, model);
         model = next;
     }
+    eprintln!("CASE n={n} ops={} delivered={} unknown={unknown_allowed}", script.len(), sim.delivered);
     // Finally every key reads back as the model says, from every node.
     for key in KEYS {
         for node in 0..n {

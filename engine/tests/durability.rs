@@ -1,0 +1,168 @@
+//! Durability before speech (R1, R4), checked on one node driven by hand: nothing is sent
+//! before the restart counter is durable; promises, accepts and read replies wait for the
+//! batch that holds the state they report; a coordinator counts its own vote only once it
+//! is durable; and a crash before durability loses the state without anyone having been
+//! told about it.
+
+use memo_engine::kv::{Applied, State};
+use memo_engine::message::{Envelope, Message};
+use memo_engine::paxos::acceptor::Accepted;
+use memo_engine::paxos::ballot::Ballot;
+use memo_engine::placement::{EpochRef, partition_of};
+use memo_engine::storage::{decode_register, register_key};
+use memo_engine::{ClusterParams, Config, Instant, MemoryStorage, Node, NodeId, OpId, Request, RequestId, Storage};
+use std::sync::Arc;
+
+const P: u32 = 16;
+
+fn ids() -> Vec<NodeId> {
+    (0..3).map(|i| NodeId::initial(format!("n{i}"))).collect()
+}
+
+fn params() -> ClusterParams {
+    ClusterParams { partitions: P, replication: 3, initial_nodes: ids(), token: "t".into() }
+}
+
+fn start(storage: &Arc<MemoryStorage>) -> Node<Arc<MemoryStorage>> {
+    Node::new(Config::new(ids()[0].clone(), params()), storage.clone(), 7, Instant::from_nanos(1)).unwrap()
+}
+
+/// Applies every pending batch to the silo and reports it durable.
+fn persist_all(node: &mut Node<Arc<MemoryStorage>>, storage: &MemoryStorage) {
+    let mut last = None;
+    while let Some(b) = node.poll_persist() {
+        storage.write(&b).unwrap();
+        last = Some(b.id);
+    }
+    if let Some(id) = last {
+        node.handle_persisted(id, Instant::from_nanos(2));
+    }
+}
+
+fn transmits(node: &mut Node<Arc<MemoryStorage>>) -> Vec<Message> {
+    std::iter::from_fn(|| node.poll_transmit()).map(|t| t.envelope.message).collect()
+}
+
+fn from(node: &Node<Arc<MemoryStorage>>, sender: usize, message: Message) -> Envelope {
+    Envelope { cluster: params().cluster_id(), from: ids()[sender].clone(), to: node.id().clone(), message }
+}
+
+fn epoch(node: &Node<Arc<MemoryStorage>>, key: &str) -> EpochRef {
+    node.map().epoch_ref(partition_of(key.as_bytes(), P))
+}
+
+fn ballot(round: u64) -> Ballot {
+    Ballot { epoch: 1, round, node: ids()[1].tag(), restart: 1 }
+}
+
+fn accept(node: &Node<Arc<MemoryStorage>>, key: &str, round: u64) -> Message {
+    let op = OpId { node: ids()[1].tag(), restart: 1, seq: round };
+    let state = Some(State::Value { value: b"v".to_vec(), recent: vec![Applied { ballot: ballot(round), op }] });
+    Message::Accept {
+        key: key.into(),
+        epoch: epoch(node, key),
+        ballot: ballot(round),
+        attempt: 1,
+        accepted: Accepted { ballot: ballot(round), state },
+        next: None,
+    }
+}
+
+#[test]
+fn nothing_is_sent_before_the_restart_counter_is_durable() {
+    let storage = Arc::new(MemoryStorage::new());
+    let mut node = start(&storage);
+    node.handle_request(RequestId(1), Request::fetch("k"), Instant::from_nanos(1));
+    assert!(transmits(&mut node).is_empty(), "reads wait for the restart counter");
+    persist_all(&mut node, &storage);
+    let sent = transmits(&mut node);
+    assert_eq!(sent.iter().filter(|m| matches!(m, Message::Read { .. })).count(), 2);
+    // And the counter survives a restart, bumped.
+    drop(node);
+    assert_eq!(start(&storage).restart(), 2);
+}
+
+#[test]
+fn a_promise_is_released_only_when_its_batch_is_durable() {
+    let storage = Arc::new(MemoryStorage::new());
+    let mut node = start(&storage);
+    persist_all(&mut node, &storage);
+    let e = epoch(&node, "k");
+    let prepare = from(&node, 1, Message::Prepare { key: "k".into(), epoch: e, ballot: ballot(3), attempt: 9 });
+    node.handle_envelope(prepare, Instant::from_nanos(3)).unwrap();
+    assert!(transmits(&mut node).is_empty());
+    let batch = node.poll_persist().expect("the promise is in a batch");
+    storage.write(&batch).unwrap();
+    assert!(transmits(&mut node).is_empty(), "written is not durable");
+    node.handle_persisted(batch.id, Instant::from_nanos(4));
+    assert!(matches!(transmits(&mut node).as_slice(), [Message::Promise { attempt: 9, result: Ok(_), .. }]));
+}
+
+#[test]
+fn a_read_waits_for_a_pending_accept_of_its_key_but_not_of_other_keys() {
+    let storage = Arc::new(MemoryStorage::new());
+    let mut node = start(&storage);
+    persist_all(&mut node, &storage);
+    node.handle_envelope(from(&node, 1, accept(&node, "k", 2)), Instant::from_nanos(3)).unwrap();
+    let read = |node: &Node<_>, key: &str| Message::Read { key: key.into(), epoch: epoch(node, key), attempt: 5 };
+    let msg = from(&node, 2, read(&node, "k"));
+    node.handle_envelope(msg, Instant::from_nanos(3)).unwrap();
+    let msg = from(&node, 2, read(&node, "other"));
+    node.handle_envelope(msg, Instant::from_nanos(3)).unwrap();
+    let sent = transmits(&mut node);
+    assert!(matches!(sent.as_slice(), [Message::ReadReply { key, .. }] if key == "other"), "{sent:?}");
+    persist_all(&mut node, &storage);
+    let sent = transmits(&mut node);
+    assert!(sent.iter().any(|m| matches!(m, Message::Accepted { result: Ok(_), .. })));
+    assert!(
+        sent.iter()
+            .any(|m| matches!(m, Message::ReadReply { key, result: Ok(v), .. } if key == "k" && v.accepted.is_some()))
+    );
+}
+
+#[test]
+fn a_crash_before_durability_loses_the_accept_and_nobody_heard_of_it() {
+    let storage = Arc::new(MemoryStorage::new());
+    let mut node = start(&storage);
+    persist_all(&mut node, &storage);
+    node.handle_envelope(from(&node, 1, accept(&node, "k", 2)), Instant::from_nanos(3)).unwrap();
+    let _lost = node.poll_persist().expect("pending batch");
+    assert!(transmits(&mut node).is_empty(), "no Accepted before durability");
+    drop(node); // crash: the batch never reached the silo
+    let key = register_key(partition_of(b"k", P), b"k");
+    assert!(storage.get(&key).unwrap().is_none());
+    // A durable accept, by contrast, survives the restart.
+    let mut node = start(&storage);
+    persist_all(&mut node, &storage);
+    node.handle_envelope(from(&node, 1, accept(&node, "k", 3)), Instant::from_nanos(3)).unwrap();
+    persist_all(&mut node, &storage);
+    drop(node);
+    let reg = decode_register(&storage.get(&key).unwrap().expect("durable")).unwrap();
+    assert_eq!(reg.accepted.map(|a| a.ballot), Some(ballot(3)));
+}
+
+#[test]
+fn a_coordinator_counts_its_own_vote_only_once_it_is_durable() {
+    let storage = Arc::new(MemoryStorage::new());
+    let mut node = start(&storage);
+    persist_all(&mut node, &storage);
+    // A key whose primary is n0, so the write is coordinated here.
+    let key =
+        (0..).map(|i| format!("key{i}")).find(|k| node.map().config_of(k.as_bytes()).primary() == node.id()).unwrap();
+    node.handle_request(RequestId(1), Request::upsert(key.clone(), "v"), Instant::from_nanos(3));
+    let sent = transmits(&mut node);
+    let (ballot, attempt) = match sent.first() {
+        Some(Message::Prepare { ballot, attempt, .. }) => (*ballot, *attempt),
+        other => panic!("expected a Prepare, got {other:?}"),
+    };
+    // One remote promise arrives; the node's own promise is not durable yet: no quorum.
+    let view = memo_engine::paxos::acceptor::ReadView { accepted: None, committed: false, floor: Ballot::ZERO };
+    let promise = Message::Promise { key: key.clone(), ballot, attempt, result: Ok(view) };
+    node.handle_envelope(from(&node, 1, promise), Instant::from_nanos(4)).unwrap();
+    assert!(!transmits(&mut node).iter().any(|m| matches!(m, Message::Accept { .. })), "own vote not durable");
+    persist_all(&mut node, &storage);
+    assert!(
+        transmits(&mut node).iter().any(|m| matches!(m, Message::Accept { .. })),
+        "quorum with its own durable vote"
+    );
+}
