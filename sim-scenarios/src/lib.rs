@@ -1,1 +1,2 @@
-//! placeholder
+//! Named deterministic-simulation scenarios for memo. The scenarios live in `tests/` and
+//! only run under `cargo simtest` (a build with `--cfg madsim`); see `docs/SIMULATION.md`.
