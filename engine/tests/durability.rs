@@ -166,3 +166,26 @@ fn a_coordinator_counts_its_own_vote_only_once_it_is_durable() {
         "quorum with its own durable vote"
     );
 }
+
+#[test]
+fn a_full_batch_is_closed_and_replies_wait_for_the_batch_that_holds_their_key() {
+    let storage = Arc::new(MemoryStorage::new());
+    let mut cfg = Config::new(ids()[0].clone(), params());
+    cfg.batch_writes_max = 2;
+    let mut node = Node::new(cfg, storage.clone(), 7, Instant::from_nanos(1)).unwrap();
+    persist_all(&mut node, &storage);
+    for (i, key) in ["a", "b", "c", "d", "e"].into_iter().enumerate() {
+        node.handle_envelope(from(&node, 1, accept(&node, key, 2 + i as u64)), Instant::from_nanos(3)).unwrap();
+    }
+    let batches: Vec<_> = std::iter::from_fn(|| node.poll_persist()).collect();
+    assert_eq!(batches.iter().map(|b| b.writes.len()).collect::<Vec<_>>(), vec![2, 2, 1]);
+    storage.write(&batches[0]).unwrap();
+    node.handle_persisted(batches[0].id, Instant::from_nanos(4));
+    let released = transmits(&mut node);
+    assert_eq!(released.len(), 2, "only the replies whose batch is durable: {released:?}");
+    for b in &batches[1..] {
+        storage.write(b).unwrap();
+    }
+    node.handle_persisted(batches[2].id, Instant::from_nanos(5));
+    assert_eq!(transmits(&mut node).len(), 3);
+}

@@ -42,6 +42,7 @@ fn tune(cfg: &mut memo_engine::Config) {
     cfg.forward_timeout = Duration::from_millis(200);
     cfg.request_timeout = Duration::from_millis(1500);
     cfg.primary_suspicion = Duration::from_millis(500);
+    cfg.batch_writes_max = 3;
 }
 
 impl Run {

@@ -230,7 +230,6 @@ fn run(
             let Some(key) = op.written_key() else {
                 continue; // a failed read or List changed nothing
             };
-            eprintln!("UNAVAILABLE write {op:?} n={n}");
             sim.run_for(SETTLE);
             let learned = learn(&mut sim, node, key)?;
             let before = model.get(key).cloned();
@@ -257,7 +256,6 @@ fn run(
         prop_assert_eq!(got, want, "step {}: {:?} at node {} of {}; model before: {:?}", step, op, node, n, model);
         model = next;
     }
-    eprintln!("CASE n={n} ops={} delivered={} unknown={unknown_allowed}", script.len(), sim.delivered);
     // Finally every key reads back as the model says, from every node.
     for key in KEYS {
         for node in 0..n {
@@ -286,7 +284,7 @@ proptest! {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 32, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
 
     #[test]
     fn over_a_hostile_network_every_answer_is_the_models_or_unavailable(

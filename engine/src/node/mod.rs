@@ -249,7 +249,7 @@ impl<S: Storage> Node<S> {
         }
         let map = PartitionMap::initial(params.partitions, params.replication, &params.initial_nodes);
         let mut persist = persist::Persist::default();
-        let restart = persist.bump_restart(&storage)?;
+        let restart = persist.bump_restart(&storage, cfg.batch_writes_max)?;
         let _ = now;
         Ok(Node {
             me_tag: cfg.me.tag(),

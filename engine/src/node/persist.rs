@@ -38,13 +38,18 @@ pub(super) struct Persist {
     /// Silo keys written by each not-yet-durable batch, to trim the overlay.
     written: VecDeque<(BatchId, Vec<Vec<u8>>)>,
     held: BTreeMap<BatchId, Vec<(NodeId, Message)>>,
+    /// Batches closed because they were full, waiting for `take_batch`.
+    closed: VecDeque<PersistBatch>,
+    /// Writes per batch (`Config::batch_writes_max`).
+    batch_writes_max: usize,
     floors: BTreeMap<PartitionId, Ballot>,
 }
 
 impl Persist {
     /// Reads, bumps and writes the restart counter (R1). Returns this life's counter.
-    pub(super) fn bump_restart(&mut self, silo: &impl Storage) -> Result<u64, StorageError> {
+    pub(super) fn bump_restart(&mut self, silo: &impl Storage, batch_writes_max: usize) -> Result<u64, StorageError> {
         self.open_id = 1;
+        self.batch_writes_max = batch_writes_max.max(1);
         let previous = match silo.get(storage::RESTART_KEY)? {
             Some(bytes) => {
                 let arr: [u8; 8] =
@@ -101,6 +106,9 @@ impl Persist {
         register: Option<Register>,
         reported: bool,
     ) {
+        if self.open.len() >= self.batch_writes_max {
+            self.close();
+        }
         let sk = storage::register_key(partition, key.as_bytes());
         self.open.insert(sk.clone(), register.as_ref().map(storage::encode_register));
         let id = self.open_id;
@@ -150,15 +158,23 @@ impl Persist {
         self.held.entry(batch).or_default().push((to, msg));
     }
 
-    /// Closes the open batch.
+    /// The next batch: a full one closed earlier, else the open one (closing it).
     pub(super) fn take_batch(&mut self) -> Option<PersistBatch> {
+        if let Some(batch) = self.closed.pop_front() {
+            return Some(batch);
+        }
+        self.close();
+        self.closed.pop_front()
+    }
+
+    /// Closes the open batch, if it holds anything.
+    fn close(&mut self) {
         if self.open.is_empty() {
-            return None;
+            return;
         }
         let writes = std::mem::take(&mut self.open).into_iter().collect();
-        let id = self.open_id;
+        self.closed.push_back(PersistBatch { id: self.open_id, writes });
         self.open_id += 1;
-        Some(PersistBatch { id, writes })
     }
 
     /// Every batch up to `batch` is durable: trims the overlay, returns released messages.
