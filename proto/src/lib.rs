@@ -26,5 +26,4 @@ pub mod peer {
 
 /// The encoded `google.protobuf.FileDescriptorSet` of every `.proto` file in this
 /// crate (with source info), for gRPC server reflection.
-pub const FILE_DESCRIPTOR_SET: &[u8] =
-    include_bytes!(concat!(env!("OUT_DIR"), "/memo_descriptor.bin"));
+pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/memo_descriptor.bin"));

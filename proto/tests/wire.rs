@@ -6,9 +6,8 @@
 
 use memo_proto::FILE_DESCRIPTOR_SET;
 use memo_proto::kvs::{
-    DeleteRequest, DeleteResponse, FetchRequest, FetchResponse, InsertRequest, InsertResponse,
-    ListItem, ListRequest, ListResponse, UpdateRequest, UpdateResponse, UpsertRequest,
-    UpsertResponse,
+    DeleteRequest, DeleteResponse, FetchRequest, FetchResponse, InsertRequest, InsertResponse, ListItem, ListRequest,
+    ListResponse, UpdateRequest, UpdateResponse, UpsertRequest, UpsertResponse,
 };
 use memo_proto::peer::{Ack, Batch};
 use prost::Message;
@@ -64,9 +63,7 @@ fn descriptor_set() -> FileDescriptorSet {
 
 /// Strips the `TYPE_`/`LABEL_` prefix of a descriptor enum name and lowercases it.
 fn short(name: &str, prefix: &str) -> String {
-    name.strip_prefix(prefix)
-        .unwrap_or(name)
-        .to_ascii_lowercase()
+    name.strip_prefix(prefix).unwrap_or(name).to_ascii_lowercase()
 }
 
 /// Renders every file of `package` as a canonical listing: messages, fields and
@@ -74,17 +71,11 @@ fn short(name: &str, prefix: &str) -> String {
 /// field: `Message.field = number type label`, plus anything unusual (oneofs,
 /// proto3 `optional`, streaming, nested types, enums, options).
 fn render_package(set: &FileDescriptorSet, package: &str) -> String {
-    let mut files: Vec<&FileDescriptorProto> =
-        set.file.iter().filter(|f| f.package() == package).collect();
+    let mut files: Vec<&FileDescriptorProto> = set.file.iter().filter(|f| f.package() == package).collect();
     files.sort_by_key(|f| f.name());
     let mut out = String::new();
     for file in files {
-        out += &format!(
-            "file {} syntax {} package {}\n",
-            file.name(),
-            file.syntax(),
-            file.package()
-        );
+        out += &format!("file {} syntax {} package {}\n", file.name(), file.syntax(), file.package());
         if !file.enum_type.is_empty() || !file.extension.is_empty() || !file.dependency.is_empty() {
             out += "file has enums, extensions or imports\n";
         }
@@ -94,11 +85,7 @@ fn render_package(set: &FileDescriptorSet, package: &str) -> String {
             let mut methods: Vec<_> = service.method.iter().collect();
             methods.sort_by_key(|m| m.name());
             for m in methods {
-                let local = |t: &str| {
-                    t.strip_prefix(&format!(".{package}."))
-                        .unwrap_or(t)
-                        .to_owned()
-                };
+                let local = |t: &str| t.strip_prefix(&format!(".{package}.")).unwrap_or(t).to_owned();
                 out += &format!(
                     "service {}: rpc {}({}{}) returns ({}{})\n",
                     service.name(),
@@ -119,10 +106,7 @@ fn render_package(set: &FileDescriptorSet, package: &str) -> String {
                 || !msg.oneof_decl.is_empty()
                 || msg.options.is_some()
             {
-                out += &format!(
-                    "{} has nested types, enums, oneofs or options\n",
-                    msg.name()
-                );
+                out += &format!("{} has nested types, enums, oneofs or options\n", msg.name());
             }
             let mut fields: Vec<_> = msg.field.iter().collect();
             fields.sort_by_key(|f| f.number());
@@ -139,16 +123,8 @@ fn render_package(set: &FileDescriptorSet, package: &str) -> String {
                     f.number(),
                     ty,
                     short(label.as_str_name(), "LABEL_"),
-                    if f.proto3_optional() {
-                        " proto3_optional"
-                    } else {
-                        ""
-                    },
-                    if f.oneof_index.is_some() || f.options.is_some() {
-                        " (oneof or options)"
-                    } else {
-                        ""
-                    },
+                    if f.proto3_optional() { " proto3_optional" } else { "" },
+                    if f.oneof_index.is_some() || f.options.is_some() { " (oneof or options)" } else { "" },
                 );
             }
         }
@@ -160,14 +136,8 @@ fn render_package(set: &FileDescriptorSet, package: &str) -> String {
 fn kvs_schema_matches_memo() {
     let rendered = render_package(&descriptor_set(), "memo.kvs");
     if rendered != EXPECTED_KVS {
-        let missing: Vec<_> = EXPECTED_KVS
-            .lines()
-            .filter(|l| !rendered.lines().any(|r| r == *l))
-            .collect();
-        let unexpected: Vec<_> = rendered
-            .lines()
-            .filter(|l| !EXPECTED_KVS.lines().any(|e| e == *l))
-            .collect();
+        let missing: Vec<_> = EXPECTED_KVS.lines().filter(|l| !rendered.lines().any(|r| r == *l)).collect();
+        let unexpected: Vec<_> = rendered.lines().filter(|l| !EXPECTED_KVS.lines().any(|e| e == *l)).collect();
         panic!(
             "memo.kvs drifted from memo's memo_kvs.proto\n\
              missing: {missing:#?}\nunexpected: {unexpected:#?}\n--- rendered ---\n{rendered}"
@@ -182,36 +152,20 @@ fn descriptor_set_has_both_files_with_source_info() {
     names.sort_unstable();
     assert_eq!(names, ["memo_kvs.proto", "memo_peer.proto"]);
     for file in &set.file {
-        assert!(
-            file.source_code_info.is_some(),
-            "{} lacks source info",
-            file.name()
-        );
+        assert!(file.source_code_info.is_some(), "{} lacks source info", file.name());
     }
 }
 
 #[test]
 fn peer_schema() {
     let set = descriptor_set();
-    let file = set
-        .file
-        .iter()
-        .find(|f| f.package() == "memo.peer")
-        .expect("memo.peer file");
+    let file = set.file.iter().find(|f| f.package() == "memo.peer").expect("memo.peer file");
     let service = &file.service[0];
     assert_eq!(service.name(), "Peer");
     let methods: Vec<_> = service
         .method
         .iter()
-        .map(|m| {
-            (
-                m.name(),
-                m.client_streaming(),
-                m.server_streaming(),
-                m.input_type(),
-                m.output_type(),
-            )
-        })
+        .map(|m| (m.name(), m.client_streaming(), m.server_streaming(), m.input_type(), m.output_type()))
         .collect();
     assert_eq!(
         methods,
@@ -231,58 +185,23 @@ fn golden<M: Message + Default + PartialEq + std::fmt::Debug>(msg: &M, bytes: &[
 #[test]
 fn golden_put_requests() {
     let bytes = [0x0a, 0x01, b'k', 0x12, 0x01, b'v'];
-    golden(
-        &InsertRequest {
-            key: "k".into(),
-            value: b"v".to_vec(),
-        },
-        &bytes,
-    );
-    golden(
-        &UpdateRequest {
-            key: "k".into(),
-            value: b"v".to_vec(),
-        },
-        &bytes,
-    );
-    golden(
-        &UpsertRequest {
-            key: "k".into(),
-            value: b"v".to_vec(),
-        },
-        &bytes,
-    );
+    golden(&InsertRequest { key: "k".into(), value: b"v".to_vec() }, &bytes);
+    golden(&UpdateRequest { key: "k".into(), value: b"v".to_vec() }, &bytes);
+    golden(&UpsertRequest { key: "k".into(), value: b"v".to_vec() }, &bytes);
     // proto3 leaves default values off the wire: an empty value is just the key.
-    golden(
-        &InsertRequest {
-            key: "k".into(),
-            value: Vec::new(),
-        },
-        &[0x0a, 0x01, b'k'],
-    );
+    golden(&InsertRequest { key: "k".into(), value: Vec::new() }, &[0x0a, 0x01, b'k']);
     // A 200-byte value has a two-byte length prefix (200 = 0xc8 0x01).
     let value = vec![7u8; 200];
     let mut expected = vec![0x0a, 0x02, b'k', b'2', 0x12, 0xc8, 0x01];
     expected.extend_from_slice(&value);
-    golden(
-        &UpsertRequest {
-            key: "k2".into(),
-            value,
-        },
-        &expected,
-    );
+    golden(&UpsertRequest { key: "k2".into(), value }, &expected);
 }
 
 #[test]
 fn golden_key_requests_and_responses() {
     golden(&FetchRequest { key: "k".into() }, &[0x0a, 0x01, b'k']);
     golden(&DeleteRequest { key: "k".into() }, &[0x0a, 0x01, b'k']);
-    golden(
-        &FetchResponse {
-            value: b"xyz".to_vec(),
-        },
-        &[0x0a, 0x03, b'x', b'y', b'z'],
-    );
+    golden(&FetchResponse { value: b"xyz".to_vec() }, &[0x0a, 0x03, b'x', b'y', b'z']);
     golden(&InsertResponse {}, &[]);
     golden(&UpdateResponse {}, &[]);
     golden(&UpsertResponse {}, &[]);
@@ -295,12 +214,7 @@ fn golden_key_requests_and_responses() {
 #[test]
 fn golden_list_request() {
     golden(
-        &ListRequest {
-            prefix: "a/".into(),
-            marker: "a/b".into(),
-            delimiter: "/".into(),
-            max_keys: 5,
-        },
+        &ListRequest { prefix: "a/".into(), marker: "a/b".into(), delimiter: "/".into(), max_keys: 5 },
         &[
             0x0a, 0x02, b'a', b'/', // prefix = 1
             0x12, 0x03, b'a', b'/', b'b', // marker = 2
@@ -309,13 +223,7 @@ fn golden_list_request() {
         ],
     );
     // maxKeys is a varint: 1000 takes two bytes.
-    golden(
-        &ListRequest {
-            max_keys: 1000,
-            ..Default::default()
-        },
-        &[0x20, 0xe8, 0x07],
-    );
+    golden(&ListRequest { max_keys: 1000, ..Default::default() }, &[0x20, 0xe8, 0x07]);
     // An all-default request (list everything, default page) is empty.
     golden(&ListRequest::default(), &[]);
 }
@@ -337,13 +245,7 @@ fn golden_list_response() {
     );
     golden(&ListResponse::default(), &[]);
     // An item with an empty key is still an item: an empty embedded message.
-    golden(
-        &ListResponse {
-            items: vec![ListItem::default()],
-            ..Default::default()
-        },
-        &[0x0a, 0x00],
-    );
+    golden(&ListResponse { items: vec![ListItem::default()], ..Default::default() }, &[0x0a, 0x00]);
 }
 
 #[test]
@@ -356,13 +258,7 @@ fn unknown_fields_are_skipped() {
         0x82, 0x01, 0x02, b'h', b'i', // field 16, length-delimited "hi"
     ];
     let decoded = InsertRequest::decode(&bytes[..]).expect("decodes");
-    assert_eq!(
-        decoded,
-        InsertRequest {
-            key: "k".into(),
-            value: b"v".to_vec()
-        }
-    );
+    assert_eq!(decoded, InsertRequest { key: "k".into(), value: b"v".to_vec() });
 }
 
 #[test]
