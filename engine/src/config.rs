@@ -60,6 +60,10 @@ pub struct Config {
     pub key_queue_max: usize,
     /// Requests folded into one register change.
     pub fold_max: usize,
+    /// Keys for which this node keeps proposer state, mostly a granted next ballot (the
+    /// fast path). Beyond it, idle entries are evicted; an evicted key's next write takes
+    /// a full round.
+    pub proposer_keys_max: usize,
     /// Outgoing messages queued for the runtime (all peers together).
     pub transmit_queue_max: usize,
     /// Register writes in one persist batch; a full batch is closed and a new one opened.
@@ -86,6 +90,7 @@ impl Config {
             requests_in_flight_max: 100_000,
             key_queue_max: 1024,
             fold_max: 64,
+            proposer_keys_max: 100_000,
             transmit_queue_max: 1 << 20,
             batch_writes_max: 4096,
             gc_pending_max: 100_000,

@@ -90,3 +90,26 @@ fn list_pages_through_every_live_key_in_order() {
         assert_eq!(got, Ok(Response::List(expected)), "query {query:?}");
     }
 }
+
+#[test]
+fn proposer_state_stays_bounded_and_evicted_keys_still_work() {
+    fn tune(cfg: &mut memo_engine::Config) {
+        cfg.proposer_keys_max = 4;
+    }
+    let mut sim = Sim::with_config(3, 16, 3, 5, Faults::none(), tune);
+    for round in 0..3 {
+        for i in 0..40 {
+            let v = format!("v{round}-{i}");
+            assert_eq!(call(&mut sim, i % 3, Request::upsert(format!("key{i}"), v)), Ok(Response::Done));
+        }
+    }
+    for n in 0..3 {
+        assert!(sim.node(n).unwrap().proposer_keys() <= 5, "node {n}: {}", sim.node(n).unwrap().proposer_keys());
+    }
+    for i in 0..40 {
+        assert_eq!(
+            call(&mut sim, (i + 1) % 3, Request::fetch(format!("key{i}"))),
+            Ok(Response::Value(format!("v2-{i}").into_bytes()))
+        );
+    }
+}

@@ -11,7 +11,7 @@
 //! recently seen forward sequence numbers, so a duplicated or replayed Forward never
 //! applies a client's change twice.
 
-use super::{Node, Origin, Pending};
+use super::{Node, Origin};
 use crate::ids::{NodeId, NodeTag, OpId};
 use crate::kv::Change;
 use crate::message::{AttemptId, Message, Rejection, ScanEntries, ScanPart, ScanRange};
@@ -292,10 +292,7 @@ impl<S: Storage> Node<S> {
             self.send(from, Message::ForwardReply { id, result: Err(e) }, None);
             return;
         }
-        let req = self.next_req;
-        self.next_req += 1;
-        self.requests.insert(req, Pending { origin: Origin::Peer { from, id }, forwarded: None });
-        self.timers.set(now + self.cfg.request_timeout, super::timers::Timer::Request { req });
+        let req = self.register_request(Origin::Peer { from, id }, now);
         self.coordinate(req, key, change, op, None, now);
     }
 }

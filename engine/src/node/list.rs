@@ -14,7 +14,7 @@
 //! frontier, so every round makes progress.
 
 use super::proposer::{Queued, proven_state};
-use super::timers::Timer;
+use super::timers::{Timer, TimerHandle};
 use super::{Node, Origin, ReqKey};
 use crate::KvError;
 use crate::config::KEY_BYTES_MAX;
@@ -50,6 +50,7 @@ struct ListRound {
     keys: BTreeMap<String, Option<bool>>,
     /// Identity rounds in flight: request → key.
     resolving: BTreeMap<ReqKey, String>,
+    timer: TimerHandle,
 }
 
 struct PartScan {
@@ -80,9 +81,9 @@ impl<S: Storage> Node<S> {
             frontier: None,
             keys: BTreeMap::new(),
             resolving: BTreeMap::new(),
+            timer: self.timers.set(now + self.cfg.request_timeout, Timer::List { list: id }),
         };
         self.lists.rounds.insert(id, round);
-        self.timers.set(now + self.cfg.request_timeout, Timer::List { list: id });
         self.scan_round(id);
     }
 
@@ -252,7 +253,7 @@ impl<S: Storage> Node<S> {
             self.scan_round(id);
             return;
         }
-        let Some(round) = self.lists.rounds.remove(&id) else {
+        let Some(round) = self.lists.rounds.remove(&id).inspect(|r| self.timers.cancel(r.timer)) else {
             return;
         };
         self.lists.scans.retain(|_, l| *l != id);
@@ -261,7 +262,7 @@ impl<S: Storage> Node<S> {
     }
 
     fn fail_list(&mut self, id: u64, why: &str) {
-        let Some(round) = self.lists.rounds.remove(&id) else {
+        let Some(round) = self.lists.rounds.remove(&id).inspect(|r| self.timers.cancel(r.timer)) else {
             return;
         };
         self.lists.scans.retain(|_, l| *l != id);

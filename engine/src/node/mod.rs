@@ -166,6 +166,8 @@ enum Origin {
 #[derive(Debug)]
 struct Pending {
     origin: Origin,
+    /// The request's deadline timer.
+    deadline: timers::TimerHandle,
     /// While forwarded: the primary, and what to recover if it does not answer.
     forwarded: Option<Forwarded>,
 }
@@ -176,6 +178,7 @@ struct Forwarded {
     key: String,
     change: Change,
     op: OpId,
+    timer: timers::TimerHandle,
 }
 
 /// Internal request handle.
@@ -293,6 +296,12 @@ impl<S: Storage> Node<S> {
     /// Counters.
     pub fn stats(&self) -> &Stats {
         &self.stats
+    }
+
+    /// Keys for which this node holds proposer state (bounded by
+    /// `Config::proposer_keys_max`).
+    pub fn proposer_keys(&self) -> usize {
+        self.proposer.keys()
     }
 
     /// The restart counter of this life (R1).
@@ -414,8 +423,8 @@ impl<S: Storage> Node<S> {
     fn register_request(&mut self, origin: Origin, now: Instant) -> ReqKey {
         let req = self.next_req;
         self.next_req += 1;
-        self.requests.insert(req, Pending { origin, forwarded: None });
-        self.timers.set(now + self.cfg.request_timeout, timers::Timer::Request { req });
+        let deadline = self.timers.set(now + self.cfg.request_timeout, timers::Timer::Request { req });
+        self.requests.insert(req, Pending { origin, deadline, forwarded: None });
         req
     }
 
@@ -426,7 +435,7 @@ impl<S: Storage> Node<S> {
 
     /// Answers a request (if it is still waiting) and forgets it.
     fn finish(&mut self, req: ReqKey, result: Result<Answer, KvError>) {
-        let Some(pending) = self.requests.remove(&req) else {
+        let Some(pending) = self.forget(req) else {
             return;
         };
         match pending.origin {
@@ -442,12 +451,22 @@ impl<S: Storage> Node<S> {
     }
 
     fn finish_response(&mut self, req: ReqKey, result: Result<Response, KvError>) {
-        let Some(pending) = self.requests.remove(&req) else {
+        let Some(pending) = self.forget(req) else {
             return;
         };
         if let Origin::Client(id) = pending.origin {
             self.replies.push_back(Reply { id, result });
         }
+    }
+
+    /// Removes a request and its timers.
+    fn forget(&mut self, req: ReqKey) -> Option<Pending> {
+        let pending = self.requests.remove(&req)?;
+        self.timers.cancel(pending.deadline);
+        if let Some(f) = &pending.forwarded {
+            self.timers.cancel(f.timer);
+        }
+        Some(pending)
     }
 
     /// Sends `msg` to `to`, held until batch `gate` (and the restart batch) is durable.

@@ -49,7 +49,7 @@
 //! attempt backs off for a random time up to `min(backoff_max, 1 ms · 2^failures)` drawn
 //! from the node's seeded RNG.
 
-use super::timers::Timer;
+use super::timers::{Timer, TimerHandle};
 use super::{Forwarded, Node, ReqKey};
 use crate::KvError;
 use crate::ids::{NodeId, OpId};
@@ -71,7 +71,12 @@ pub(super) struct Proposer {
     round: u64,
     next_attempt: AttemptId,
     gc_pending: usize,
+    /// Where the next eviction scan starts, so eviction sweeps the key space in turn.
+    evict_cursor: String,
 }
+
+/// Slots an eviction looks at before giving up (the bound is then exceeded briefly).
+const EVICTION_SCAN_MAX: usize = 16;
 
 #[derive(Default)]
 struct Slot {
@@ -157,6 +162,7 @@ struct Attempt {
     phase: Phase,
     replied: BTreeSet<NodeId>,
     refused: usize,
+    timer: TimerHandle,
 }
 
 impl Attempt {
@@ -170,6 +176,34 @@ impl Attempt {
     /// Whether enough members refused that the phase can no longer succeed.
     fn hopeless(&self) -> bool {
         self.refused > self.members.len() - self.need()
+    }
+}
+
+impl Proposer {
+    pub(super) fn keys(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Forgets one idle key other than `keep` (only its fast-path entry is lost).
+    fn evict_one(&mut self, keep: &str) {
+        let cursor = std::mem::take(&mut self.evict_cursor);
+        let after =
+            self.slots.range::<str, _>((std::ops::Bound::Excluded(cursor.as_str()), std::ops::Bound::Unbounded));
+        let before =
+            self.slots.range::<str, _>((std::ops::Bound::Unbounded, std::ops::Bound::Included(cursor.as_str())));
+        let candidates = after.chain(before);
+        let victim = candidates
+            .take(EVICTION_SCAN_MAX)
+            .find(|(k, s)| {
+                k.as_str() != keep && s.active.is_none() && s.queue.is_empty() && !s.backing_off && !s.gc_due
+            })
+            .map(|(k, _)| k.clone());
+        if let Some(victim) = victim {
+            self.slots.remove(&victim);
+            self.evict_cursor = victim;
+        } else {
+            self.evict_cursor = cursor;
+        }
     }
 }
 
@@ -188,12 +222,12 @@ impl<S: Storage> Node<S> {
         let seq = self.forward_seq.entry(primary.clone()).or_insert(0);
         *seq += 1;
         let msg = Message::Forward { id: req, seq: *seq, op, key: key.clone(), change: change.clone() };
+        let timer = self.timers.set(now + self.cfg.forward_timeout, Timer::Forward { req });
         if let Some(pending) = self.requests.get_mut(&req) {
-            pending.forwarded = Some(Forwarded { to: primary.clone(), key, change, op });
+            pending.forwarded = Some(Forwarded { to: primary.clone(), key, change, op, timer });
         }
         self.stats.forwards += 1;
         self.send(primary, msg, None);
-        self.timers.set(now + self.cfg.forward_timeout, Timer::Forward { req });
     }
 
     pub(super) fn on_forward_reply(&mut self, from: NodeId, id: u64, result: Result<Answer, KvError>) {
@@ -307,7 +341,9 @@ impl<S: Storage> Node<S> {
             }
         };
         self.proposer.round = self.proposer.round.max(ballot.round);
-        let attempt = Attempt { id, ballot, epoch, members, quorum, work, phase, replied: BTreeSet::new(), refused: 0 };
+        let timer = self.timers.set(now + self.cfg.round_timeout, Timer::Attempt { key: key.to_string(), attempt: id });
+        let attempt =
+            Attempt { id, ballot, epoch, members, quorum, work, phase, replied: BTreeSet::new(), refused: 0, timer };
         let msg = match &attempt.phase {
             Phase::Prepare { .. } => Message::Prepare { key: key.to_string(), epoch, ballot, attempt: id },
             Phase::Accept { proposal, .. } => Message::Accept {
@@ -324,7 +360,6 @@ impl<S: Storage> Node<S> {
         for m in members {
             self.send(m, msg.clone(), None);
         }
-        self.timers.set(now + self.cfg.round_timeout, Timer::Attempt { key: key.to_string(), attempt: id });
     }
 
     /// The active attempt of `key` if `(attempt, ballot)` names it and `from` is a member
@@ -448,6 +483,7 @@ impl<S: Storage> Node<S> {
             return;
         };
         let Some(a) = slot.active.take() else { return };
+        self.timers.cancel(a.timer);
         slot.failures = 0;
         if let Work::Ops(ops) = a.work {
             for (q, answer) in ops.into_iter().zip(answers) {
@@ -495,6 +531,7 @@ impl<S: Storage> Node<S> {
             return;
         };
         let Some(a) = slot.active.take() else { return };
+        self.timers.cancel(a.timer);
         let Phase::Accept { proposal, answers, grants, .. } = a.phase else {
             return;
         };
@@ -504,6 +541,9 @@ impl<S: Storage> Node<S> {
             let next = a.ballot.successor();
             slot.fast = Some(FastPath { epoch: a.epoch, next, state: proposal.state.clone() });
             self.proposer.round = self.proposer.round.max(next.round);
+            if self.proposer.slots.len() > self.cfg.proposer_keys_max {
+                self.proposer.evict_one(key);
+            }
         }
         let deleted = matches!(proposal.state, Some(State::Tombstone { .. }));
         let key_s = key.to_string();
@@ -541,6 +581,7 @@ impl<S: Storage> Node<S> {
             return;
         };
         let Some(a) = slot.active.take() else { return };
+        self.timers.cancel(a.timer);
         self.stats.retries += 1;
         slot.fast = None;
         slot.failures = slot.failures.saturating_add(1);
@@ -605,8 +646,8 @@ impl<S: Storage> Node<S> {
     }
 
     fn abandon_gc(&mut self, key: &str, now: Instant) {
-        if let Some(slot) = self.proposer.slots.get_mut(key) {
-            slot.active = None;
+        if let Some(a) = self.proposer.slots.get_mut(key).and_then(|s| s.active.take()) {
+            self.timers.cancel(a.timer);
         }
         self.pump(key, now);
     }

@@ -19,7 +19,7 @@
 //! are durable before they are reported) and a quorum of the message's epoch.
 
 use super::proposer::{Queued, proven_state};
-use super::timers::Timer;
+use super::timers::{Timer, TimerHandle};
 use super::{Node, ReqKey};
 use crate::ids::{NodeId, OpId};
 use crate::kv::{Answer, Change, State};
@@ -44,6 +44,7 @@ struct ReadRound {
     quorum: usize,
     views: Vec<(NodeId, ReadView)>,
     refused: usize,
+    timer: TimerHandle,
 }
 
 impl<S: Storage> Node<S> {
@@ -62,12 +63,12 @@ impl<S: Storage> Node<S> {
             quorum: config.quorum(),
             views: Vec::new(),
             refused: 0,
+            timer: self.timers.set(now + self.cfg.round_timeout, Timer::Read { read: id }),
         };
         self.reads.rounds.insert(id, round);
         for m in members {
             self.send(m, Message::Read { key: key.clone(), epoch, attempt: id }, None);
         }
-        self.timers.set(now + self.cfg.round_timeout, Timer::Read { read: id });
     }
 
     pub(super) fn on_read_reply(
@@ -111,7 +112,7 @@ impl<S: Storage> Node<S> {
         let views: Vec<ReadView> = round.views.iter().map(|(_, v)| v.clone()).collect();
         match proven_state(&views) {
             Some(state) => {
-                let Some(round) = self.reads.rounds.remove(&id) else {
+                let Some(round) = self.reads.rounds.remove(&id).inspect(|r| self.timers.cancel(r.timer)) else {
                     return;
                 };
                 self.stats.fast_reads += 1;
@@ -123,7 +124,7 @@ impl<S: Storage> Node<S> {
 
     /// The views disagree (or no quorum answered): finish with an identity round.
     fn read_fallback(&mut self, id: u64, now: Instant) {
-        let Some(round) = self.reads.rounds.remove(&id) else {
+        let Some(round) = self.reads.rounds.remove(&id).inspect(|r| self.timers.cancel(r.timer)) else {
             return;
         };
         self.stats.read_fallbacks += 1;

@@ -52,6 +52,10 @@ impl Timer {
     }
 }
 
+/// Names one set timer, for [`Timers::cancel`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct TimerHandle((Instant, u64));
+
 #[derive(Default)]
 pub(super) struct Timers {
     /// `(deadline, sequence)` → timer; the sequence keeps equal deadlines in set order.
@@ -60,9 +64,16 @@ pub(super) struct Timers {
 }
 
 impl Timers {
-    pub(super) fn set(&mut self, at: Instant, timer: Timer) {
+    pub(super) fn set(&mut self, at: Instant, timer: Timer) -> TimerHandle {
         self.seq += 1;
         self.table.insert((at, self.seq), timer);
+        TimerHandle((at, self.seq))
+    }
+
+    /// Removes a timer that is no longer needed (a no-op if it already fired), so the
+    /// table stays as small as the work in flight.
+    pub(super) fn cancel(&mut self, handle: TimerHandle) {
+        self.table.remove(&handle.0);
     }
 
     pub(super) fn next(&self) -> Option<(Instant, TimerReason)> {
