@@ -68,6 +68,9 @@ pub struct Config {
     pub transmit_queue_max: usize,
     /// Register writes in one persist batch; a full batch is closed and a new one opened.
     pub batch_writes_max: usize,
+    /// Bytes of decoded registers kept in memory (approximate). Registers with writes
+    /// not yet durable are always kept; clean ones are evicted beyond this bound.
+    pub register_cache_bytes_max: usize,
     /// Tombstones waiting for garbage collection.
     pub gc_pending_max: usize,
     /// Keys one List scan returns per partition and round.
@@ -93,6 +96,7 @@ impl Config {
             proposer_keys_max: 100_000,
             transmit_queue_max: 1 << 20,
             batch_writes_max: 4096,
+            register_cache_bytes_max: 64 * 1024 * 1024,
             gc_pending_max: 100_000,
             list_scan_keys_max: 1024,
         }

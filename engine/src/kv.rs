@@ -9,7 +9,7 @@ use crate::paxos::ballot::Ballot;
 use serde::{Deserialize, Serialize};
 
 /// How many recent writes a state remembers (see [`Applied`]).
-pub const RECENT_OPS_MAX: usize = 8;
+pub const RECENT_OPS_MAX: usize = 4;
 
 /// A write that took effect, remembered in the states that follow it (R6 recovery): the op
 /// and the ballot of the proposal that first applied it. Along the chain of chosen states

@@ -13,6 +13,7 @@
 
 #![warn(missing_docs)]
 
+mod codec;
 pub mod config;
 mod error;
 pub mod ids;

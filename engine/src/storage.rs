@@ -10,7 +10,6 @@
 //! - `f` + partition (4 bytes, big-endian) → the partition's GC floor ballot (R8)
 //! - `m/restart` → the node's restart counter (R1)
 
-use crate::paxos::acceptor::Register;
 use crate::paxos::ballot::Ballot;
 use crate::placement::PartitionId;
 use std::collections::BTreeMap;
@@ -137,16 +136,7 @@ pub fn floor_key(partition: PartitionId) -> Vec<u8> {
 /// The silo key of the restart counter.
 pub const RESTART_KEY: &[u8] = b"m/restart";
 
-/// Encodes a register for the silo.
-pub fn encode_register(register: &Register) -> Vec<u8> {
-    // See `message::encode`: encoding plain data into a Vec cannot fail.
-    postcard::to_stdvec(register).expect("register encodes")
-}
-
-/// Decodes a register read from the silo.
-pub fn decode_register(bytes: &[u8]) -> Result<Register, StorageError> {
-    postcard::from_bytes(bytes).map_err(|e| StorageError(format!("corrupt register: {e}")))
-}
+pub use crate::codec::{decode_register, encode_register};
 
 /// Encodes a ballot (floors).
 pub fn encode_ballot(ballot: &Ballot) -> Vec<u8> {

@@ -95,6 +95,7 @@ fn list_pages_through_every_live_key_in_order() {
 fn proposer_state_stays_bounded_and_evicted_keys_still_work() {
     fn tune(cfg: &mut memo_engine::Config) {
         cfg.proposer_keys_max = 4;
+        cfg.register_cache_bytes_max = 0;
     }
     let mut sim = Sim::with_config(3, 16, 3, 5, Faults::none(), tune);
     for round in 0..3 {

@@ -1,1 +1,306 @@
-//! placeholder
+//! memo's production runtime: it turns the sans-IO engine ([`memo_engine::Node`]) into
+//! a node that serves gRPC.
+//!
+//! A running node is a handful of tasks:
+//! - the **event loop** (`node.rs`), the engine's only driver: client calls, peer
+//!   batches, durability reports and timers in; persist batches, envelopes and replies
+//!   out, drained in the engine's documented order;
+//! - the **committer** ([`committer`]), which applies persist batches to the silo and
+//!   group-commits them (one `sync` for everything ready);
+//! - one **outbound link** per peer ([`peer`]), batching messages onto a gRPC stream;
+//! - the **gRPC server** on one port for both `memo.kvs.KeyValueStore` (the public API,
+//!   [`service`]) and `memo.peer.Peer`.
+//!
+//! Everything is written against `madsim-tokio`/`madsim-tonic` under the names
+//! `tokio`/`tonic`, so the same code runs in the deterministic simulator: time comes
+//! from an injected [`Clock`], the engine's RNG seed from the caller, and no OS thread is
+//! started in simulation.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), memo_node::Error> {
+//! use memo_node::{DevOptions, spawn_dev_cluster};
+//! let cluster = spawn_dev_cluster(DevOptions::new(3, 0, 42)).await?;
+//! println!("first node at {}", cluster.nodes()[0].local_addr());
+//! cluster.shutdown().await?;
+//! # Ok(()) }
+//! ```
+
+pub mod clock;
+pub mod committer;
+pub mod dev;
+mod node;
+pub mod peer;
+mod server;
+pub mod service;
+mod stream;
+
+pub use clock::{Clock, MonotonicClock};
+pub use committer::CommitMode;
+pub use dev::{DevCluster, DevOptions, spawn_dev_cluster};
+pub use peer::PeerTransport;
+pub use server::Listener;
+pub use service::status_from;
+
+use memo_engine::config::KEY_BYTES_MAX;
+use memo_engine::storage::StorageError;
+use memo_engine::{ClusterId, Config, Node, NodeId, StartError, Stats, Storage};
+use node::{Control, EventLoop, Inputs, Outputs, PeerQueues};
+use peer::{BatchHeader, Link, PeerService};
+use service::{Admission, KvService, REPLY_GRACE};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+
+/// The silo a node runs on, shared between the engine (reads) and the committer
+/// (writes).
+pub type SharedStorage = Arc<dyn Storage + Send + Sync>;
+
+/// How long a stopping node lets in-flight client calls finish before it cuts them off.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+/// How long the gRPC server may take to close its connections once the calls are done
+/// (peer streams end at once; this only bounds stragglers).
+pub const SERVER_STOP_GRACE: Duration = Duration::from_secs(1);
+
+/// Room in a client message beyond the key and the value (protobuf framing).
+pub const KV_MESSAGE_HEADROOM_BYTES: usize = 64 * 1024;
+
+/// Why a node could not start or stopped abnormally.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The options are inconsistent (e.g. a node of the cluster has no address).
+    #[error("invalid options: {0}")]
+    Options(String),
+    /// The engine refused to start.
+    #[error(transparent)]
+    Start(#[from] StartError),
+    /// The listening address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address asked for.
+        addr: SocketAddr,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+    /// The gRPC server failed.
+    #[error("gRPC server: {0}")]
+    Server(#[from] tonic::transport::Error),
+    /// The silo failed.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// One of the node's tasks stopped unexpectedly (its error was logged).
+    #[error("the node's {0} stopped unexpectedly")]
+    TaskFailed(&'static str),
+}
+
+/// Everything a node needs besides its silo.
+#[derive(Clone, Debug)]
+pub struct NodeOptions {
+    /// The engine's configuration (this node, the cluster, bounds and timeouts).
+    pub config: Config,
+    /// Where to listen for clients and peers (port 0 picks a free port).
+    pub listen: SocketAddr,
+    /// Where every other node of the cluster listens. Entries for this node are ignored.
+    pub peers: BTreeMap<NodeId, SocketAddr>,
+    /// Seed of the engine's RNG (backoff jitter). Draw it from the OS in production and
+    /// from the simulator's seed in simulation.
+    pub seed: u64,
+    /// The node's clock.
+    pub clock: Arc<dyn Clock>,
+    /// How batches travel to peers.
+    pub peer_transport: PeerTransport,
+    /// How the committer calls the silo.
+    pub commit_mode: CommitMode,
+}
+
+impl NodeOptions {
+    /// Options with a [`MonotonicClock`] starting now, streamed peer links and inline
+    /// commits. Call it inside the runtime that will drive the node.
+    pub fn new(config: Config, listen: SocketAddr, peers: BTreeMap<NodeId, SocketAddr>, seed: u64) -> Self {
+        NodeOptions {
+            config,
+            listen,
+            peers,
+            seed,
+            clock: Arc::new(MonotonicClock::new()),
+            peer_transport: PeerTransport::default(),
+            commit_mode: CommitMode::default(),
+        }
+    }
+
+    /// Checks that every other node of the initial list has an address.
+    fn check(&self) -> Result<(), Error> {
+        let me = &self.config.me;
+        let missing: Vec<String> = (self.config.cluster.initial_nodes.iter())
+            .filter(|n| *n != me && !self.peers.contains_key(*n))
+            .map(|n| n.to_string())
+            .collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        Err(Error::Options(format!("no address for node(s) {}", missing.join(", "))))
+    }
+}
+
+/// A running node. Dropping it stops the node abruptly; prefer [`NodeHandle::shutdown`].
+pub struct NodeHandle {
+    id: NodeId,
+    cluster: ClusterId,
+    addr: SocketAddr,
+    control: mpsc::Sender<Control>,
+    admission: Arc<Admission>,
+    stop_server: watch::Sender<bool>,
+    stop_node: watch::Sender<bool>,
+    server: JoinHandle<Result<(), tonic::transport::Error>>,
+    event_loop: Option<JoinHandle<Result<(), Error>>>,
+    committer: JoinHandle<Result<(), StorageError>>,
+    links: Vec<JoinHandle<()>>,
+}
+
+impl NodeHandle {
+    /// This node.
+    pub fn id(&self) -> &NodeId {
+        &self.id
+    }
+
+    /// The cluster it belongs to (checked on every peer batch).
+    pub fn cluster(&self) -> ClusterId {
+        self.cluster
+    }
+
+    /// The address it serves on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The engine's counters, or `None` once the node has stopped.
+    pub async fn stats(&self) -> Option<Stats> {
+        let (reply, answer) = oneshot::channel();
+        self.control.send(Control::Stats(reply)).await.ok()?;
+        answer.await.ok()
+    }
+
+    /// Resolves when the node stops by itself (a failed silo); `Ok` if it was stopped.
+    /// Cancel-safe.
+    pub async fn stopped(&mut self) -> Result<(), Error> {
+        let Some(event_loop) = self.event_loop.as_mut() else {
+            return Ok(());
+        };
+        let outcome = event_loop.await;
+        self.event_loop = None;
+        outcome.map_err(|_| Error::TaskFailed("event loop"))?
+    }
+
+    /// Stops the node gracefully: new client calls are refused with UNAVAILABLE while
+    /// the admitted ones finish (for up to [`SHUTDOWN_GRACE`], with peer traffic still
+    /// flowing); then the server closes, and the engine, the committer (after committing
+    /// what is queued) and the links stop.
+    pub async fn shutdown(mut self) -> Result<(), Error> {
+        if !self.admission.drain(SHUTDOWN_GRACE).await {
+            tracing::warn!(node = %self.id, "in-flight calls outlived the grace period");
+        }
+        self.stop_server.send_replace(true);
+        let served = match tokio::time::timeout(SERVER_STOP_GRACE, &mut self.server).await {
+            Ok(joined) => joined.map_err(|_| Error::TaskFailed("server"))?,
+            Err(_) => {
+                self.server.abort();
+                Ok(())
+            }
+        };
+        self.stop_node.send_replace(true);
+        let stopped = self.stopped().await;
+        let committed = (&mut self.committer).await;
+        for link in &self.links {
+            link.abort();
+        }
+        served?;
+        stopped?;
+        committed.map_err(|_| Error::TaskFailed("committer"))??;
+        tracing::info!(node = %self.id, "stopped");
+        Ok(())
+    }
+}
+
+/// Binds `options.listen` and starts a node on it.
+pub async fn spawn_node(options: NodeOptions, storage: SharedStorage) -> Result<NodeHandle, Error> {
+    let listener = Listener::bind(options.listen).await?;
+    spawn_node_on(listener, options, storage).await
+}
+
+/// Starts a node on an already bound listener (`options.listen` is ignored).
+pub async fn spawn_node_on(
+    listener: Listener,
+    options: NodeOptions,
+    storage: SharedStorage,
+) -> Result<NodeHandle, Error> {
+    options.check()?;
+    let me = options.config.me.clone();
+    let addr = listener.local_addr();
+    let reply_timeout = options.config.request_timeout + REPLY_GRACE;
+    let kv_message_bytes_max = options.config.value_bytes_max + KEY_BYTES_MAX + KV_MESSAGE_HEADROOM_BYTES;
+    let node = Node::new(options.config.clone(), storage.clone(), options.seed, options.clock.now())?;
+    let (stop_node, stop_node_rx) = watch::channel(false);
+    let (stop_server, stop_server_rx) = watch::channel(false);
+
+    let (commits, commits_rx) = mpsc::channel(committer::COMMIT_QUEUE_BATCHES_MAX);
+    let (durable_tx, durable) = watch::channel(0);
+    let committer = tokio::spawn(
+        committer::Committer { storage, mode: options.commit_mode, batches: commits_rx, durable: durable_tx }.run(),
+    );
+
+    let header = BatchHeader { cluster: node.cluster(), from: me.clone(), restart: node.restart() };
+    let (peers, links) = spawn_links(&options, &header, &stop_node_rx);
+
+    let (calls, calls_rx) = mpsc::channel(node::CALL_QUEUE_MAX);
+    let (inbound, inbound_rx) = mpsc::channel(node::INBOUND_QUEUE_BATCHES_MAX);
+    let (control, control_rx) = mpsc::channel(node::CONTROL_QUEUE_MAX);
+    let event_loop = EventLoop {
+        node,
+        clock: options.clock.clone(),
+        inputs: Inputs { calls: calls_rx, inbound: inbound_rx, durable, control: control_rx, stop: stop_node_rx },
+        outputs: Outputs { commits, peers },
+        waiting: BTreeMap::new(),
+        next_request: 0,
+    };
+    let event_loop = tokio::spawn(event_loop.run());
+
+    let admission = Arc::new(Admission::default());
+    let kv = KvService { calls, reply_timeout, admission: admission.clone() };
+    let peer = PeerService { cluster: header.cluster, inbound, stop: stop_server_rx.clone() };
+    let server = tokio::spawn(server::serve(listener, kv, kv_message_bytes_max, peer, stop_server_rx));
+    tracing::info!(node = %me, %addr, "serving");
+    Ok(NodeHandle {
+        id: me,
+        cluster: header.cluster,
+        addr,
+        control,
+        admission,
+        stop_server,
+        stop_node,
+        server,
+        event_loop: Some(event_loop),
+        committer,
+        links,
+    })
+}
+
+/// Starts one outbound link per other node with an address.
+fn spawn_links(
+    options: &NodeOptions,
+    header: &BatchHeader,
+    stop: &watch::Receiver<bool>,
+) -> (PeerQueues, Vec<JoinHandle<()>>) {
+    let mut queues = BTreeMap::new();
+    let mut tasks = Vec::new();
+    for (id, addr) in &options.peers {
+        if *id == options.config.me {
+            continue;
+        }
+        let (link, queue) = Link::new(id.clone(), *addr, header.clone(), options.peer_transport);
+        queues.insert(id.clone(), queue);
+        tasks.push(tokio::spawn(link.run(stop.clone())));
+    }
+    (queues, tasks)
+}

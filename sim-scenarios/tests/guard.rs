@@ -6,9 +6,10 @@
 #[test]
 fn the_simulation_cfg_reached_the_build_when_expected() {
     let expected = option_env!("EXPECT_MADSIM").is_some() || std::env::var_os("EXPECT_MADSIM").is_some();
+    let simulated = cfg!(madsim);
     if expected {
         assert!(
-            cfg!(madsim),
+            simulated,
             "EXPECT_MADSIM is set but this test was built without --cfg madsim: is RUSTFLAGS exported? \
              Unset it and run `cargo simtest` again."
         );

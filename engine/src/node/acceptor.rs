@@ -11,6 +11,7 @@
 //! recently seen forward sequence numbers, so a duplicated or replayed Forward never
 //! applies a client's change twice.
 
+use super::persist::Write;
 use super::{Node, Origin};
 use crate::ids::{NodeId, NodeTag, OpId};
 use crate::kv::Change;
@@ -18,7 +19,7 @@ use crate::message::{AttemptId, Message, Rejection, ScanEntries, ScanPart, ScanR
 use crate::paxos::acceptor::{Accepted, ReadView, Register};
 use crate::paxos::ballot::Ballot;
 use crate::placement::{EpochRef, PartitionId, partition_of};
-use crate::storage::{self, Storage};
+use crate::storage::{self, BatchId, Storage};
 use crate::time::Instant;
 use std::collections::BTreeMap;
 
@@ -103,6 +104,27 @@ impl<S: Storage> Node<S> {
         })
     }
 
+    /// Runs `f` on the register of `key` after the epoch check. Storage failures become
+    /// refusals (the coordinator retries elsewhere).
+    fn with_register<R>(
+        &mut self,
+        key: &str,
+        epoch: EpochRef,
+        f: impl FnOnce(&mut Register, Ballot) -> (Result<R, Rejection>, Option<Write>),
+    ) -> (Result<R, Rejection>, Option<BatchId>) {
+        let p = match self.fence(key, epoch) {
+            Ok(p) => p,
+            Err(e) => return (Err(e), None),
+        };
+        match self.persist.update(&self.storage, p, key, f) {
+            Ok(outcome) => outcome,
+            Err(_) => {
+                self.stats.storage_errors += 1;
+                (Err(Rejection::Storage), None)
+            }
+        }
+    }
+
     pub(super) fn on_prepare(
         &mut self,
         from: NodeId,
@@ -111,16 +133,10 @@ impl<S: Storage> Node<S> {
         ballot: Ballot,
         attempt: AttemptId,
     ) {
-        let outcome = self.fence(&key, epoch).and_then(|p| {
-            let mut reg = self.load(p, &key)?;
-            let view = reg.prepare(ballot).map_err(Rejection::Refused)?;
-            self.persist.put_register(p, &key, Some(reg), true);
-            Ok((p, self.with_floor(p, view)?))
+        let (result, gate) = self.with_register(&key, epoch, |reg, floor| match reg.prepare(ballot) {
+            Ok(view) => (Ok(with_floor(view, floor)), Some(Write::Reported)),
+            Err(refusal) => (Err(Rejection::Refused(refusal)), None),
         });
-        let (gate, result) = match outcome {
-            Ok((p, view)) => (self.persist.gate(p, &key), Ok(view)),
-            Err(e) => (self.gate_of(&key), Err(e)),
-        };
         self.send(from, Message::Promise { key, ballot, attempt, result }, gate);
     }
 
@@ -140,36 +156,28 @@ impl<S: Storage> Node<S> {
             self.stats.peer_errors += 1;
             return;
         }
-        let outcome = self.fence(&key, epoch).and_then(|p| {
-            let mut reg = self.load(p, &key)?;
-            let granted = reg.accept(ballot, accepted.state, next).map_err(Rejection::Refused)?;
-            self.persist.put_register(p, &key, Some(reg), true);
-            Ok(granted)
+        let (result, gate) = self.with_register(&key, epoch, |reg, _| match reg.accept(ballot, accepted.state, next) {
+            Ok(granted) => (Ok(granted), Some(Write::Reported)),
+            Err(refusal) => (Err(Rejection::Refused(refusal)), None),
         });
-        let gate = self.gate_of(&key);
-        self.send(from, Message::Accepted { key, ballot, attempt, result: outcome }, gate);
+        self.send(from, Message::Accepted { key, ballot, attempt, result }, gate);
     }
 
     pub(super) fn on_commit(&mut self, key: String, epoch: EpochRef, accepted: Accepted) {
-        let Ok(p) = self.fence(&key, epoch) else {
-            return;
-        };
-        let Ok(mut reg) = self.load(p, &key) else {
-            return;
-        };
-        let before = reg.accepted_ballot();
-        if reg.commit(accepted.ballot, accepted.state) {
-            let reported = reg.accepted_ballot() != before;
-            self.persist.put_register(p, &key, Some(reg), reported);
-        }
+        // A Commit has no reply: a refusal or storage failure just leaves the replica as is.
+        let _ = self.with_register(&key, epoch, |reg, _| {
+            let before = reg.accepted_ballot();
+            if !reg.commit(accepted.ballot, accepted.state) {
+                return (Ok(()), None);
+            }
+            // Installing a missed state is reported state (R7); a flag alone is not.
+            let installed = reg.accepted_ballot() != before;
+            (Ok(()), Some(if installed { Write::Reported } else { Write::MemoryOnly }))
+        });
     }
 
     pub(super) fn on_read(&mut self, from: NodeId, key: String, epoch: EpochRef, attempt: AttemptId) {
-        let result = self.fence(&key, epoch).and_then(|p| {
-            let view = self.load(p, &key)?.view();
-            self.with_floor(p, view)
-        });
-        let gate = self.gate_of(&key);
+        let (result, gate) = self.with_register(&key, epoch, |reg, floor| (Ok(with_floor(reg.view(), floor)), None));
         self.send(from, Message::ReadReply { key, attempt, result }, gate);
     }
 
@@ -185,7 +193,7 @@ impl<S: Storage> Node<S> {
             return;
         };
         self.persist.put_floor(p, reg.floor_after_drop(floor, ballot));
-        self.persist.put_register(p, &key, None, true);
+        self.persist.put_register(p, &key, None, Write::Reported);
         self.stats.keys_dropped += 1;
     }
 
@@ -257,22 +265,6 @@ impl<S: Storage> Node<S> {
         Ok(ScanEntries { entries, complete_to })
     }
 
-    /// Adds the partition floor to the view of a key with nothing accepted.
-    fn with_floor(&mut self, p: PartitionId, mut view: ReadView) -> Result<ReadView, Rejection> {
-        if view.accepted.is_none() {
-            view.floor = self.persist.floor(&self.storage, p).map_err(|_| {
-                self.stats.storage_errors += 1;
-                Rejection::Storage
-            })?;
-        }
-        Ok(view)
-    }
-
-    fn gate_of(&self, key: &str) -> Option<crate::storage::BatchId> {
-        let p = partition_of(key.as_bytes(), self.map.partitions());
-        self.persist.gate(p, key)
-    }
-
     #[allow(clippy::too_many_arguments)]
     pub(super) fn on_forward(
         &mut self,
@@ -295,6 +287,14 @@ impl<S: Storage> Node<S> {
         let req = self.register_request(Origin::Peer { from, id }, now);
         self.coordinate(req, key, change, op, None, now);
     }
+}
+
+/// Adds the partition floor to the view of a key with nothing accepted.
+fn with_floor(mut view: ReadView, floor: Ballot) -> ReadView {
+    if view.accepted.is_none() {
+        view.floor = floor;
+    }
+    view
 }
 
 /// The smallest byte string greater than every string starting with `prefix`, if any.

@@ -252,7 +252,7 @@ impl<S: Storage> Node<S> {
         }
         let map = PartitionMap::initial(params.partitions, params.replication, &params.initial_nodes);
         let mut persist = persist::Persist::default();
-        let restart = persist.bump_restart(&storage, cfg.batch_writes_max)?;
+        let restart = persist.bump_restart(&storage, cfg.batch_writes_max, cfg.register_cache_bytes_max)?;
         let _ = now;
         Ok(Node {
             me_tag: cfg.me.tag(),

@@ -1,13 +1,19 @@
-//! Persistence inside the node: the open batch, the overlay of not-yet-durable writes, and
-//! the messages held until the batches they depend on are durable (R4).
+//! Persistence inside the node: the open batch, a cache of decoded registers whose dirty
+//! part is the overlay of not-yet-durable writes, and the messages held until the batches
+//! they depend on are durable (R4).
 //!
-//! Each write goes into the open batch and into the overlay (so the engine reads its own
-//! pending writes). `take_batch` closes the open batch; the runtime makes batches durable
-//! in order and reports the highest durable id. A key's overlay entry remembers the last
-//! batch that changed what acceptors report about it (its *gate*); replies about that key
-//! are held until the gate is durable. Marking a state committed changes no reported state
-//! that could be lost unsafely (a lost flag only costs a read fallback), so it does not
-//! move the gate.
+//! Each write goes into the open batch and into the cache, so the engine reads its own
+//! pending writes (and never decodes a register it touched recently). `take_batch` closes
+//! the open batch; the runtime makes batches durable in order and reports the highest
+//! durable id. A key's cache entry remembers the last batch that changed what acceptors
+//! report about it (its *gate*); replies about that key are held until the gate is
+//! durable. Marking a state committed changes no reported state that could be lost
+//! unsafely (a lost flag only costs a read fallback), so it is kept in the cache only:
+//! it reaches the silo with the key's next real write, or is forgotten on eviction.
+//!
+//! The cache is bounded in bytes. Only clean entries (every write durable) are evicted,
+//! in a sweep over the key space, a few per write, so the bound may be exceeded briefly
+//! while many writes are in flight.
 
 use crate::ids::NodeId;
 use crate::message::Message;
@@ -16,14 +22,31 @@ use crate::paxos::ballot::Ballot;
 use crate::placement::PartitionId;
 use crate::storage::{self, BatchId, PersistBatch, Storage, StorageError};
 use std::collections::{BTreeMap, VecDeque};
+use std::ops::Bound;
+
+/// Entries one eviction sweep looks at.
+const EVICTION_SCAN_MAX: usize = 32;
+/// Approximate bytes of a cache entry besides its key and value.
+const ENTRY_OVERHEAD_BYTES: usize = 160;
 
 struct Entry {
-    /// Last batch that wrote this silo key.
+    /// Last batch that wrote this silo key (0: never written in this life).
     batch: BatchId,
     /// Last batch that changed reported state.
     gate: BatchId,
-    /// The pending register (`None`: deleted).
+    /// The register (`None`: deleted, absent).
     register: Option<Register>,
+    /// Approximate size, for the byte bound.
+    bytes: usize,
+}
+
+/// How a register change is persisted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Write {
+    /// Written, and replies about the key wait for it (promises, accepts, installs, drops).
+    Reported,
+    /// Kept in memory only (the committed flag).
+    MemoryOnly,
 }
 
 #[derive(Default)]
@@ -34,9 +57,10 @@ pub(super) struct Persist {
     durable: BatchId,
     /// The batch holding this life's restart counter: nothing is sent before it.
     restart_batch: BatchId,
-    overlay: BTreeMap<Vec<u8>, Entry>,
-    /// Silo keys written by each not-yet-durable batch, to trim the overlay.
-    written: VecDeque<(BatchId, Vec<Vec<u8>>)>,
+    cache: BTreeMap<Vec<u8>, Entry>,
+    cache_bytes: usize,
+    cache_bytes_max: usize,
+    evict_cursor: Vec<u8>,
     held: BTreeMap<BatchId, Vec<(NodeId, Message)>>,
     /// Batches closed because they were full, waiting for `take_batch`.
     closed: VecDeque<PersistBatch>,
@@ -45,11 +69,25 @@ pub(super) struct Persist {
     floors: BTreeMap<PartitionId, Ballot>,
 }
 
+fn entry_bytes(sk: &[u8], register: Option<&Register>) -> usize {
+    let value = register
+        .and_then(|r| r.accepted.as_ref())
+        .and_then(|a| a.state.as_ref())
+        .map_or(0, |s| s.value().map_or(0, <[u8]>::len) + std::mem::size_of_val(s.recent()));
+    sk.len() + value + ENTRY_OVERHEAD_BYTES
+}
+
 impl Persist {
     /// Reads, bumps and writes the restart counter (R1). Returns this life's counter.
-    pub(super) fn bump_restart(&mut self, silo: &impl Storage, batch_writes_max: usize) -> Result<u64, StorageError> {
+    pub(super) fn bump_restart(
+        &mut self,
+        silo: &impl Storage,
+        batch_writes_max: usize,
+        cache_bytes_max: usize,
+    ) -> Result<u64, StorageError> {
         self.open_id = 1;
         self.batch_writes_max = batch_writes_max.max(1);
+        self.cache_bytes_max = cache_bytes_max;
         let previous = match silo.get(storage::RESTART_KEY)? {
             Some(bytes) => {
                 let arr: [u8; 8] =
@@ -64,7 +102,7 @@ impl Persist {
         Ok(restart)
     }
 
-    /// The register of `key`, reading through the overlay.
+    /// The register of `key`, reading through the cache.
     pub(super) fn register(
         &mut self,
         silo: &impl Storage,
@@ -72,16 +110,75 @@ impl Persist {
         key: &str,
     ) -> Result<Register, StorageError> {
         let sk = storage::register_key(partition, key.as_bytes());
-        if let Some(e) = self.overlay.get(&sk) {
+        if let Some(e) = self.cache.get(&sk) {
             return match &e.register {
                 Some(r) => Ok(r.clone()),
                 None => Ok(Register::absent(self.floor(silo, partition)?)),
             };
         }
-        match silo.get(&sk)? {
-            Some(bytes) => storage::decode_register(&bytes),
-            None => Ok(Register::absent(self.floor(silo, partition)?)),
+        let register = match silo.get(&sk)? {
+            Some(bytes) => Some(storage::decode_register(&bytes)?),
+            None => None,
+        };
+        let bytes = entry_bytes(&sk, register.as_ref());
+        self.cache_bytes += bytes;
+        let result = match &register {
+            Some(r) => r.clone(),
+            None => Register::absent(self.floor(silo, partition)?),
+        };
+        self.cache.insert(sk, Entry { batch: 0, gate: 0, register, bytes });
+        self.evict();
+        Ok(result)
+    }
+
+    /// Reads and possibly changes the register of `key` in place, with one cache lookup.
+    /// `f` gets the register (absent keys: `Register::absent(floor)`) and the partition
+    /// floor, and returns its result and how to persist a change (`None`: unchanged).
+    /// Returns `f`'s result and the batch replies about the key must wait for.
+    pub(super) fn update<R>(
+        &mut self,
+        silo: &impl Storage,
+        partition: PartitionId,
+        key: &str,
+        f: impl FnOnce(&mut Register, Ballot) -> (R, Option<Write>),
+    ) -> Result<(R, Option<BatchId>), StorageError> {
+        let floor = self.floor(silo, partition)?;
+        let sk = storage::register_key(partition, key.as_bytes());
+        if !self.cache.contains_key(&sk) {
+            let register = match silo.get(&sk)? {
+                Some(bytes) => Some(storage::decode_register(&bytes)?),
+                None => None,
+            };
+            let bytes = entry_bytes(&sk, register.as_ref());
+            self.cache_bytes += bytes;
+            self.cache.insert(sk.clone(), Entry { batch: 0, gate: 0, register, bytes });
         }
+        if self.open.len() >= self.batch_writes_max {
+            self.close();
+        }
+        // Present: inserted above if it was missing.
+        let entry = self.cache.get_mut(&sk).expect("cached");
+        let was_absent = entry.register.is_none();
+        let mut register = entry.register.take().unwrap_or_else(|| Register::absent(floor));
+        let (result, write) = f(&mut register, floor);
+        match write {
+            None if was_absent => {}
+            None => entry.register = Some(register),
+            Some(write) => {
+                let bytes = entry_bytes(&sk, Some(&register));
+                self.cache_bytes = self.cache_bytes - entry.bytes + bytes;
+                entry.bytes = bytes;
+                if write == Write::Reported {
+                    self.open.insert(sk, Some(storage::encode_register(&register)));
+                    entry.batch = self.open_id;
+                    entry.gate = self.open_id;
+                }
+                entry.register = Some(register);
+            }
+        }
+        let gate = (entry.gate > self.durable).then_some(entry.gate);
+        self.evict();
+        Ok((result, gate))
     }
 
     /// The partition's GC floor.
@@ -97,40 +194,65 @@ impl Persist {
         Ok(floor)
     }
 
-    /// Writes (or with `None` deletes) a register. `reported` says whether the change is
-    /// visible to reads and promises, and so gates replies about the key.
-    pub(super) fn put_register(
-        &mut self,
-        partition: PartitionId,
-        key: &str,
-        register: Option<Register>,
-        reported: bool,
-    ) {
-        if self.open.len() >= self.batch_writes_max {
-            self.close();
-        }
+    /// Changes (with `None` deletes) a register.
+    pub(super) fn put_register(&mut self, partition: PartitionId, key: &str, register: Option<Register>, write: Write) {
         let sk = storage::register_key(partition, key.as_bytes());
-        self.open.insert(sk.clone(), register.as_ref().map(storage::encode_register));
+        let bytes = entry_bytes(&sk, register.as_ref());
+        if write == Write::Reported {
+            if self.open.len() >= self.batch_writes_max {
+                self.close();
+            }
+            self.open.insert(sk.clone(), register.as_ref().map(storage::encode_register));
+        }
         let id = self.open_id;
-        let entry = self.overlay.entry(sk.clone()).or_insert(Entry { batch: id, gate: 0, register: None });
-        entry.batch = id;
-        if reported {
+        let entry = self.cache.entry(sk).or_insert(Entry { batch: 0, gate: 0, register: None, bytes: 0 });
+        if write == Write::Reported {
+            entry.batch = id;
             entry.gate = id;
         }
         entry.register = register;
-        match self.written.back_mut() {
-            Some((b, keys)) if *b == id => keys.push(sk),
-            _ => self.written.push_back((id, vec![sk])),
+        self.cache_bytes = self.cache_bytes - entry.bytes + bytes;
+        entry.bytes = bytes;
+        self.evict();
+    }
+
+    /// Evicts clean entries until the cache is within its bound (looking at a few).
+    fn evict(&mut self) {
+        if self.cache_bytes <= self.cache_bytes_max {
+            return;
+        }
+        let cursor = std::mem::take(&mut self.evict_cursor);
+        let after = self.cache.range::<[u8], _>((Bound::Excluded(cursor.as_slice()), Bound::Unbounded));
+        let before = self.cache.range::<[u8], _>((Bound::Unbounded, Bound::Included(cursor.as_slice())));
+        let durable = self.durable;
+        let mut victims = Vec::new();
+        let mut freed = 0;
+        for (sk, e) in after.chain(before).take(EVICTION_SCAN_MAX) {
+            if e.batch <= durable {
+                victims.push(sk.clone());
+                freed += e.bytes;
+                if self.cache_bytes - freed <= self.cache_bytes_max {
+                    break;
+                }
+            }
+        }
+        self.evict_cursor = victims.last().cloned().unwrap_or(cursor);
+        for sk in victims {
+            if let Some(e) = self.cache.remove(&sk) {
+                self.cache_bytes -= e.bytes;
+            }
         }
     }
 
-    /// Keys with pending writes whose silo keys lie in `[start, end)`.
+    /// Keys with pending writes whose silo keys lie in `[start, end)` (and some cached
+    /// ones; scans merge them with the silo's keys).
     pub(super) fn pending_keys(&self, start: &[u8], end: &[u8]) -> Vec<String> {
         if start >= end {
             return Vec::new();
         }
-        self.overlay
+        self.cache
             .range(start.to_vec()..end.to_vec())
+            .filter(|(_, e)| e.batch > self.durable)
             .filter_map(|(sk, _)| String::from_utf8(sk[5..].to_vec()).ok())
             .collect()
     }
@@ -144,7 +266,7 @@ impl Persist {
     /// The batch a reply about `key` must wait for, if it is not durable yet.
     pub(super) fn gate(&self, partition: PartitionId, key: &str) -> Option<BatchId> {
         let sk = storage::register_key(partition, key.as_bytes());
-        let gate = self.overlay.get(&sk)?.gate;
+        let gate = self.cache.get(&sk)?.gate;
         (gate > self.durable).then_some(gate)
     }
 
@@ -177,7 +299,7 @@ impl Persist {
         self.open_id += 1;
     }
 
-    /// Every batch up to `batch` is durable: trims the overlay, returns released messages.
+    /// Every batch up to `batch` is durable: returns the released messages.
     pub(super) fn persisted(&mut self, batch: BatchId) -> Vec<(NodeId, Message)> {
         // A batch the node never emitted cannot be durable; ignore such reports.
         let batch = batch.min(self.open_id.saturating_sub(1));
@@ -185,19 +307,7 @@ impl Persist {
             return Vec::new();
         }
         self.durable = batch;
-        while let Some((b, _)) = self.written.front() {
-            if *b > batch {
-                break;
-            }
-            let Some((_, keys)) = self.written.pop_front() else {
-                break;
-            };
-            for sk in keys {
-                if self.overlay.get(&sk).is_some_and(|e| e.batch <= batch) {
-                    self.overlay.remove(&sk);
-                }
-            }
-        }
+        self.evict();
         let later = self.held.split_off(&(batch + 1));
         let released = std::mem::replace(&mut self.held, later);
         released.into_values().flatten().collect()

@@ -1,0 +1,59 @@
+//! `memo dev`: a whole cluster in this process.
+
+use clap::Args;
+use memo_node::dev::DEV_PARTITIONS_DEFAULT;
+use memo_node::{DevOptions, spawn_dev_cluster};
+
+#[derive(Debug, Args)]
+pub struct DevArgs {
+    /// Number of nodes.
+    #[arg(long, default_value_t = 3)]
+    nodes: usize,
+    /// Node i listens on base-port + i - 1 on 127.0.0.1; 0 picks free ports.
+    #[arg(long, default_value_t = 7001)]
+    base_port: u16,
+    /// Partition count (a power of two).
+    #[arg(long, default_value_t = DEV_PARTITIONS_DEFAULT)]
+    partitions: u32,
+    /// Replication factor.
+    #[arg(long, default_value_t = 3)]
+    replication: u32,
+}
+
+pub async fn run(args: DevArgs) -> Result<(), String> {
+    let mut options = DevOptions::new(args.nodes, args.base_port, super::os_seed());
+    options.partitions = args.partitions;
+    options.replication = args.replication;
+    let mut cluster = spawn_dev_cluster(options).await.map_err(|e| e.to_string())?;
+    print_banner(&cluster, args.partitions, args.replication);
+    let failed = tokio::select! {
+        () = super::shutdown_signal() => None,
+        outcome = cluster.nodes_mut()[0].stopped() => Some(outcome),
+    };
+    tracing::info!("stopping the cluster");
+    let stopped = cluster.shutdown().await.map_err(|e| e.to_string());
+    match failed {
+        Some(Err(e)) => Err(e.to_string()),
+        Some(Ok(())) | None => stopped,
+    }
+}
+
+/// What a newcomer needs: where the nodes are and how to talk to them. Each node line
+/// reads `  NAME  ADDR` (tests parse it).
+fn print_banner(cluster: &memo_node::DevCluster, partitions: u32, replication: u32) {
+    let nodes = cluster.nodes();
+    println!(
+        "memo dev: {} nodes, {partitions} partitions, replication {replication} \
+         (memory silos: data is lost at exit)",
+        nodes.len()
+    );
+    for node in nodes {
+        println!("  {}  {}", node.id().name, node.local_addr());
+    }
+    let first = nodes[0].local_addr();
+    let last = nodes[nodes.len() - 1].local_addr();
+    println!("try:");
+    println!("  memo kv upsert --endpoint {first} hello world");
+    println!("  memo kv get --endpoint {last} hello");
+    println!("Ctrl-C stops the cluster.");
+}

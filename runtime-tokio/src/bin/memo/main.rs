@@ -1,0 +1,111 @@
+//! `memo`: run a node, a whole dev cluster, or talk to one.
+//!
+//! ```text
+//! memo dev                                   # a 3-node cluster on 127.0.0.1:7001-7003
+//! memo node run --id n1 --listen 0.0.0.0:7001 --initial-nodes n1=10.0.0.1:7001,...
+//! memo kv upsert --endpoint 127.0.0.1:7001 hello world
+//! memo kv get hello
+//! ```
+
+mod dev;
+mod kv;
+mod node;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use std::io::IsTerminal;
+use std::process::ExitCode;
+use tracing_subscriber::EnvFilter;
+
+/// memo: a decentralized, elastic, resilient key-value store.
+#[derive(Debug, Parser)]
+#[command(name = "memo", version, propagate_version = true)]
+struct Cli {
+    /// Log format on stderr. The level comes from RUST_LOG (default: info for servers,
+    /// warn for client commands).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "MEMO_LOG_FORMAT")]
+    log_format: LogFormat,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a whole cluster inside this process on loopback (memory silos; data is lost
+    /// at exit). For trying memo out and for development.
+    Dev(dev::DevArgs),
+    /// Run and manage a node.
+    #[command(subcommand)]
+    Node(node::NodeCommand),
+    /// Read and write keys through a node's public API.
+    Kv(kv::KvArgs),
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let default_level = match cli.command {
+        Command::Kv(_) => "warn",
+        Command::Dev(_) | Command::Node(_) => "info",
+    };
+    init_logs(cli.log_format, default_level);
+    let outcome = match cli.command {
+        Command::Dev(args) => dev::run(args).await,
+        Command::Node(command) => node::run(command).await,
+        Command::Kv(args) => kv::run(args).await,
+    };
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("error: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logs(format: LogFormat, default_level: &str) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => logs.init(),
+        LogFormat::Json => logs.json().init(),
+    }
+}
+
+/// Resolves when the process is asked to stop: Ctrl-C, or SIGTERM on Unix.
+async fn shutdown_signal() {
+    #[cfg(all(unix, not(madsim)))]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+                return;
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot watch SIGTERM; only Ctrl-C stops memo"),
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+/// A seed for the engine's RNG from the OS: std's `RandomState` keys come from the OS
+/// generator (in simulation madsim intercepts that, so runs stay reproducible). The
+/// RNG only jitters backoff, so this need not be cryptographic.
+fn os_seed() -> u64 {
+    use std::hash::{BuildHasher, RandomState};
+    RandomState::new().hash_one(std::process::id())
+}

@@ -1,0 +1,200 @@
+//! The event loop: one task owns the engine's [`Node`] and is its only driver.
+//!
+//! Inputs arrive on channels (client calls with a reply slot, inbound peer batches,
+//! the committer's durable id, control queries) or from the timer the engine asked
+//! for. After every input the loop drains the engine's outputs in the documented order
+//! (`memo_engine::node`): persist batches to the committer, then envelopes to the
+//! peers' outbound queues, then replies to their callers. Nothing in the loop blocks
+//! on the network: outbound queues are bounded and drop when full (the protocol
+//! tolerates loss). The loop only waits on the committer's queue, which is the
+//! backpressure a slow disk must exert.
+
+use crate::clock::Clock;
+use crate::{Error, SharedStorage};
+use memo_engine::storage::BatchId;
+use memo_engine::{KvError, Node, NodeId, PersistBatch, Request, RequestId, Response, Stats, Transmit};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use tokio::sync::{mpsc, oneshot, watch};
+
+/// Client calls queued for the loop; a full queue answers RESOURCE_EXHAUSTED at once.
+pub const CALL_QUEUE_MAX: usize = 4096;
+/// Inbound peer batches queued for the loop; a full queue makes the peer server wait,
+/// which slows the sender down through gRPC flow control.
+pub const INBOUND_QUEUE_BATCHES_MAX: usize = 1024;
+/// Control queries queued for the loop.
+pub const CONTROL_QUEUE_MAX: usize = 16;
+
+/// The outcome of one client request.
+pub(crate) type CallResult = Result<Response, KvError>;
+
+/// A client request with the slot its answer goes to.
+pub(crate) struct Call {
+    pub request: Request,
+    pub reply: oneshot::Sender<CallResult>,
+}
+
+/// Queries about the node, answered by the loop between inputs.
+pub(crate) enum Control {
+    /// The engine's counters.
+    Stats(oneshot::Sender<Stats>),
+}
+
+/// The loop's input channels.
+pub(crate) struct Inputs {
+    pub calls: mpsc::Receiver<Call>,
+    pub inbound: mpsc::Receiver<Vec<Vec<u8>>>,
+    pub durable: watch::Receiver<BatchId>,
+    pub control: mpsc::Receiver<Control>,
+    pub stop: watch::Receiver<bool>,
+}
+
+/// Each peer's outbound queue of encoded envelopes.
+pub(crate) type PeerQueues = BTreeMap<NodeId, mpsc::Sender<Vec<u8>>>;
+
+/// Where the loop's outputs go.
+pub(crate) struct Outputs {
+    pub commits: mpsc::Sender<PersistBatch>,
+    pub peers: PeerQueues,
+}
+
+/// One input, taken by [`EventLoop::next_input`].
+enum Input {
+    Call(Call),
+    Peer(Vec<Vec<u8>>),
+    Durable(BatchId),
+    Control(Control),
+    Timer,
+    Stop,
+    CommitterGone,
+}
+
+/// The loop's state. See the module docs.
+pub(crate) struct EventLoop {
+    pub node: Node<SharedStorage>,
+    pub clock: Arc<dyn Clock>,
+    pub inputs: Inputs,
+    pub outputs: Outputs,
+    /// Reply slots of requests the engine has not answered yet. Bounded by the
+    /// engine's `requests_in_flight_max`: beyond it the engine answers at once, and it
+    /// answers every request by its deadline.
+    pub waiting: BTreeMap<RequestId, oneshot::Sender<CallResult>>,
+    pub next_request: u64,
+}
+
+impl EventLoop {
+    /// Runs until told to stop (`Ok`) or until the committer fails (`Err`).
+    pub async fn run(mut self) -> Result<(), Error> {
+        // The engine's first persist batch holds the bumped restart counter (R1).
+        self.drain().await?;
+        loop {
+            match self.next_input().await {
+                Input::Call(call) => self.on_call(call),
+                Input::Peer(messages) => self.on_peer_batch(messages).await?,
+                Input::Durable(id) => self.node.handle_persisted(id, self.clock.now()),
+                Input::Control(control) => self.on_control(control),
+                Input::Timer => self.node.handle_timeout(self.clock.now()),
+                Input::Stop => return Ok(()),
+                Input::CommitterGone => return Err(Error::TaskFailed("committer")),
+            }
+            self.drain().await?;
+        }
+    }
+
+    /// Waits for the next input. Branches are polled in random order (seeded in
+    /// simulation), so no input source can starve another.
+    async fn next_input(&mut self) -> Input {
+        let timer = self.timer_deadline();
+        let inputs = &mut self.inputs;
+        tokio::select! {
+            _ = inputs.stop.changed() => Input::Stop,
+            changed = inputs.durable.changed() => match changed {
+                Ok(()) => Input::Durable(*inputs.durable.borrow_and_update()),
+                Err(_) => Input::CommitterGone,
+            },
+            Some(control) = inputs.control.recv() => Input::Control(control),
+            Some(batch) = inputs.inbound.recv() => Input::Peer(batch),
+            Some(call) = inputs.calls.recv() => Input::Call(call),
+            () = sleep_until(timer), if timer.is_some() => Input::Timer,
+            else => Input::Stop,
+        }
+    }
+
+    /// The engine's next deadline on tokio's clock. Converting through "time left"
+    /// keeps this right for any [`Clock`], skewed or not.
+    fn timer_deadline(&self) -> Option<tokio::time::Instant> {
+        let (at, _reason) = self.node.poll_timeout()?;
+        let left = at.saturating_since(self.clock.now());
+        Some(tokio::time::Instant::now() + left)
+    }
+
+    fn on_call(&mut self, call: Call) {
+        let id = RequestId(self.next_request);
+        self.next_request += 1;
+        self.waiting.insert(id, call.reply);
+        self.node.handle_request(id, call.request, self.clock.now());
+    }
+
+    /// Feeds a peer batch message by message, draining after each one as the engine's
+    /// contract asks. Bad bytes from the network are logged and dropped.
+    async fn on_peer_batch(&mut self, messages: Vec<Vec<u8>>) -> Result<(), Error> {
+        let count = messages.len();
+        for (i, bytes) in messages.into_iter().enumerate() {
+            if let Err(e) = self.node.handle_peer_bytes(&bytes, self.clock.now()) {
+                tracing::debug!(error = %e, "dropped a peer message");
+            }
+            // The caller drains after the last one.
+            if i + 1 < count {
+                self.drain().await?;
+            }
+        }
+        Ok(())
+    }
+
+    fn on_control(&mut self, control: Control) {
+        match control {
+            Control::Stats(reply) => {
+                let _ = reply.send(self.node.stats().clone());
+            }
+        }
+    }
+
+    /// Drains the engine's outputs in the documented order.
+    async fn drain(&mut self) -> Result<(), Error> {
+        while let Some(batch) = self.node.poll_persist() {
+            if self.outputs.commits.send(batch).await.is_err() {
+                return Err(Error::TaskFailed("committer"));
+            }
+        }
+        while let Some(transmit) = self.node.poll_transmit() {
+            self.transmit(transmit);
+        }
+        while let Some(reply) = self.node.poll_reply() {
+            // The caller may have gone away (client cancelled); nothing to do then.
+            if let Some(slot) = self.waiting.remove(&reply.id) {
+                let _ = slot.send(reply.result);
+            }
+        }
+        Ok(())
+    }
+
+    /// Queues an envelope for its peer's link, or drops it: loss is part of the
+    /// protocol's fault model, and the engine's timers retry.
+    fn transmit(&mut self, transmit: Transmit) {
+        let Some(queue) = self.outputs.peers.get(&transmit.to) else {
+            tracing::debug!(to = %transmit.to, "no address for peer; message dropped");
+            return;
+        };
+        let bytes = memo_engine::message::encode(&transmit.envelope);
+        if queue.try_send(bytes).is_err() {
+            tracing::trace!(to = %transmit.to, "peer queue full or closed; message dropped");
+        }
+    }
+}
+
+/// Sleeps until `deadline`; never called without one (the select guard checks).
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    if let Some(deadline) = deadline {
+        tokio::time::sleep_until(deadline).await;
+    }
+}

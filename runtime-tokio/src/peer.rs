@@ -1,0 +1,421 @@
+//! Node-to-node transport: the `memo.peer.Peer` gRPC service and one outbound link per
+//! peer.
+//!
+//! The engine encodes its own messages; this module only moves opaque bytes. A link is
+//! a task with a bounded queue that the event loop fills without waiting (a full queue
+//! drops: the protocol tolerates loss, and rounds time out and retry). The link connects
+//! lazily, reconnects with exponential backoff, and packs everything queued into one
+//! `Batch` per send, because per-message costs dominate gRPC on this hardware
+//! (notes/grpc-cost.md, test 3: batching cut the cost per message 5–20×).
+//!
+//! By default a link keeps one long-lived `Stream` call open and the receiver answers
+//! each batch with a cumulative `Ack`; [`PeerTransport::Unary`] sends one `Send` call per
+//! batch instead (simpler failure semantics, useful in simulation where a madsim stream
+//! never loses data but only delays it).
+//!
+//! The receiver checks the batch's cluster id (a mismatch is refused with
+//! FAILED_PRECONDITION) and hands the messages to the event loop, which decodes them;
+//! malformed messages are logged and dropped there, never a panic.
+
+use crate::stream::ChannelStream;
+use memo_engine::{ClusterId, NodeId};
+use memo_proto::peer::peer_client::PeerClient;
+use memo_proto::peer::peer_server::Peer;
+use memo_proto::peer::{Ack, Batch};
+use std::net::SocketAddr;
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+use tonic::{Request, Response, Status, Streaming};
+
+/// Engine messages queued per outbound link; beyond this new messages are dropped.
+pub const PEER_QUEUE_MESSAGES_MAX: usize = 8192;
+/// Messages in one batch, at most (sender side; the receiver refuses bigger batches).
+pub const PEER_BATCH_MESSAGES_MAX: usize = 512;
+/// Bytes of messages in one batch, at most; a single larger message travels alone.
+pub const PEER_BATCH_BYTES_MAX: usize = 4 * 1024 * 1024;
+/// Largest gRPC message the peer service decodes: one batch, or one envelope at the
+/// engine's size limit travelling alone, plus framing headroom.
+pub const PEER_MESSAGE_BYTES_MAX: usize = memo_engine::message::ENVELOPE_BYTES_MAX + PEER_BATCH_BYTES_MAX;
+/// First delay before reconnecting after a failure.
+pub const RECONNECT_BACKOFF_MIN: Duration = Duration::from_millis(50);
+/// Longest delay between reconnection attempts.
+pub const RECONNECT_BACKOFF_MAX: Duration = Duration::from_secs(2);
+/// How long connecting to a peer may take.
+pub const PEER_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long one unary `Send` may take.
+pub const PEER_SEND_TIMEOUT: Duration = Duration::from_secs(2);
+/// Interval of HTTP/2 keepalive pings, which detect a dead peer on an idle link.
+pub const PEER_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
+/// How long a keepalive ping may go unanswered before the link is dropped.
+pub const PEER_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Batches buffered between a link and its open stream. Small: when the stream stalls
+/// the link should stall too, so its queue fills and drops instead of hoarding.
+pub const STREAM_BATCHES_BUFFERED_MAX: usize = 4;
+/// Acks buffered on the receiving side of a stream; acks are cumulative, so a full
+/// buffer just skips one.
+pub const STREAM_ACKS_BUFFERED_MAX: usize = 16;
+
+/// How a node sends batches to its peers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum PeerTransport {
+    /// One long-lived bidirectional `Stream` call per peer.
+    #[default]
+    Stream,
+    /// One unary `Send` call per batch.
+    Unary,
+}
+
+// ----- receiving side -----
+
+/// The `memo.peer.Peer` service: checks batches and hands them to the event loop.
+#[derive(Clone)]
+pub(crate) struct PeerService {
+    pub cluster: ClusterId,
+    pub inbound: mpsc::Sender<Vec<Vec<u8>>>,
+    /// Set when the server stops: open streams end so graceful shutdown can finish.
+    pub stop: watch::Receiver<bool>,
+}
+
+impl PeerService {
+    /// Checks a batch and queues its messages; returns its sequence number to ack.
+    async fn deliver(&self, batch: Batch) -> Result<u64, Status> {
+        if batch.cluster_id != self.cluster.0 {
+            tracing::warn!(from = %batch.from_name, "refused a batch from another cluster");
+            return Err(Status::failed_precondition("the batch belongs to another cluster"));
+        }
+        if batch.messages.len() > PEER_BATCH_MESSAGES_MAX {
+            return Err(Status::invalid_argument(format!(
+                "a batch carries at most {PEER_BATCH_MESSAGES_MAX} messages"
+            )));
+        }
+        if !batch.messages.is_empty() && self.inbound.send(batch.messages).await.is_err() {
+            return Err(Status::unavailable("the node is stopping"));
+        }
+        Ok(batch.sequence)
+    }
+
+    /// Reads a stream of batches until it ends, fails or the server stops, acking each.
+    async fn pump_stream(self, mut batches: Streaming<Batch>, acks: mpsc::Sender<Result<Ack, Status>>) {
+        let mut stop = self.stop.clone();
+        loop {
+            let next = tokio::select! {
+                _ = stop.changed() => return,
+                next = batches.message() => next,
+            };
+            let batch = match next {
+                Ok(Some(batch)) => batch,
+                Ok(None) => return,
+                Err(status) => {
+                    tracing::debug!(%status, "inbound peer stream failed");
+                    return;
+                }
+            };
+            let ack = self.deliver(batch).await.map(|sequence| Ack { sequence });
+            let refused = ack.is_err();
+            // Acks are cumulative: when the buffer is full, a later one covers this.
+            let _ = acks.try_send(ack);
+            if refused {
+                return;
+            }
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl Peer for PeerService {
+    type StreamStream = ChannelStream<Result<Ack, Status>>;
+
+    async fn stream(&self, request: Request<Streaming<Batch>>) -> Result<Response<Self::StreamStream>, Status> {
+        let (acks, acks_out) = mpsc::channel(STREAM_ACKS_BUFFERED_MAX);
+        tokio::spawn(self.clone().pump_stream(request.into_inner(), acks));
+        Ok(Response::new(ChannelStream(acks_out)))
+    }
+
+    async fn send(&self, request: Request<Batch>) -> Result<Response<Ack>, Status> {
+        let sequence = self.deliver(request.into_inner()).await?;
+        Ok(Response::new(Ack { sequence }))
+    }
+}
+
+// ----- sending side -----
+
+/// What every batch from this node says about its sender.
+#[derive(Clone, Debug)]
+pub(crate) struct BatchHeader {
+    pub cluster: ClusterId,
+    pub from: NodeId,
+    /// The engine's restart counter: it grows with every restart of this node.
+    pub restart: u64,
+}
+
+/// Packs queued messages into batches within the count and byte bounds. A message
+/// that would overflow a batch waits for the next one.
+#[derive(Debug, Default)]
+struct Batcher {
+    carry: Option<Vec<u8>>,
+}
+
+impl Batcher {
+    /// Waits for a message, then takes what else is queued; `None` once the queue is
+    /// closed and empty. Cancel-safe: the only await is the queue's `recv`.
+    async fn next(&mut self, queue: &mut mpsc::Receiver<Vec<u8>>) -> Option<Vec<Vec<u8>>> {
+        let first = match self.carry.take() {
+            Some(message) => message,
+            None => queue.recv().await?,
+        };
+        let mut bytes = first.len();
+        let mut batch = vec![first];
+        while batch.len() < PEER_BATCH_MESSAGES_MAX {
+            let Ok(message) = queue.try_recv() else { break };
+            if bytes + message.len() > PEER_BATCH_BYTES_MAX {
+                self.carry = Some(message);
+                break;
+            }
+            bytes += message.len();
+            batch.push(message);
+        }
+        Some(batch)
+    }
+}
+
+/// Delays between reconnection attempts: doubling from the minimum to the maximum,
+/// back to the minimum once a link works.
+#[derive(Debug)]
+struct Backoff {
+    next: Duration,
+}
+
+impl Backoff {
+    fn new() -> Self {
+        Backoff { next: RECONNECT_BACKOFF_MIN }
+    }
+
+    fn take(&mut self) -> Duration {
+        let delay = self.next;
+        self.next = (self.next * 2).min(RECONNECT_BACKOFF_MAX);
+        delay
+    }
+
+    fn reset(&mut self) {
+        self.next = RECONNECT_BACKOFF_MIN;
+    }
+}
+
+/// Why a connected link stopped.
+enum LinkEnd {
+    /// The loop closed the queue: the node is stopping.
+    QueueClosed,
+    /// The connection or the call failed; reconnect after a backoff.
+    Failed(String),
+}
+
+/// What woke a streaming link.
+enum StreamEvent {
+    Messages(Option<Vec<Vec<u8>>>),
+    Ack(Result<Option<Ack>, Status>),
+}
+
+/// One outbound link. See the module docs.
+pub(crate) struct Link {
+    to: NodeId,
+    addr: SocketAddr,
+    header: BatchHeader,
+    transport: PeerTransport,
+    queue: mpsc::Receiver<Vec<u8>>,
+    batcher: Batcher,
+    backoff: Backoff,
+    /// Sequence number of the last batch sent by this life of the node.
+    sequence: u64,
+    /// Whether the link last worked, to log transitions rather than every retry.
+    up: bool,
+}
+
+impl Link {
+    /// A link to `to` at `addr` and the sender that feeds it.
+    pub fn new(
+        to: NodeId,
+        addr: SocketAddr,
+        header: BatchHeader,
+        transport: PeerTransport,
+    ) -> (Self, mpsc::Sender<Vec<u8>>) {
+        let (tx, queue) = mpsc::channel(PEER_QUEUE_MESSAGES_MAX);
+        let link = Link {
+            to,
+            addr,
+            header,
+            transport,
+            queue,
+            batcher: Batcher::default(),
+            backoff: Backoff::new(),
+            sequence: 0,
+            up: false,
+        };
+        (link, tx)
+    }
+
+    /// Runs until the queue closes or `stop` is set.
+    pub async fn run(mut self, mut stop: watch::Receiver<bool>) {
+        loop {
+            let end = tokio::select! {
+                _ = stop.changed() => return,
+                end = self.connect_and_send() => end,
+            };
+            let reason = match end {
+                LinkEnd::QueueClosed => return,
+                LinkEnd::Failed(reason) => reason,
+            };
+            self.note_failure(&reason);
+            let delay = self.backoff.take();
+            tokio::select! {
+                _ = stop.changed() => return,
+                () = tokio::time::sleep(delay) => {}
+            }
+        }
+    }
+
+    fn note_failure(&mut self, reason: &str) {
+        if self.up {
+            tracing::info!(peer = %self.to, addr = %self.addr, %reason, "peer link down");
+        } else {
+            tracing::debug!(peer = %self.to, addr = %self.addr, %reason, "peer link retry failed");
+        }
+        self.up = false;
+    }
+
+    fn note_success(&mut self) {
+        if !self.up {
+            tracing::info!(peer = %self.to, addr = %self.addr, "peer link up");
+        }
+        self.up = true;
+        self.backoff.reset();
+    }
+
+    /// Connects, then sends batches until something fails.
+    async fn connect_and_send(&mut self) -> LinkEnd {
+        let client = match self.connect().await {
+            Ok(client) => client,
+            Err(reason) => return LinkEnd::Failed(reason),
+        };
+        match self.transport {
+            PeerTransport::Stream => self.send_streamed(client).await,
+            PeerTransport::Unary => self.send_unary(client).await,
+        }
+    }
+
+    async fn connect(&self) -> Result<PeerClient<tonic::transport::Channel>, String> {
+        let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{}", self.addr))
+            .map_err(|e| e.to_string())?
+            .connect_timeout(PEER_CONNECT_TIMEOUT)
+            .http2_keep_alive_interval(PEER_KEEPALIVE_INTERVAL)
+            .keep_alive_timeout(PEER_KEEPALIVE_TIMEOUT)
+            .tcp_nodelay(true);
+        let channel = endpoint.connect().await.map_err(|e| e.to_string())?;
+        Ok(PeerClient::new(channel).max_encoding_message_size(PEER_MESSAGE_BYTES_MAX))
+    }
+
+    fn next_batch(&mut self, messages: Vec<Vec<u8>>) -> Batch {
+        self.sequence += 1;
+        Batch {
+            cluster_id: self.header.cluster.0.to_vec(),
+            from_name: self.header.from.name.clone(),
+            from_generation: self.header.restart,
+            sequence: self.sequence,
+            messages,
+        }
+    }
+
+    /// One long-lived stream: batches out, cumulative acks back.
+    async fn send_streamed(&mut self, mut client: PeerClient<tonic::transport::Channel>) -> LinkEnd {
+        let (batches, batches_out) = mpsc::channel(STREAM_BATCHES_BUFFERED_MAX);
+        let response = match client.stream(ChannelStream(batches_out)).await {
+            Ok(response) => response,
+            Err(status) => return LinkEnd::Failed(status.to_string()),
+        };
+        let mut acks = response.into_inner();
+        loop {
+            let event = tokio::select! {
+                messages = self.batcher.next(&mut self.queue) => StreamEvent::Messages(messages),
+                ack = acks.message() => StreamEvent::Ack(ack),
+            };
+            let messages = match event {
+                StreamEvent::Messages(Some(messages)) => messages,
+                StreamEvent::Messages(None) => return LinkEnd::QueueClosed,
+                // The first ack proves the whole path works, the cluster check included.
+                StreamEvent::Ack(Ok(Some(_))) => {
+                    self.note_success();
+                    continue;
+                }
+                StreamEvent::Ack(Ok(None)) => {
+                    return LinkEnd::Failed("the peer closed the stream".into());
+                }
+                StreamEvent::Ack(Err(status)) => return LinkEnd::Failed(status.to_string()),
+            };
+            let batch = self.next_batch(messages);
+            if batches.send(batch).await.is_err() {
+                return LinkEnd::Failed("the stream closed".into());
+            }
+        }
+    }
+
+    /// One `Send` call per batch; a failed batch is dropped.
+    async fn send_unary(&mut self, mut client: PeerClient<tonic::transport::Channel>) -> LinkEnd {
+        loop {
+            let Some(messages) = self.batcher.next(&mut self.queue).await else {
+                return LinkEnd::QueueClosed;
+            };
+            let batch = self.next_batch(messages);
+            match tokio::time::timeout(PEER_SEND_TIMEOUT, client.send(batch)).await {
+                Ok(Ok(_ack)) => self.note_success(),
+                Ok(Err(status)) => return LinkEnd::Failed(status.to_string()),
+                Err(_) => return LinkEnd::Failed("send timed out".into()),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn batcher_respects_the_count_bound() {
+        let (tx, mut rx) = mpsc::channel(PEER_QUEUE_MESSAGES_MAX);
+        for i in 0..PEER_BATCH_MESSAGES_MAX + 3 {
+            tx.send(vec![i as u8]).await.unwrap();
+        }
+        let mut batcher = Batcher::default();
+        let first = batcher.next(&mut rx).await.unwrap();
+        assert_eq!(first.len(), PEER_BATCH_MESSAGES_MAX);
+        let second = batcher.next(&mut rx).await.unwrap();
+        assert_eq!(second.len(), 3);
+    }
+
+    #[tokio::test]
+    async fn batcher_carries_a_message_that_would_overflow_the_byte_bound() {
+        let (tx, mut rx) = mpsc::channel(PEER_QUEUE_MESSAGES_MAX);
+        let half = PEER_BATCH_BYTES_MAX / 2;
+        tx.send(vec![1; half]).await.unwrap();
+        tx.send(vec![2; half]).await.unwrap();
+        tx.send(vec![3; 1]).await.unwrap();
+        tx.send(vec![4; PEER_BATCH_BYTES_MAX * 2]).await.unwrap();
+        drop(tx);
+        let mut batcher = Batcher::default();
+        let sizes = |b: Vec<Vec<u8>>| b.iter().map(Vec::len).collect::<Vec<_>>();
+        assert_eq!(sizes(batcher.next(&mut rx).await.unwrap()), [half, half]);
+        assert_eq!(sizes(batcher.next(&mut rx).await.unwrap()), [1]);
+        // A message over the byte bound travels alone.
+        assert_eq!(sizes(batcher.next(&mut rx).await.unwrap()), [PEER_BATCH_BYTES_MAX * 2]);
+        assert!(batcher.next(&mut rx).await.is_none());
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap_and_resets() {
+        let mut backoff = Backoff::new();
+        let delays: Vec<_> = (0..8).map(|_| backoff.take()).collect();
+        assert_eq!(delays[0], RECONNECT_BACKOFF_MIN);
+        assert_eq!(delays[1], RECONNECT_BACKOFF_MIN * 2);
+        assert_eq!(*delays.last().unwrap(), RECONNECT_BACKOFF_MAX);
+        backoff.reset();
+        assert_eq!(backoff.take(), RECONNECT_BACKOFF_MIN);
+    }
+}

@@ -1,0 +1,74 @@
+//! The node's one listening port, serving both `memo.kvs.KeyValueStore` and
+//! `memo.peer.Peer`.
+//!
+//! Binding is separate from serving so that callers can bind port 0 first, learn the
+//! address, and build the peer table before any node starts (tests, `memo dev`). Real
+//! tonic serves a bound `TcpListener`; madsim-tonic has no `serve_with_incoming`, so in
+//! simulation the listener is just the address and the simulated server binds it.
+
+use crate::Error;
+use crate::peer::{PEER_KEEPALIVE_INTERVAL, PEER_MESSAGE_BYTES_MAX, PeerService};
+use crate::service::KvService;
+use memo_proto::kvs::key_value_store_server::KeyValueStoreServer;
+use memo_proto::peer::peer_server::PeerServer;
+use std::net::SocketAddr;
+use tokio::sync::watch;
+
+/// A bound listening address, ready for [`crate::spawn_node_on`].
+#[derive(Debug)]
+pub struct Listener {
+    addr: SocketAddr,
+    #[cfg(not(madsim))]
+    tcp: tokio::net::TcpListener,
+}
+
+impl Listener {
+    /// Binds `addr` (port 0 picks a free port).
+    pub async fn bind(addr: SocketAddr) -> Result<Listener, Error> {
+        #[cfg(not(madsim))]
+        {
+            let bind_error = |source| Error::Bind { addr, source };
+            let tcp = tokio::net::TcpListener::bind(addr).await.map_err(bind_error)?;
+            let addr = tcp.local_addr().map_err(bind_error)?;
+            Ok(Listener { addr, tcp })
+        }
+        #[cfg(madsim)]
+        {
+            Ok(Listener { addr })
+        }
+    }
+
+    /// The address clients and peers connect to.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+}
+
+/// Serves both services until `stop` is set, then finishes in-flight calls.
+pub(crate) async fn serve(
+    listener: Listener,
+    kv: KvService,
+    kv_message_bytes_max: usize,
+    peer: PeerService,
+    mut stop: watch::Receiver<bool>,
+) -> Result<(), tonic::transport::Error> {
+    let kv = KeyValueStoreServer::new(kv).max_decoding_message_size(kv_message_bytes_max);
+    let peer = PeerServer::new(peer).max_decoding_message_size(PEER_MESSAGE_BYTES_MAX);
+    let router = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(PEER_KEEPALIVE_INTERVAL))
+        .add_service(kv)
+        .add_service(peer);
+    let signal = async move {
+        // A dropped sender also means stop.
+        let _ = stop.wait_for(|stopped| *stopped).await;
+    };
+    #[cfg(not(madsim))]
+    {
+        let incoming = tonic::transport::server::TcpIncoming::from(listener.tcp).with_nodelay(Some(true));
+        router.serve_with_incoming_shutdown(incoming, signal).await
+    }
+    #[cfg(madsim)]
+    {
+        router.serve_with_shutdown(listener.addr, signal).await
+    }
+}

@@ -1,0 +1,214 @@
+//! The public `memo.kvs.KeyValueStore` service: each RPC becomes one engine
+//! [`Request`] submitted to the event loop, and the engine's answer becomes the RPC's
+//! response or status. [`status_from`] is the one place where engine errors turn into
+//! gRPC status codes.
+
+use crate::node::{Call, CallResult};
+use memo_engine::list::ListQuery;
+use memo_engine::{KvError, Request, Response};
+use memo_proto::kvs::key_value_store_server::KeyValueStore;
+use memo_proto::kvs::{
+    DeleteRequest, DeleteResponse, FetchRequest, FetchResponse, InsertRequest, InsertResponse, ListItem, ListRequest,
+    ListResponse, UpdateRequest, UpdateResponse, UpsertRequest, UpsertResponse,
+};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
+use tonic::Status;
+
+/// How much longer than the engine's request deadline a call waits for its answer. The
+/// engine answers every request by its deadline; this only guards against a loop that
+/// stopped.
+pub const REPLY_GRACE: Duration = Duration::from_secs(1);
+
+/// Maps an engine error to its gRPC status (DESIGN §7). The only such mapping.
+pub fn status_from(error: KvError) -> Status {
+    match error {
+        KvError::InvalidArgument(why) => Status::invalid_argument(why),
+        KvError::AlreadyExists => Status::already_exists(KvError::AlreadyExists.to_string()),
+        KvError::NotFound => Status::not_found(KvError::NotFound.to_string()),
+        KvError::Unavailable(why) => Status::unavailable(why),
+        KvError::ResourceExhausted(why) => Status::resource_exhausted(why),
+        KvError::Internal(why) => Status::internal(why),
+    }
+}
+
+/// How often a stopping node checks whether its in-flight calls have finished.
+pub const DRAIN_POLL_INTERVAL: Duration = Duration::from_millis(10);
+
+/// Admission of client calls: open until the node starts stopping, then closed while
+/// the calls already admitted finish. Peer traffic keeps flowing meanwhile, since
+/// those calls may need it.
+#[derive(Debug, Default)]
+pub(crate) struct Admission {
+    closed: AtomicBool,
+    in_flight: AtomicUsize,
+}
+
+impl Admission {
+    /// Admits a call, or refuses it once closed. The guard counts it until dropped.
+    fn enter(self: &Arc<Self>) -> Option<AdmissionGuard> {
+        // Count first, then check: `drain` closes first, then reads the count, so a call
+        // is either refused or counted, never missed.
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        let guard = AdmissionGuard(self.clone());
+        (!self.closed.load(Ordering::SeqCst)).then_some(guard)
+    }
+
+    /// Refuses new calls and waits until the admitted ones finish, for up to `grace`.
+    /// Returns whether they all finished.
+    pub async fn drain(&self, grace: Duration) -> bool {
+        self.closed.store(true, Ordering::SeqCst);
+        let deadline = tokio::time::Instant::now() + grace;
+        while self.in_flight.load(Ordering::SeqCst) > 0 {
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(DRAIN_POLL_INTERVAL).await;
+        }
+        true
+    }
+}
+
+/// One admitted call.
+struct AdmissionGuard(Arc<Admission>);
+
+impl Drop for AdmissionGuard {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// The service: a handle on the event loop's call queue.
+#[derive(Clone)]
+pub(crate) struct KvService {
+    pub calls: mpsc::Sender<Call>,
+    /// The engine's request deadline, plus [`REPLY_GRACE`].
+    pub reply_timeout: Duration,
+    pub admission: Arc<Admission>,
+}
+
+impl KvService {
+    /// Submits a request and waits for the engine's answer.
+    async fn submit(&self, request: Request) -> Result<Response, Status> {
+        let Some(_admitted) = self.admission.enter() else {
+            return Err(status_from(stopped("the node is stopping")));
+        };
+        let (reply, answer) = oneshot::channel();
+        let call = Call { request, reply };
+        if let Err(e) = self.calls.try_send(call) {
+            return Err(status_from(queue_error(e)));
+        }
+        let outcome: Result<CallResult, _> = match tokio::time::timeout(self.reply_timeout, answer).await {
+            Ok(outcome) => outcome,
+            Err(_) => return Err(status_from(stopped("the node did not answer in time"))),
+        };
+        // A dropped reply slot means the loop stopped with the request in flight: its
+        // outcome is unknown (R6).
+        let result = outcome.map_err(|_| status_from(stopped("the node stopped")))?;
+        result.map_err(status_from)
+    }
+
+    async fn write(&self, request: Request) -> Result<(), Status> {
+        match self.submit(request).await? {
+            Response::Done => Ok(()),
+            other => Err(unexpected(&other)),
+        }
+    }
+}
+
+fn queue_error(e: mpsc::error::TrySendError<Call>) -> KvError {
+    match e {
+        mpsc::error::TrySendError::Full(_) => {
+            KvError::ResourceExhausted("too many requests queued on this node".into())
+        }
+        mpsc::error::TrySendError::Closed(_) => stopped("the node is stopping"),
+    }
+}
+
+fn stopped(why: &str) -> KvError {
+    KvError::Unavailable(why.into())
+}
+
+/// An answer of the wrong kind: an engine bug, reported rather than panicking a server.
+fn unexpected(response: &Response) -> Status {
+    Status::internal(format!("unexpected engine response: {response:?}"))
+}
+
+type RpcResult<T> = Result<tonic::Response<T>, Status>;
+
+#[tonic::async_trait]
+impl KeyValueStore for KvService {
+    async fn insert(&self, request: tonic::Request<InsertRequest>) -> RpcResult<InsertResponse> {
+        let InsertRequest { key, value } = request.into_inner();
+        self.write(Request::insert(key, value)).await?;
+        Ok(tonic::Response::new(InsertResponse {}))
+    }
+
+    async fn update(&self, request: tonic::Request<UpdateRequest>) -> RpcResult<UpdateResponse> {
+        let UpdateRequest { key, value } = request.into_inner();
+        self.write(Request::update(key, value)).await?;
+        Ok(tonic::Response::new(UpdateResponse {}))
+    }
+
+    async fn upsert(&self, request: tonic::Request<UpsertRequest>) -> RpcResult<UpsertResponse> {
+        let UpsertRequest { key, value } = request.into_inner();
+        self.write(Request::upsert(key, value)).await?;
+        Ok(tonic::Response::new(UpsertResponse {}))
+    }
+
+    async fn fetch(&self, request: tonic::Request<FetchRequest>) -> RpcResult<FetchResponse> {
+        let FetchRequest { key } = request.into_inner();
+        match self.submit(Request::fetch(key)).await? {
+            Response::Value(value) => Ok(tonic::Response::new(FetchResponse { value })),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    async fn delete(&self, request: tonic::Request<DeleteRequest>) -> RpcResult<DeleteResponse> {
+        let DeleteRequest { key } = request.into_inner();
+        self.write(Request::delete(key)).await?;
+        Ok(tonic::Response::new(DeleteResponse {}))
+    }
+
+    async fn list(&self, request: tonic::Request<ListRequest>) -> RpcResult<ListResponse> {
+        let ListRequest { prefix, marker, delimiter, max_keys } = request.into_inner();
+        let query = ListQuery { prefix, marker, delimiter, max_keys };
+        let page = match self.submit(Request::List(query)).await? {
+            Response::List(page) => page,
+            other => return Err(unexpected(&other)),
+        };
+        Ok(tonic::Response::new(ListResponse {
+            items: page.items.into_iter().map(|key| ListItem { key }).collect(),
+            prefixes: page.prefixes,
+            truncated: page.truncated,
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tonic::Code;
+
+    #[test]
+    fn every_engine_error_maps_to_its_status_code() {
+        let table = [
+            (KvError::InvalidArgument("x".into()), Code::InvalidArgument),
+            (KvError::AlreadyExists, Code::AlreadyExists),
+            (KvError::NotFound, Code::NotFound),
+            (KvError::Unavailable("x".into()), Code::Unavailable),
+            (KvError::ResourceExhausted("x".into()), Code::ResourceExhausted),
+            (KvError::Internal("x".into()), Code::Internal),
+        ];
+        for (error, code) in table {
+            assert_eq!(status_from(error.clone()).code(), code, "{error:?}");
+        }
+    }
+
+    #[test]
+    fn not_found_says_so_plainly() {
+        assert_eq!(status_from(KvError::NotFound).message(), "key not found");
+    }
+}
