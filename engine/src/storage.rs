@@ -24,7 +24,8 @@ pub type BatchId = u64;
 pub struct PersistBatch {
     /// The batch.
     pub id: BatchId,
-    /// `(silo key, Some(value))` to put, `(silo key, None)` to delete, in key order.
+    /// `(silo key, Some(value))` to put, `(silo key, None)` to delete, to apply in this
+    /// order (a later write to a key replaces an earlier one).
     pub writes: Vec<(Vec<u8>, Option<Vec<u8>>)>,
 }
 

@@ -51,7 +51,8 @@ pub(super) enum Write {
 
 #[derive(Default)]
 pub(super) struct Persist {
-    open: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    /// Writes of the open batch, in the order they were made.
+    open: Vec<(Vec<u8>, Option<Vec<u8>>)>,
     /// Id of the open batch; batches are numbered from 1.
     open_id: BatchId,
     durable: BatchId,
@@ -66,7 +67,8 @@ pub(super) struct Persist {
     closed: VecDeque<PersistBatch>,
     /// Writes per batch (`Config::batch_writes_max`).
     batch_writes_max: usize,
-    floors: BTreeMap<PartitionId, Ballot>,
+    /// GC floors by partition, loaded on first use.
+    floors: Vec<Option<Ballot>>,
 }
 
 fn entry_bytes(sk: &[u8], register: Option<&Register>) -> usize {
@@ -97,7 +99,7 @@ impl Persist {
             None => 0,
         };
         let restart = previous + 1;
-        self.open.insert(storage::RESTART_KEY.to_vec(), Some(restart.to_le_bytes().to_vec()));
+        self.open.push((storage::RESTART_KEY.to_vec(), Some(restart.to_le_bytes().to_vec())));
         self.restart_batch = 1;
         Ok(restart)
     }
@@ -144,20 +146,21 @@ impl Persist {
     ) -> Result<(R, Option<BatchId>), StorageError> {
         let floor = self.floor(silo, partition)?;
         let sk = storage::register_key(partition, key.as_bytes());
-        if !self.cache.contains_key(&sk) {
-            let register = match silo.get(&sk)? {
-                Some(bytes) => Some(storage::decode_register(&bytes)?),
-                None => None,
-            };
-            let bytes = entry_bytes(&sk, register.as_ref());
-            self.cache_bytes += bytes;
-            self.cache.insert(sk.clone(), Entry { batch: 0, gate: 0, register, bytes });
-        }
         if self.open.len() >= self.batch_writes_max {
             self.close();
         }
-        // Present: inserted above if it was missing.
-        let entry = self.cache.get_mut(&sk).expect("cached");
+        let entry = match self.cache.entry(sk.clone()) {
+            std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::btree_map::Entry::Vacant(e) => {
+                let register = match silo.get(&sk)? {
+                    Some(bytes) => Some(storage::decode_register(&bytes)?),
+                    None => None,
+                };
+                let bytes = entry_bytes(&sk, register.as_ref());
+                self.cache_bytes += bytes;
+                e.insert(Entry { batch: 0, gate: 0, register, bytes })
+            }
+        };
         let was_absent = entry.register.is_none();
         let mut register = entry.register.take().unwrap_or_else(|| Register::absent(floor));
         let (result, write) = f(&mut register, floor);
@@ -169,7 +172,7 @@ impl Persist {
                 self.cache_bytes = self.cache_bytes - entry.bytes + bytes;
                 entry.bytes = bytes;
                 if write == Write::Reported {
-                    self.open.insert(sk, Some(storage::encode_register(&register)));
+                    self.open.push((sk, Some(storage::encode_register(&register))));
                     entry.batch = self.open_id;
                     entry.gate = self.open_id;
                 }
@@ -183,14 +186,14 @@ impl Persist {
 
     /// The partition's GC floor.
     pub(super) fn floor(&mut self, silo: &impl Storage, partition: PartitionId) -> Result<Ballot, StorageError> {
-        if let Some(f) = self.floors.get(&partition) {
+        if let Some(Some(f)) = self.floors.get(partition as usize) {
             return Ok(*f);
         }
         let floor = match silo.get(&storage::floor_key(partition))? {
             Some(bytes) => storage::decode_ballot(&bytes)?,
             None => Ballot::ZERO,
         };
-        self.floors.insert(partition, floor);
+        self.set_floor(partition, floor);
         Ok(floor)
     }
 
@@ -202,7 +205,7 @@ impl Persist {
             if self.open.len() >= self.batch_writes_max {
                 self.close();
             }
-            self.open.insert(sk.clone(), register.as_ref().map(storage::encode_register));
+            self.open.push((sk.clone(), register.as_ref().map(storage::encode_register)));
         }
         let id = self.open_id;
         let entry = self.cache.entry(sk).or_insert(Entry { batch: 0, gate: 0, register: None, bytes: 0 });
@@ -259,8 +262,16 @@ impl Persist {
 
     /// Raises a partition's floor, in the open batch.
     pub(super) fn put_floor(&mut self, partition: PartitionId, floor: Ballot) {
-        self.floors.insert(partition, floor);
-        self.open.insert(storage::floor_key(partition), Some(storage::encode_ballot(&floor)));
+        self.set_floor(partition, floor);
+        self.open.push((storage::floor_key(partition), Some(storage::encode_ballot(&floor))));
+    }
+
+    fn set_floor(&mut self, partition: PartitionId, floor: Ballot) {
+        let i = partition as usize;
+        if self.floors.len() <= i {
+            self.floors.resize(i + 1, None);
+        }
+        self.floors[i] = Some(floor);
     }
 
     /// The batch a reply about `key` must wait for, if it is not durable yet.
@@ -294,7 +305,7 @@ impl Persist {
         if self.open.is_empty() {
             return;
         }
-        let writes = std::mem::take(&mut self.open).into_iter().collect();
+        let writes = std::mem::take(&mut self.open);
         self.closed.push_back(PersistBatch { id: self.open_id, writes });
         self.open_id += 1;
     }
