@@ -12,6 +12,16 @@ pub const LIST_PAGE_DEFAULT: usize = 1000;
 /// Largest page size of List; larger `maxKeys` are clamped, as S3 does.
 pub const LIST_PAGE_MAX: usize = 10_000;
 
+/// A known protocol bug the node can be told to have, so tests can prove that the
+/// simulator and the checkers find violations. Never set outside tests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PlantedBug {
+    /// Reads answer from the first view that arrives, without a quorum (breaks R5).
+    ReadFromOneReplica,
+    /// Acceptors accept any ballot, ignoring their promise (breaks Paxos phase 2).
+    AcceptIgnoresPromise,
+}
+
 /// Static parameters of a cluster, fixed at creation.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ClusterParams {
@@ -75,6 +85,8 @@ pub struct Config {
     pub gc_pending_max: usize,
     /// Keys one List scan returns per partition and round.
     pub list_scan_keys_max: usize,
+    /// A protocol bug to plant, for testing the testers only. `None` in production.
+    pub planted_bug: Option<PlantedBug>,
 }
 
 impl Config {
@@ -99,6 +111,7 @@ impl Config {
             register_cache_bytes_max: 64 * 1024 * 1024,
             gc_pending_max: 100_000,
             list_scan_keys_max: 1024,
+            planted_bug: None,
         }
     }
 }

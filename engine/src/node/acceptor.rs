@@ -13,6 +13,7 @@
 
 use super::persist::Write;
 use super::{Node, Origin};
+use crate::config::PlantedBug;
 use crate::ids::{NodeId, NodeTag, OpId};
 use crate::kv::Change;
 use crate::message::{AttemptId, Message, Rejection, ScanEntries, ScanPart, ScanRange};
@@ -155,6 +156,13 @@ impl<S: Storage> Node<S> {
             // Malformed: the proposal must be at the message's ballot. Not worth a reply.
             self.stats.peer_errors += 1;
             return;
+        }
+        if self.cfg.planted_bug == Some(PlantedBug::AcceptIgnoresPromise) {
+            // The planted bug: forget the promise before checking it.
+            let _ = self.with_register(&key, epoch, |reg, _| {
+                reg.promised = Ballot::ZERO;
+                (Ok(()), None)
+            });
         }
         let (result, gate) = self.with_register(&key, epoch, |reg, _| match reg.accept(ballot, accepted.state, next) {
             Ok(granted) => (Ok(granted), Some(Write::Reported)),
