@@ -492,6 +492,15 @@ impl<S: Storage> Node<S> {
         self.transmits.push_back(Transmit { to, envelope });
     }
 
+    /// Sends one message to several nodes, cloning it for all but the last.
+    fn send_all(&mut self, to: &[NodeId], msg: Message) {
+        let Some((last, rest)) = to.split_last() else { return };
+        for m in rest {
+            self.send(m.clone(), msg.clone(), None);
+        }
+        self.send(last.clone(), msg, None);
+    }
+
     /// Handles messages to self until none are left.
     fn drive(&mut self, now: Instant) {
         while let Some(msg) = self.inbox.pop_front() {

@@ -86,6 +86,8 @@ struct Slot {
     backing_off: bool,
     failures: u32,
     gc_due: bool,
+    /// The key's partition, computed once.
+    partition: Option<crate::placement::PartitionId>,
 }
 
 impl Slot {
@@ -311,15 +313,15 @@ impl<S: Storage> Node<S> {
     }
 
     fn start_attempt(&mut self, key: &str, work: Work, now: Instant) {
-        let p = partition_of(key.as_bytes(), self.map.partitions());
+        // The slot exists: `pump` found it.
+        let slot = self.proposer.slots.get_mut(key).expect("slot exists");
+        let p = *slot.partition.get_or_insert_with(|| partition_of(key.as_bytes(), self.map.partitions()));
         let config = self.map.config(p);
         let epoch = self.map.epoch_ref(p);
         let members = config.members.clone();
         let quorum = config.quorum();
         self.proposer.next_attempt += 1;
         let id = self.proposer.next_attempt;
-        // Slot exists: `pump` found it.
-        let slot = self.proposer.slots.get_mut(key).expect("slot exists");
         // A recovering write needs phase 1 to find what happened to it.
         let recover = matches!(&work, Work::Ops(ops) if ops.iter().any(|q| q.recover.is_some()));
         let fast = slot.fast.take().filter(|f| f.epoch == epoch && !recover && matches!(work, Work::Ops(_)));
@@ -357,9 +359,7 @@ impl<S: Storage> Node<S> {
         };
         let members = attempt.members.clone();
         slot.active = Some(attempt);
-        for m in members {
-            self.send(m, msg.clone(), None);
-        }
+        self.send_all(&members, msg);
     }
 
     /// The active attempt of `key` if `(attempt, ballot)` names it and `from` is a member
@@ -473,9 +473,8 @@ impl<S: Storage> Node<S> {
         a.phase = Phase::Accept { proposal, answers, written, acks: 0, grants: 0, need };
         a.replied.clear();
         a.refused = 0;
-        for m in a.members.clone() {
-            self.send(m, msg.clone(), None);
-        }
+        let members = a.members.clone();
+        self.send_all(&members, msg);
     }
 
     fn answer_without_write(&mut self, key: &str, answers: Vec<Result<Answer, KvError>>, now: Instant) {

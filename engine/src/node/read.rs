@@ -67,9 +67,7 @@ impl<S: Storage> Node<S> {
             timer: self.timers.set(now + self.cfg.round_timeout, Timer::Read { read: id }),
         };
         self.reads.rounds.insert(id, round);
-        for m in members {
-            self.send(m, Message::Read { key: key.clone(), epoch, attempt: id }, None);
-        }
+        self.send_all(&members, Message::Read { key, epoch, attempt: id });
     }
 
     pub(super) fn on_read_reply(
