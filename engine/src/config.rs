@@ -9,6 +9,8 @@ pub const KEY_BYTES_MAX: usize = 4096;
 pub const VALUE_BYTES_MAX_DEFAULT: usize = 1024 * 1024;
 /// Default page size of List when `maxKeys` is 0.
 pub const LIST_PAGE_DEFAULT: usize = 1000;
+/// Largest replication factor (a partition's members are tracked in 64-bit sets).
+pub const REPLICATION_MAX: u32 = 64;
 /// Largest page size of List; larger `maxKeys` are clamped, as S3 does.
 pub const LIST_PAGE_MAX: usize = 10_000;
 

@@ -158,7 +158,8 @@ impl PartitionMap {
         let Some(slot) = self.configs.get_mut(config.partition as usize) else {
             return false;
         };
-        if config.epoch <= slot.epoch || config.members.is_empty() {
+        let too_many = config.members.len() > crate::config::REPLICATION_MAX as usize;
+        if config.epoch <= slot.epoch || config.members.is_empty() || too_many {
             return false;
         }
         self.refs[config.partition as usize] = config.epoch_ref();

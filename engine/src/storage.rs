@@ -121,10 +121,16 @@ impl Storage for MemoryStorage {
 /// The silo key of a register.
 pub fn register_key(partition: PartitionId, key: &[u8]) -> Vec<u8> {
     let mut k = Vec::with_capacity(5 + key.len());
-    k.push(b'r');
-    k.extend_from_slice(&partition.to_be_bytes());
-    k.extend_from_slice(key);
+    register_key_into(&mut k, partition, key);
     k
+}
+
+/// Writes the silo key of a register into `out`, replacing its contents.
+pub fn register_key_into(out: &mut Vec<u8>, partition: PartitionId, key: &[u8]) {
+    out.clear();
+    out.push(b'r');
+    out.extend_from_slice(&partition.to_be_bytes());
+    out.extend_from_slice(key);
 }
 
 /// The silo key of a partition's floor.

@@ -240,6 +240,13 @@ impl<S: Storage> Node<S> {
                 params.partitions
             )));
         }
+        if params.replication > crate::config::REPLICATION_MAX {
+            return Err(StartError::Config(format!(
+                "replication factor {} is over the limit of {}",
+                params.replication,
+                crate::config::REPLICATION_MAX
+            )));
+        }
         if !params.initial_nodes.contains(&cfg.me) {
             return Err(StartError::Config(format!("{} is not in the initial node list", cfg.me)));
         }

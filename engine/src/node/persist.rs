@@ -69,6 +69,8 @@ pub(super) struct Persist {
     batch_writes_max: usize,
     /// GC floors by partition, loaded on first use.
     floors: Vec<Option<Ballot>>,
+    /// A reused buffer for silo keys.
+    scratch: Vec<u8>,
 }
 
 fn entry_bytes(sk: &[u8], register: Option<&Register>) -> usize {
@@ -145,22 +147,24 @@ impl Persist {
         f: impl FnOnce(&mut Register, Ballot) -> (R, Option<Write>),
     ) -> Result<(R, Option<BatchId>), StorageError> {
         let floor = self.floor(silo, partition)?;
-        let sk = storage::register_key(partition, key.as_bytes());
         if self.open.len() >= self.batch_writes_max {
             self.close();
         }
-        let entry = match self.cache.entry(sk.clone()) {
-            std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
-            std::collections::btree_map::Entry::Vacant(e) => {
-                let register = match silo.get(&sk)? {
-                    Some(bytes) => Some(storage::decode_register(&bytes)?),
-                    None => None,
-                };
-                let bytes = entry_bytes(&sk, register.as_ref());
-                self.cache_bytes += bytes;
-                e.insert(Entry { batch: 0, gate: 0, register, bytes })
-            }
-        };
+        // The silo key is built in a reused buffer: it is only copied when stored.
+        let mut sk = std::mem::take(&mut self.scratch);
+        storage::register_key_into(&mut sk, partition, key.as_bytes());
+        if !self.cache.contains_key(sk.as_slice()) {
+            // On an error the buffer is dropped; the next call allocates a new one.
+            let register = match silo.get(&sk)? {
+                Some(bytes) => Some(storage::decode_register(&bytes)?),
+                None => None,
+            };
+            let bytes = entry_bytes(&sk, register.as_ref());
+            self.cache_bytes += bytes;
+            self.cache.insert(sk.clone(), Entry { batch: 0, gate: 0, register, bytes });
+        }
+        // Present: inserted above if it was missing.
+        let entry = self.cache.get_mut(sk.as_slice()).expect("cached");
         let was_absent = entry.register.is_none();
         let mut register = entry.register.take().unwrap_or_else(|| Register::absent(floor));
         let (result, write) = f(&mut register, floor);
@@ -172,7 +176,7 @@ impl Persist {
                 self.cache_bytes = self.cache_bytes - entry.bytes + bytes;
                 entry.bytes = bytes;
                 if write == Write::Reported {
-                    self.open.push((sk, Some(storage::encode_register(&register))));
+                    self.open.push((sk.clone(), Some(storage::encode_register(&register))));
                     entry.batch = self.open_id;
                     entry.gate = self.open_id;
                 }
@@ -180,6 +184,7 @@ impl Persist {
             }
         }
         let gate = (entry.gate > self.durable).then_some(entry.gate);
+        self.scratch = sk;
         self.evict();
         Ok((result, gate))
     }

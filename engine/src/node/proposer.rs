@@ -61,7 +61,7 @@ use crate::placement::{EpochRef, partition_of};
 use crate::storage::Storage;
 use crate::time::Instant;
 use rand_core::Rng;
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
 
 #[derive(Default)]
@@ -162,7 +162,10 @@ struct Attempt {
     quorum: usize,
     work: Work,
     phase: Phase,
-    replied: BTreeSet<NodeId>,
+    /// Members (by index in `members`) that answered the current phase.
+    replied: u64,
+    /// Members that accepted in phase 2: they hold the chosen state already.
+    acked: u64,
     refused: usize,
     timer: TimerHandle,
 }
@@ -215,12 +218,13 @@ impl<S: Storage> Node<S> {
     /// coordinated here, since the one-round-trip read needs no primary.
     pub(super) fn route(&mut self, req: ReqKey, key: String, change: Change, op: OpId, now: Instant) {
         let p = partition_of(key.as_bytes(), self.map.partitions());
-        let primary = self.map.config(p).primary().clone();
-        let suspected = self.suspected.get(&primary).is_some_and(|until| *until > now);
-        if primary == self.cfg.me || suspected || !change.is_write() {
+        let primary = self.map.config(p).primary();
+        let suspected = self.suspected.get(primary).is_some_and(|until| *until > now);
+        if *primary == self.cfg.me || suspected || !change.is_write() {
             self.coordinate(req, key, change, op, None, now);
             return;
         }
+        let primary = primary.clone();
         let seq = self.forward_seq.entry(primary.clone()).or_insert(0);
         *seq += 1;
         let msg = Message::Forward { id: req, seq: *seq, op, key: key.clone(), change: change.clone() };
@@ -275,7 +279,11 @@ impl<S: Storage> Node<S> {
     }
 
     pub(super) fn enqueue(&mut self, key: String, queued: Queued, now: Instant) {
-        let slot = self.proposer.slots.entry(key.clone()).or_default();
+        if !self.proposer.slots.contains_key(&key) {
+            self.proposer.slots.insert(key.clone(), Slot::default());
+        }
+        // Present: inserted above.
+        let slot = self.proposer.slots.get_mut(&key).expect("slot exists");
         if slot.queue.len() >= self.cfg.key_queue_max {
             let e = KvError::ResourceExhausted("too many requests queued on one key".into());
             self.finish(queued.req, Err(e));
@@ -345,7 +353,7 @@ impl<S: Storage> Node<S> {
         self.proposer.round = self.proposer.round.max(ballot.round);
         let timer = self.timers.set(now + self.cfg.round_timeout, Timer::Attempt { key: key.to_string(), attempt: id });
         let attempt =
-            Attempt { id, ballot, epoch, members, quorum, work, phase, replied: BTreeSet::new(), refused: 0, timer };
+            Attempt { id, ballot, epoch, members, quorum, work, phase, replied: 0, acked: 0, refused: 0, timer };
         let msg = match &attempt.phase {
             Phase::Prepare { .. } => Message::Prepare { key: key.to_string(), epoch, ballot, attempt: id },
             Phase::Accept { proposal, .. } => Message::Accept {
@@ -376,10 +384,15 @@ impl<S: Storage> Node<S> {
     ) -> Option<&mut Attempt> {
         let a = self.proposer.slots.get_mut(key)?.active.as_mut()?;
         let in_phase = matches!(a.phase, Phase::Accept { .. }) == accept;
-        if a.id != attempt || a.ballot != ballot || !in_phase || !a.members.contains(from) {
+        if a.id != attempt || a.ballot != ballot || !in_phase {
             return None;
         }
-        a.replied.insert(from.clone()).then_some(a)
+        let bit = 1u64 << a.members.iter().position(|m| m == from)?;
+        if a.replied & bit != 0 {
+            return None;
+        }
+        a.replied |= bit;
+        Some(a)
     }
 
     /// Records a refusal; true if the phase can no longer succeed.
@@ -471,7 +484,7 @@ impl<S: Storage> Node<S> {
             next,
         };
         a.phase = Phase::Accept { proposal, answers, written, acks: 0, grants: 0, need };
-        a.replied.clear();
+        a.replied = 0;
         a.refused = 0;
         let members = a.members.clone();
         self.send_all(&members, msg);
@@ -509,6 +522,7 @@ impl<S: Storage> Node<S> {
         };
         match result {
             Ok(granted) => {
+                a.acked |= a.members.iter().position(|m| *m == from).map_or(0, |i| 1 << i);
                 *acks += 1;
                 *grants += usize::from(granted);
                 if *acks == *need {
@@ -548,17 +562,16 @@ impl<S: Storage> Node<S> {
         let key_s = key.to_string();
         if is_gc {
             self.stats.gc_rounds += 1;
-            for m in &a.members {
-                self.send(m.clone(), Message::Drop { key: key_s.clone(), epoch: a.epoch, ballot: a.ballot }, None);
-            }
+            self.send_all(&a.members, Message::Drop { key: key_s, epoch: a.epoch, ballot: a.ballot });
         } else {
-            for m in &a.members {
-                self.send(
-                    m.clone(),
-                    Message::Commit { key: key_s.clone(), epoch: a.epoch, accepted: proposal.clone() },
-                    None,
-                );
-            }
+            // Commit carries the state to the members that did not acknowledge it yet
+            // (R7: that is how replicas that missed the Accept converge). Members that
+            // acknowledged hold it already; for them a Commit would only set the committed
+            // flag, a read optimization that R5's same-ballot rule covers once every
+            // replica holds the state.
+            let laggards: Vec<NodeId> =
+                a.members.iter().enumerate().filter(|(i, _)| a.acked & (1 << i) == 0).map(|(_, m)| m.clone()).collect();
+            self.send_all(&laggards, Message::Commit { key: key_s, epoch: a.epoch, accepted: proposal });
         }
         if let Work::Ops(ops) = a.work {
             let wrote_delete =
