@@ -153,18 +153,19 @@ impl Persist {
         // The silo key is built in a reused buffer: it is only copied when stored.
         let mut sk = std::mem::take(&mut self.scratch);
         storage::register_key_into(&mut sk, partition, key.as_bytes());
-        if !self.cache.contains_key(sk.as_slice()) {
-            // On an error the buffer is dropped; the next call allocates a new one.
-            let register = match silo.get(&sk)? {
-                Some(bytes) => Some(storage::decode_register(&bytes)?),
-                None => None,
-            };
-            let bytes = entry_bytes(&sk, register.as_ref());
-            self.cache_bytes += bytes;
-            self.cache.insert(sk.clone(), Entry { batch: 0, gate: 0, register, bytes });
-        }
-        // Present: inserted above if it was missing.
-        let entry = self.cache.get_mut(sk.as_slice()).expect("cached");
+        let entry = match self.cache.entry(sk.clone()) {
+            std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::btree_map::Entry::Vacant(e) => {
+                // On an error the buffer is dropped; the next call allocates a new one.
+                let register = match silo.get(&sk)? {
+                    Some(bytes) => Some(storage::decode_register(&bytes)?),
+                    None => None,
+                };
+                let bytes = entry_bytes(&sk, register.as_ref());
+                self.cache_bytes += bytes;
+                e.insert(Entry { batch: 0, gate: 0, register, bytes })
+            }
+        };
         let was_absent = entry.register.is_none();
         let mut register = entry.register.take().unwrap_or_else(|| Register::absent(floor));
         let (result, write) = f(&mut register, floor);
