@@ -325,8 +325,13 @@ impl Persist {
         }
         self.durable = batch;
         self.evict();
-        let later = self.held.split_off(&(batch + 1));
-        let released = std::mem::replace(&mut self.held, later);
-        released.into_values().flatten().collect()
+        let mut released = Vec::new();
+        while let Some(held) = self.held.first_entry() {
+            if *held.key() > batch {
+                break;
+            }
+            released.append(&mut held.remove());
+        }
+        released
     }
 }
