@@ -6,8 +6,8 @@
 //! Prepare(b) to the members → a quorum of promises, each reporting its accepted
 //! `(ballot, state)` → take the state with the highest ballot → apply the folded
 //! functions → Accept(b, f(x), next) → a quorum of Accepted → the state is chosen → answer
-//! the clients → Commit(b, f(x)) to every member (R7, so replicas that missed the Accept
-//! converge).
+//! the clients → Commit(b, f(x)) to the members that did not acknowledge (R7: so replicas
+//! that missed the Accept converge).
 //!
 //! A failed precondition still writes back (R2): Accept(b, x) with the state it read, so
 //! the state the answer rests on is chosen (the CASSANDRA-12126 / ScyllaDB #6299 lesson).
