@@ -1,16 +1,22 @@
-//! A whole cluster inside one process on loopback, over memory silos: `memo dev`, and
-//! the fixture of the end-to-end tests.
+//! A whole cluster inside one process on loopback, over memory silos (or redb silos in
+//! one data directory per node): `memo dev`, and the fixture of the end-to-end tests.
 
-use crate::{Error, Listener, NodeHandle, NodeOptions, PeerTransport, SharedStorage, spawn_node_on};
+use crate::silo::RedbOptions;
+use crate::{CommitMode, Error, Listener, NodeHandle, NodeOptions, PeerTransport, SharedStorage, spawn_node_on};
 use memo_engine::{ClusterParams, Config, MemoryStorage, NodeId};
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 /// Most nodes a dev cluster may have.
 pub const DEV_NODES_MAX: usize = 64;
 /// Default partition count of a dev cluster (small: fast to start, enough to spread).
 pub const DEV_PARTITIONS_DEFAULT: u32 = 64;
+/// redb's page cache per node of a dev cluster.
+pub const DEV_CACHE_BYTES: usize = 16 * 1024 * 1024;
+/// The cluster token of every dev cluster.
+pub const DEV_CLUSTER_TOKEN: &str = "memo-dev";
 
 /// The shape of a dev cluster.
 #[derive(Clone, Debug)]
@@ -29,6 +35,9 @@ pub struct DevOptions {
     pub seed: u64,
     /// How nodes send batches to each other.
     pub peer_transport: PeerTransport,
+    /// Where the nodes keep their data: node `nI` in `DIR/nI`, on redb. `None`: memory
+    /// silos, lost at exit.
+    pub data_dir: Option<PathBuf>,
 }
 
 impl DevOptions {
@@ -42,6 +51,7 @@ impl DevOptions {
             replication: 3,
             seed,
             peer_transport: PeerTransport::default(),
+            data_dir: None,
         }
     }
 
@@ -103,7 +113,7 @@ pub async fn spawn_dev_cluster(options: DevOptions) -> Result<DevCluster, Error>
         partitions: options.partitions,
         replication: options.replication,
         initial_nodes: ids.clone(),
-        token: "memo-dev".into(),
+        token: DEV_CLUSTER_TOKEN.into(),
     };
     let mut nodes = Vec::with_capacity(options.nodes);
     for (i, (id, listener)) in ids.into_iter().zip(listeners).enumerate() {
@@ -111,7 +121,17 @@ pub async fn spawn_dev_cluster(options: DevOptions) -> Result<DevCluster, Error>
         let seed = options.seed.wrapping_add(i as u64);
         let mut node_options = NodeOptions::new(config, listener.local_addr(), peers.clone(), seed);
         node_options.peer_transport = options.peer_transport;
-        let storage: SharedStorage = Arc::new(MemoryStorage::new());
+        let storage: SharedStorage = match &options.data_dir {
+            None => Arc::new(MemoryStorage::new()),
+            Some(dir) => {
+                // Blocking file IO, once per node at start.
+                let redb = RedbOptions { cache_bytes: DEV_CACHE_BYTES, ..RedbOptions::default() };
+                let name = &node_options.config.me.name;
+                let (_, storage) = crate::datadir::open(&dir.join(name), name, &params, &redb)?;
+                node_options.commit_mode = CommitMode::Blocking;
+                Arc::new(storage)
+            }
+        };
         nodes.push(spawn_node_on(listener, node_options, storage).await?);
     }
     Ok(DevCluster { nodes })

@@ -6,7 +6,8 @@
 //!   batches, durability reports and timers in; persist batches, envelopes and replies
 //!   out, drained in the engine's documented order;
 //! - the **committer** ([`committer`]), which applies persist batches to the silo and
-//!   group-commits them (one `sync` for everything ready);
+//!   group-commits them (one `sync` for everything ready); the durable silo is redb
+//!   ([`silo::redb`]) in a data directory ([`datadir`]);
 //! - one **outbound link** per peer ([`peer`]), batching messages onto a gRPC stream;
 //! - the **gRPC server** on one port for both `memo.kvs.KeyValueStore` (the public API,
 //!   [`service`]) and `memo.peer.Peer`.
@@ -27,19 +28,23 @@
 
 pub mod clock;
 pub mod committer;
+pub mod datadir;
 pub mod dev;
 mod node;
 pub mod peer;
 mod server;
 pub mod service;
+pub mod silo;
 mod stream;
 
 pub use clock::{Clock, MonotonicClock};
 pub use committer::CommitMode;
+pub use datadir::DataDir;
 pub use dev::{DevCluster, DevOptions, spawn_dev_cluster};
 pub use peer::PeerTransport;
 pub use server::Listener;
 pub use service::status_from;
+pub use silo::{RedbOptions, RedbStorage};
 
 use memo_engine::config::KEY_BYTES_MAX;
 use memo_engine::storage::StorageError;
@@ -90,6 +95,9 @@ pub enum Error {
     /// The silo failed.
     #[error(transparent)]
     Storage(#[from] StorageError),
+    /// The data directory cannot be used.
+    #[error(transparent)]
+    DataDir(#[from] datadir::DataDirError),
     /// One of the node's tasks stopped unexpectedly (its error was logged).
     #[error("the node's {0} stopped unexpectedly")]
     TaskFailed(&'static str),

@@ -314,10 +314,10 @@ fn memo_dev() -> (ChildGuard, Vec<String>) {
     let stdout = guard.0.stdout.take().expect("piped stdout");
     let (lines_tx, lines) = mpsc::channel();
     std::thread::spawn(move || {
+        // Drain to the end even once nobody listens: a closed pipe would make memo dev's
+        // next println! panic.
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if lines_tx.send(line).is_err() {
-                break;
-            }
+            let _ = lines_tx.send(line);
         }
     });
     let deadline = Instant::now() + DEV_START_TIMEOUT;

@@ -3,6 +3,7 @@
 use clap::Args;
 use memo_node::dev::DEV_PARTITIONS_DEFAULT;
 use memo_node::{DevOptions, spawn_dev_cluster};
+use std::path::{Path, PathBuf};
 
 #[derive(Debug, Args)]
 pub struct DevArgs {
@@ -18,14 +19,19 @@ pub struct DevArgs {
     /// Replication factor.
     #[arg(long, default_value_t = 3)]
     replication: u32,
+    /// Keep the data durably (redb), node nI in DIR/nI; a later run with the same
+    /// directory and flags finds it again. Without it, data lives in memory.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
 }
 
 pub async fn run(args: DevArgs) -> Result<(), String> {
     let mut options = DevOptions::new(args.nodes, args.base_port, super::os_seed());
     options.partitions = args.partitions;
     options.replication = args.replication;
+    options.data_dir = args.data_dir.clone();
     let mut cluster = spawn_dev_cluster(options).await.map_err(|e| e.to_string())?;
-    print_banner(&cluster, args.partitions, args.replication);
+    print_banner(&cluster, args.partitions, args.replication, args.data_dir.as_deref());
     let failed = tokio::select! {
         () = super::shutdown_signal() => None,
         outcome = cluster.nodes_mut()[0].stopped() => Some(outcome),
@@ -40,13 +46,13 @@ pub async fn run(args: DevArgs) -> Result<(), String> {
 
 /// What a newcomer needs: where the nodes are and how to talk to them. Each node line
 /// reads `  NAME  ADDR` (tests parse it).
-fn print_banner(cluster: &memo_node::DevCluster, partitions: u32, replication: u32) {
+fn print_banner(cluster: &memo_node::DevCluster, partitions: u32, replication: u32, data_dir: Option<&Path>) {
     let nodes = cluster.nodes();
-    println!(
-        "memo dev: {} nodes, {partitions} partitions, replication {replication} \
-         (memory silos: data is lost at exit)",
-        nodes.len()
-    );
+    let storage = match data_dir {
+        Some(dir) => format!("redb silos in {}", dir.display()),
+        None => "memory silos: data is lost at exit".into(),
+    };
+    println!("memo dev: {} nodes, {partitions} partitions, replication {replication} ({storage})", nodes.len());
     for node in nodes {
         println!("  {}  {}", node.id().name, node.local_addr());
     }

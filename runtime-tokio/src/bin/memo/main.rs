@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! memo dev                                   # a 3-node cluster on 127.0.0.1:7001-7003
-//! memo node run --id n1 --listen 0.0.0.0:7001 --initial-nodes n1=10.0.0.1:7001,...
+//! memo node run --id n1 --listen 0.0.0.0:7001 --initial-nodes n1=10.0.0.1:7001,... \
+//!     --data-dir /var/lib/memo
 //! memo kv upsert --endpoint 127.0.0.1:7001 hello world
 //! memo kv get hello
 //! ```
@@ -39,8 +40,8 @@ enum LogFormat {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run a whole cluster inside this process on loopback (memory silos; data is lost
-    /// at exit). For trying memo out and for development.
+    /// Run a whole cluster inside this process on loopback (memory silos, data lost at
+    /// exit, unless --data-dir). For trying memo out and for development.
     Dev(dev::DevArgs),
     /// Run and manage a node.
     #[command(subcommand)]

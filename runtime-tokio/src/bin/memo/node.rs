@@ -1,16 +1,18 @@
 //! `memo node run`: one node of a cluster.
 
+use clap::builder::BoolishValueParser;
 use clap::{Args, Subcommand};
 use memo_engine::{ClusterParams, Config, MemoryStorage, NodeId};
-use memo_node::{NodeOptions, SharedStorage, spawn_node};
+use memo_node::{CommitMode, NodeOptions, RedbOptions, SharedStorage, datadir, spawn_node};
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 #[derive(Debug, Subcommand)]
 pub enum NodeCommand {
-    /// Run a node until Ctrl-C or SIGTERM. Data lives in memory for now (the durable
-    /// redb silo and its --data-dir come next).
+    /// Run a node until Ctrl-C or SIGTERM. With --data-dir its data is durable (redb);
+    /// without, it lives in memory and is lost when the node stops.
     Run(RunArgs),
 }
 
@@ -35,6 +37,17 @@ pub struct RunArgs {
     /// members never talk to each other.
     #[arg(long, env = "MEMO_CLUSTER_TOKEN", default_value = "memo")]
     cluster_token: String,
+    /// Directory of the node's durable data (created on first start; later starts check
+    /// that the flags above still match it). Without it, data lives in memory only.
+    #[arg(long, env = "MEMO_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Size of the database's page cache, in MiB.
+    #[arg(long, env = "MEMO_CACHE_MIB", default_value_t = 64)]
+    cache_mib: usize,
+    /// Skip verifying every page checksum of the database at start (faster start for a
+    /// big database; a damaged file may then go unnoticed).
+    #[arg(long, env = "MEMO_SKIP_INTEGRITY_CHECK", value_parser = BoolishValueParser::new())]
+    skip_integrity_check: bool,
 }
 
 fn parse_addr(text: &str) -> Result<SocketAddr, String> {
@@ -63,9 +76,26 @@ pub async fn run(command: NodeCommand) -> Result<(), String> {
         initial_nodes: peers.keys().cloned().collect(),
         token: args.cluster_token,
     };
-    let config = Config::new(NodeId::initial(args.id), params);
-    let options = NodeOptions::new(config, args.listen, peers, super::os_seed());
-    let storage: SharedStorage = Arc::new(MemoryStorage::new());
+    let (me, storage, commit_mode): (NodeId, SharedStorage, CommitMode) = match &args.data_dir {
+        Some(dir) => {
+            let redb = RedbOptions {
+                cache_bytes: args.cache_mib.saturating_mul(1024 * 1024),
+                check_integrity_on_open: !args.skip_integrity_check,
+                ..RedbOptions::default()
+            };
+            let (data, storage) = datadir::open(dir, &args.id, &params, &redb).map_err(|e| e.to_string())?;
+            let action = if data.created() { "created" } else { "opened" };
+            tracing::info!(dir = %data.path().display(), node = %data.node(), "{action} the data dir");
+            (data.node().clone(), Arc::new(storage), CommitMode::Blocking)
+        }
+        None => {
+            tracing::warn!("no --data-dir: data lives in memory and is lost when the node stops (not durable)");
+            (NodeId::initial(args.id), Arc::new(MemoryStorage::new()), CommitMode::Inline)
+        }
+    };
+    let config = Config::new(me, params);
+    let mut options = NodeOptions::new(config, args.listen, peers, super::os_seed());
+    options.commit_mode = commit_mode;
     let mut node = spawn_node(options, storage).await.map_err(|e| e.to_string())?;
     let failed = tokio::select! {
         () = super::shutdown_signal() => None,

@@ -1,0 +1,269 @@
+use super::*;
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// A fresh directory under the system temp dir, removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> Self {
+        let unique = format!("memo-redb-{name}-{}-{:?}", std::process::id(), std::thread::current().id());
+        let path = std::env::temp_dir().join(unique.replace(['(', ')'], ""));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).expect("temp dir");
+        TempDir(path)
+    }
+
+    fn file(&self) -> PathBuf {
+        self.0.join("data.redb")
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn put(id: u64, writes: &[(&str, Option<&str>)]) -> PersistBatch {
+    let writes = writes.iter().map(|(k, v)| (k.as_bytes().to_vec(), v.map(|v| v.as_bytes().to_vec()))).collect();
+    PersistBatch { id, writes }
+}
+
+fn get(storage: &RedbStorage, key: &str) -> Option<String> {
+    storage.get(key.as_bytes()).expect("get").map(|v| String::from_utf8(v).expect("utf-8"))
+}
+
+fn keys(entries: &Entries) -> Vec<&str> {
+    entries.iter().map(|(k, _)| std::str::from_utf8(k).expect("utf-8")).collect()
+}
+
+#[test]
+fn get_scan_write_and_delete() {
+    let dir = TempDir::new("basic");
+    let storage = RedbStorage::create(&dir.file(), &RedbOptions::default()).expect("create");
+    assert_eq!(get(&storage, "a"), None);
+    assert!(storage.scan(b"", b"\xff", 10).expect("scan").is_empty());
+
+    storage.write(&put(1, &[("b", Some("2")), ("a", Some("1")), ("c", Some("3")), ("d", Some("4"))])).expect("write");
+    assert_eq!(get(&storage, "a").as_deref(), Some("1"));
+    let all = storage.scan(b"", b"\xff", 10).expect("scan");
+    assert_eq!(keys(&all), ["a", "b", "c", "d"]);
+    assert_eq!(all[2].1, b"3");
+    // `end` is exclusive, `start` inclusive, `limit` bounds the page.
+    assert_eq!(keys(&storage.scan(b"b", b"d", 10).expect("scan")), ["b", "c"]);
+    assert_eq!(keys(&storage.scan(b"a", b"\xff", 2).expect("scan")), ["a", "b"]);
+    assert!(storage.scan(b"c", b"b", 10).expect("an empty range").is_empty());
+    assert!(storage.scan(b"a", b"z", 0).expect("a zero limit").is_empty());
+
+    // Delete, and deleting an absent key is fine.
+    storage.write(&put(2, &[("b", None), ("zz", None)])).expect("write");
+    assert_eq!(get(&storage, "b"), None);
+    assert_eq!(keys(&storage.scan(b"", b"\xff", 10).expect("scan")), ["a", "c", "d"]);
+    storage.sync().expect("sync");
+    storage.sync().expect("a sync with nothing to sync");
+}
+
+#[test]
+fn a_batch_is_applied_in_order() {
+    let dir = TempDir::new("order");
+    let storage = RedbStorage::create(&dir.file(), &RedbOptions::default()).expect("create");
+    storage.write(&put(1, &[("k", Some("1")), ("k", Some("2")), ("gone", Some("x")), ("gone", None)])).expect("write");
+    assert_eq!(get(&storage, "k").as_deref(), Some("2"));
+    assert_eq!(get(&storage, "gone"), None);
+    storage.write(&put(2, &[("gone", None), ("gone", Some("back"))])).expect("write");
+    assert_eq!(get(&storage, "gone").as_deref(), Some("back"));
+}
+
+#[test]
+fn synced_writes_survive_a_reopen() {
+    let dir = TempDir::new("reopen");
+    let options = RedbOptions::default();
+    let storage = RedbStorage::create(&dir.file(), &options).expect("create");
+    storage.write(&put(1, &[("a", Some("1")), ("b", Some("2"))])).expect("write");
+    storage.write(&put(2, &[("a", None), ("c", Some("3"))])).expect("write");
+    storage.sync().expect("sync");
+    storage.close().expect("close");
+
+    let storage = RedbStorage::open(&dir.file(), &options).expect("reopen");
+    assert_eq!(keys(&storage.scan(b"", b"\xff", 10).expect("scan")), ["b", "c"]);
+    assert!(RedbStorage::create(&dir.file(), &options).is_err(), "create refuses an existing file");
+}
+
+/// A file backend that can be "killed": from then on every call fails, so nothing more
+/// reaches the file (what a kill -9 leaves, minus the OS cache, which a kill keeps).
+#[derive(Debug)]
+struct KillableFile {
+    file: std::fs::File,
+    dead: Arc<AtomicBool>,
+}
+
+impl KillableFile {
+    fn check(&self) -> Result<(), std::io::Error> {
+        if self.dead.load(Ordering::Acquire) { Err(std::io::Error::other("killed")) } else { Ok(()) }
+    }
+}
+
+impl StorageBackend for KillableFile {
+    fn len(&self) -> Result<u64, std::io::Error> {
+        self.check()?;
+        Ok(self.file.metadata()?.len())
+    }
+    fn read(&self, offset: u64, out: &mut [u8]) -> Result<(), std::io::Error> {
+        self.check()?;
+        self.file.read_exact_at(out, offset)
+    }
+    fn set_len(&self, len: u64) -> Result<(), std::io::Error> {
+        self.check()?;
+        self.file.set_len(len)
+    }
+    fn sync_data(&self) -> Result<(), std::io::Error> {
+        self.check()?;
+        self.file.sync_data()
+    }
+    fn write(&self, offset: u64, data: &[u8]) -> Result<(), std::io::Error> {
+        self.check()?;
+        self.file.write_all_at(data, offset)
+    }
+}
+
+/// Opens `path` (created if absent) over a killable backend.
+fn killable(path: &Path, options: &RedbOptions) -> (RedbStorage, Arc<AtomicBool>) {
+    let file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path).expect("open");
+    let dead = Arc::new(AtomicBool::new(false));
+    let backend = KillableFile { file, dead: dead.clone() };
+    let storage = RedbStorage::with_backend(backend, path.display().to_string(), options).expect("open");
+    (storage, dead)
+}
+
+#[test]
+fn sync_makes_earlier_writes_durable_and_unsynced_writes_die_with_the_process() {
+    let dir = TempDir::new("kill");
+    let options = RedbOptions::default();
+    let (storage, dead) = killable(&dir.file(), &options);
+    storage.write(&put(1, &[("a", Some("1"))])).expect("write");
+    storage.write(&put(2, &[("b", Some("2"))])).expect("write");
+    storage.sync().expect("sync");
+    storage.write(&put(3, &[("c", Some("3")), ("a", None)])).expect("write");
+    assert_eq!(get(&storage, "c").as_deref(), Some("3"), "an unsynced write is visible");
+    dead.store(true, Ordering::Release);
+    drop(storage); // its clean close fails: nothing more reaches the file
+
+    let storage = RedbStorage::open(&dir.file(), &options).expect("recovers");
+    assert_eq!(get(&storage, "a").as_deref(), Some("1"));
+    assert_eq!(get(&storage, "b").as_deref(), Some("2"));
+    assert_eq!(get(&storage, "c"), None, "the unsynced batch was lost whole");
+}
+
+/// Overwrites every occurrence of `needle` in the file with 0x55 bytes; returns how many.
+fn scribble_over(path: &Path, needle: &[u8]) -> usize {
+    let mut bytes = std::fs::read(path).expect("read");
+    let mut hits = 0;
+    let mut i = 0;
+    while i + needle.len() <= bytes.len() {
+        if &bytes[i..i + needle.len()] == needle {
+            bytes[i..i + needle.len()].fill(0x55);
+            hits += 1;
+            i += needle.len();
+        } else {
+            i += 1;
+        }
+    }
+    std::fs::write(path, bytes).expect("write");
+    hits
+}
+
+/// A value that is easy to find in the file.
+fn marker(tag: &str) -> String {
+    format!("<<memo-test-marker-{tag}>>").repeat(8)
+}
+
+#[test]
+fn a_damaged_file_is_an_error_naming_it_after_a_clean_close() {
+    let dir = TempDir::new("damaged");
+    let options = RedbOptions::default();
+    let storage = RedbStorage::create(&dir.file(), &options).expect("create");
+    let value = marker("clean");
+    for i in 0..100 {
+        storage.write(&put(i + 1, &[(&format!("key{i:03}"), Some(&value))])).expect("write");
+    }
+    storage.sync().expect("sync");
+    storage.close().expect("close");
+    assert!(scribble_over(&dir.file(), value.as_bytes()) > 0);
+    let error = RedbStorage::open(&dir.file(), &options).expect_err("a damaged file does not open");
+    assert!(error.0.contains(&dir.file().display().to_string()), "{error}");
+    assert!(error.0.contains("corrupt"), "{error}");
+}
+
+#[test]
+fn damage_to_the_newest_commit_after_a_crash_is_an_error_not_a_rollback() {
+    let dir = TempDir::new("rollback");
+    let options = RedbOptions::default();
+    assert!(options.two_phase_commit);
+    let (storage, dead) = killable(&dir.file(), &options);
+    storage.write(&put(1, &[("k", Some(&marker("old")))])).expect("write");
+    storage.sync().expect("sync");
+    storage.write(&put(2, &[("k", Some(&marker("new")))])).expect("write");
+    storage.sync().expect("sync");
+    dead.store(true, Ordering::Release);
+    drop(storage);
+    assert!(scribble_over(&dir.file(), marker("new").as_bytes()) > 0);
+    let opened = RedbStorage::open(&dir.file(), &options);
+    let error = opened.map(|s| get(&s, "k")).expect_err("the damaged newest commit is reported");
+    assert!(error.0.contains(&dir.file().display().to_string()), "{error}");
+}
+
+#[test]
+fn one_phase_commits_would_roll_back_silently() {
+    // Why two-phase commits are the default: the same damage with one-phase commits makes
+    // redb fall back to the previous commit, forgetting an acknowledged write.
+    let dir = TempDir::new("one-phase");
+    let options = RedbOptions { two_phase_commit: false, ..RedbOptions::default() };
+    let (storage, dead) = killable(&dir.file(), &options);
+    storage.write(&put(1, &[("k", Some(&marker("old")))])).expect("write");
+    storage.sync().expect("sync");
+    storage.write(&put(2, &[("k", Some(&marker("new")))])).expect("write");
+    storage.sync().expect("sync");
+    dead.store(true, Ordering::Release);
+    drop(storage);
+    assert!(scribble_over(&dir.file(), marker("new").as_bytes()) > 0);
+    let storage = RedbStorage::open(&dir.file(), &options).expect("opens after rolling back");
+    assert_eq!(get(&storage, "k"), Some(marker("old")));
+}
+
+#[test]
+fn truncated_foreign_and_missing_files_are_errors_naming_them() {
+    let dir = TempDir::new("bad-files");
+    let options = RedbOptions::default();
+    let path = dir.file();
+    let named = |error: StorageError| {
+        assert!(error.0.contains(&path.display().to_string()), "{error}");
+        error.0
+    };
+
+    named(RedbStorage::open(&path, &options).expect_err("a missing file"));
+
+    std::fs::write(&path, b"this is not a redb database, just some text".repeat(200)).expect("write");
+    named(RedbStorage::open(&path, &options).expect_err("a foreign file"));
+    std::fs::remove_file(&path).expect("remove");
+
+    let storage = RedbStorage::create(&path, &options).expect("create");
+    for i in 0..200 {
+        storage.write(&put(i + 1, &[(&format!("key{i:03}"), Some(&marker("t")))])).expect("write");
+    }
+    storage.sync().expect("sync");
+    storage.close().expect("close");
+    let len = std::fs::metadata(&path).expect("metadata").len();
+    OpenOptions::new().write(true).open(&path).expect("open").set_len(len / 2).expect("truncate");
+    named(RedbStorage::open(&path, &options).expect_err("a truncated file"));
+}
+
+#[test]
+fn a_database_open_in_another_handle_is_refused() {
+    let dir = TempDir::new("locked");
+    let options = RedbOptions::default();
+    let _first = RedbStorage::create(&dir.file(), &options).expect("create");
+    let error = RedbStorage::open(&dir.file(), &options).expect_err("already open");
+    assert!(error.0.contains("already open"), "{error}");
+}
