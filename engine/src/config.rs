@@ -59,8 +59,9 @@ pub struct Config {
     pub request_timeout: Duration,
     /// How long the receiving node waits for the primary to answer a forwarded request.
     pub forward_timeout: Duration,
-    /// How long a node coordinates a partition's requests itself after its primary failed
-    /// to answer a forward.
+    /// How long a node coordinates a partition's writes itself after its primary failed
+    /// to answer a forward, unless it hears from the primary sooner (any message ends the
+    /// suspicion). Coordinating locally is always safe; only the fast path is lost.
     pub primary_suspicion: Duration,
     /// Upper bound of the randomized backoff after a ballot conflict.
     pub backoff_max: Duration,
@@ -101,7 +102,7 @@ impl Config {
             round_timeout: Duration::from_millis(500),
             request_timeout: Duration::from_secs(5),
             forward_timeout: Duration::from_millis(1000),
-            primary_suspicion: Duration::from_secs(5),
+            primary_suspicion: Duration::from_secs(60),
             backoff_max: Duration::from_millis(20),
             gc_delay: Duration::from_secs(10),
             requests_in_flight_max: 100_000,

@@ -345,3 +345,28 @@ fn list_resolves_a_minority_accepted_key_before_listing_it() {
     sim.isolate(p);
     assert_eq!(call(&mut sim, b, Request::fetch(key)), value("v"), "what List saw is chosen");
 }
+
+#[test]
+fn a_dead_primary_costs_one_unknown_write_then_writes_are_coordinated_elsewhere() {
+    // Routing: writes are forwarded to the primary. When it stops answering, the first
+    // forwarded write's outcome is unknown (the primary may still apply it), and the node
+    // then coordinates that primary's writes itself until it hears from it again.
+    let mut sim = sim(11);
+    let key = "dead-primary";
+    let (p, a, _) = roles(&sim, key);
+    assert_eq!(call(&mut sim, a, Request::upsert(key, "v0")), Ok(Response::Done));
+    sim.crash(p);
+    assert!(matches!(call(&mut sim, a, Request::upsert(key, "v1")), Err(KvError::Unavailable(_))));
+    for i in 0..20 {
+        let v = format!("v{}", i + 2);
+        assert_eq!(call(&mut sim, a, Request::upsert(key, v.as_str())), Ok(Response::Done), "write {i}");
+        sim.run_for(Duration::from_millis(500)); // well past a fixed suspicion period
+    }
+    sim.restart(p);
+    sim.run_for(Duration::from_millis(200));
+    // Once the primary is heard from again (here: it answers a's reads), writes return to it.
+    assert_eq!(call(&mut sim, a, Request::fetch(key)), value("v21"));
+    let forwards = sim.node(a).unwrap().stats().forwards;
+    assert_eq!(call(&mut sim, a, Request::upsert(key, "back")), Ok(Response::Done));
+    assert_eq!(sim.node(a).unwrap().stats().forwards, forwards + 1, "forwarded to the primary again");
+}

@@ -366,6 +366,10 @@ impl<S: Storage> Node<S> {
             self.stats.peer_errors += 1;
             return Err(e);
         }
+        // A node we hear from is alive: forward to it again.
+        if !self.suspected.is_empty() {
+            self.suspected.remove(&envelope.from);
+        }
         self.dispatch(envelope.from, envelope.message, now);
         self.drive(now);
         Ok(())

@@ -46,20 +46,28 @@ pub async fn run(args: DevArgs) -> Result<(), String> {
 
 /// What a newcomer needs: where the nodes are and how to talk to them. Each node line
 /// reads `  NAME  ADDR` (tests parse it).
+/// Writing to a closed stdout (a parent that stopped reading) is not an error worth
+/// stopping the cluster for, so write failures are ignored.
 fn print_banner(cluster: &memo_node::DevCluster, partitions: u32, replication: u32, data_dir: Option<&Path>) {
+    use std::io::Write;
     let nodes = cluster.nodes();
     let storage = match data_dir {
         Some(dir) => format!("redb silos in {}", dir.display()),
         None => "memory silos: data is lost at exit".into(),
     };
-    println!("memo dev: {} nodes, {partitions} partitions, replication {replication} ({storage})", nodes.len());
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(
+        out,
+        "memo dev: {} nodes, {partitions} partitions, replication {replication} ({storage})",
+        nodes.len()
+    );
     for node in nodes {
-        println!("  {}  {}", node.id().name, node.local_addr());
+        let _ = writeln!(out, "  {}  {}", node.id().name, node.local_addr());
     }
-    let first = nodes[0].local_addr();
-    let last = nodes[nodes.len() - 1].local_addr();
-    println!("try:");
-    println!("  memo kv upsert --endpoint {first} hello world");
-    println!("  memo kv get --endpoint {last} hello");
-    println!("Ctrl-C stops the cluster.");
+    let (Some(first), Some(last)) = (nodes.first(), nodes.last()) else { return };
+    let _ = writeln!(out, "try:");
+    let _ = writeln!(out, "  memo kv upsert --endpoint {} hello world", first.local_addr());
+    let _ = writeln!(out, "  memo kv get --endpoint {} hello", last.local_addr());
+    let _ = writeln!(out, "Ctrl-C stops the cluster.");
+    let _ = out.flush();
 }
