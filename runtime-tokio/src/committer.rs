@@ -101,7 +101,7 @@ fn apply_group(storage: &SharedStorage, group: &[PersistBatch]) -> Result<BatchI
         storage.write(batch)?;
         last = batch.id;
     }
-    storage.sync()?;
+    crate::metrics::timed_sync(group.len(), || storage.sync())?;
     Ok(last)
 }
 

@@ -10,7 +10,10 @@
 //!   ([`silo::redb`]) in a data directory ([`datadir`]);
 //! - one **outbound link** per peer ([`peer`]), batching messages onto a gRPC stream;
 //! - the **gRPC server** on one port for both `memo.kvs.KeyValueStore` (the public API,
-//!   [`service`]) and `memo.peer.Peer`.
+//!   [`service`]) and `memo.peer.Peer`, plus gRPC health and reflection in real builds
+//!   (`health.rs`);
+//! - optionally, **Prometheus metrics** on a port of their own ([`metrics`],
+//!   [`install_prometheus`]).
 //!
 //! Everything is written against `madsim-tokio`/`madsim-tonic` under the names
 //! `tokio`/`tonic`, so the same code runs in the deterministic simulator: time comes
@@ -30,6 +33,8 @@ pub mod clock;
 pub mod committer;
 pub mod datadir;
 pub mod dev;
+mod health;
+pub mod metrics;
 mod node;
 pub mod peer;
 mod server;
@@ -41,11 +46,13 @@ pub use clock::{Clock, MonotonicClock};
 pub use committer::CommitMode;
 pub use datadir::DataDir;
 pub use dev::{DevCluster, DevOptions, spawn_dev_cluster};
+pub use metrics::install_prometheus;
 pub use peer::PeerTransport;
 pub use server::Listener;
 pub use service::status_from;
 pub use silo::{RedbOptions, RedbStorage};
 
+use health::Health;
 use memo_engine::config::KEY_BYTES_MAX;
 use memo_engine::storage::StorageError;
 use memo_engine::{ClusterId, Config, Node, NodeId, StartError, Stats, Storage};
@@ -101,6 +108,9 @@ pub enum Error {
     /// One of the node's tasks stopped unexpectedly (its error was logged).
     #[error("the node's {0} stopped unexpectedly")]
     TaskFailed(&'static str),
+    /// An operations endpoint (gRPC reflection, the metrics exporter) could not be set up.
+    #[error("{0}")]
+    Ops(String),
 }
 
 /// Everything a node needs besides its silo.
@@ -159,6 +169,7 @@ pub struct NodeHandle {
     addr: SocketAddr,
     control: mpsc::Sender<Control>,
     admission: Arc<Admission>,
+    health: Health,
     stop_server: watch::Sender<bool>,
     stop_node: watch::Sender<bool>,
     server: JoinHandle<Result<(), tonic::transport::Error>>,
@@ -201,11 +212,12 @@ impl NodeHandle {
         outcome.map_err(|_| Error::TaskFailed("event loop"))?
     }
 
-    /// Stops the node gracefully: new client calls are refused with UNAVAILABLE while
-    /// the admitted ones finish (for up to [`SHUTDOWN_GRACE`], with peer traffic still
-    /// flowing); then the server closes, and the engine, the committer (after committing
-    /// what is queued) and the links stop.
+    /// Stops the node gracefully: gRPC health turns NOT_SERVING and new client calls are
+    /// refused with UNAVAILABLE while the admitted ones finish (for up to
+    /// [`SHUTDOWN_GRACE`], with peer traffic still flowing); then the server closes, and
+    /// the engine, the committer (after committing what is queued) and the links stop.
     pub async fn shutdown(mut self) -> Result<(), Error> {
+        self.health.set_serving(false).await;
         if !self.admission.drain(SHUTDOWN_GRACE).await {
             tracing::warn!(node = %self.id, "in-flight calls outlived the grace period");
         }
@@ -251,6 +263,17 @@ pub async fn spawn_node_on(
     let node = Node::new(options.config.clone(), storage.clone(), options.seed, options.clock.now())?;
     let (stop_node, stop_node_rx) = watch::channel(false);
     let (stop_server, stop_server_rx) = watch::channel(false);
+    let (calls, calls_rx) = mpsc::channel(node::CALL_QUEUE_MAX);
+    let (inbound, inbound_rx) = mpsc::channel(node::INBOUND_QUEUE_BATCHES_MAX);
+    let (control, control_rx) = mpsc::channel(node::CONTROL_QUEUE_MAX);
+    let name: Arc<str> = me.name.as_str().into();
+
+    // The services first: nothing is running yet if they cannot be set up.
+    let admission = Arc::new(Admission::default());
+    let kv = KvService { calls, reply_timeout, admission: admission.clone(), node: name.clone() };
+    let peer = PeerService { cluster: node.cluster(), inbound, stop: stop_server_rx.clone() };
+    let health = Health::default();
+    let router = server::router(kv, kv_message_bytes_max, peer, &health)?;
 
     let (commits, commits_rx) = mpsc::channel(committer::COMMIT_QUEUE_BATCHES_MAX);
     let (durable_tx, durable) = watch::channel(0);
@@ -260,10 +283,12 @@ pub async fn spawn_node_on(
 
     let header = BatchHeader { cluster: node.cluster(), from: me.clone(), restart: node.restart() };
     let (peers, links) = spawn_links(&options, &header, &stop_node_rx);
+    #[cfg(not(madsim))]
+    {
+        let queues = (peers.iter()).map(|(id, queue)| (id.name.clone(), queue.downgrade())).collect();
+        tokio::spawn(metrics::sample(name, control.clone(), queues, stop_node_rx.clone()));
+    }
 
-    let (calls, calls_rx) = mpsc::channel(node::CALL_QUEUE_MAX);
-    let (inbound, inbound_rx) = mpsc::channel(node::INBOUND_QUEUE_BATCHES_MAX);
-    let (control, control_rx) = mpsc::channel(node::CONTROL_QUEUE_MAX);
     let event_loop = EventLoop {
         node,
         clock: options.clock.clone(),
@@ -273,11 +298,8 @@ pub async fn spawn_node_on(
         next_request: 0,
     };
     let event_loop = tokio::spawn(event_loop.run());
-
-    let admission = Arc::new(Admission::default());
-    let kv = KvService { calls, reply_timeout, admission: admission.clone() };
-    let peer = PeerService { cluster: header.cluster, inbound, stop: stop_server_rx.clone() };
-    let server = tokio::spawn(server::serve(listener, kv, kv_message_bytes_max, peer, stop_server_rx));
+    health.set_serving(true).await;
+    let server = tokio::spawn(server::serve(listener, router, stop_server_rx));
     tracing::info!(node = %me, %addr, "serving");
     Ok(NodeHandle {
         id: me,
@@ -285,6 +307,7 @@ pub async fn spawn_node_on(
         addr,
         control,
         admission,
+        health,
         stop_server,
         stop_node,
         server,

@@ -188,6 +188,7 @@ impl EventLoop {
         let bytes = memo_engine::message::encode(&transmit.envelope);
         if queue.try_send(bytes).is_err() {
             tracing::trace!(to = %transmit.to, "peer queue full or closed; message dropped");
+            crate::metrics::peer_message_dropped(&self.node.id().name, &transmit.to.name);
         }
     }
 }

@@ -1,5 +1,5 @@
 //! The node's one listening port, serving both `memo.kvs.KeyValueStore` and
-//! `memo.peer.Peer`.
+//! `memo.peer.Peer` (and, in real builds, gRPC health and reflection).
 //!
 //! Binding is separate from serving so that callers can bind port 0 first, learn the
 //! address, and build the peer table before any node starts (tests, `memo dev`). Real
@@ -7,12 +7,14 @@
 //! simulation the listener is just the address and the simulated server binds it.
 
 use crate::Error;
+use crate::health::Health;
 use crate::peer::{PEER_KEEPALIVE_INTERVAL, PEER_MESSAGE_BYTES_MAX, PeerService};
 use crate::service::KvService;
 use memo_proto::kvs::key_value_store_server::KeyValueStoreServer;
 use memo_proto::peer::peer_server::PeerServer;
 use std::net::SocketAddr;
 use tokio::sync::watch;
+use tonic::transport::server::Router;
 
 /// A bound listening address, ready for [`crate::spawn_node_on`].
 #[derive(Debug)]
@@ -44,20 +46,29 @@ impl Listener {
     }
 }
 
-/// Serves both services until `stop` is set, then finishes in-flight calls.
-pub(crate) async fn serve(
-    listener: Listener,
+/// The node's services on one router: `memo.kvs.KeyValueStore` and `memo.peer.Peer`,
+/// plus gRPC health and reflection in real builds ([`crate::health`]).
+pub(crate) fn router(
     kv: KvService,
     kv_message_bytes_max: usize,
     peer: PeerService,
-    mut stop: watch::Receiver<bool>,
-) -> Result<(), tonic::transport::Error> {
+    health: &Health,
+) -> Result<Router, Error> {
     let kv = KeyValueStoreServer::new(kv).max_decoding_message_size(kv_message_bytes_max);
     let peer = PeerServer::new(peer).max_decoding_message_size(PEER_MESSAGE_BYTES_MAX);
     let router = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(PEER_KEEPALIVE_INTERVAL))
         .add_service(kv)
         .add_service(peer);
+    health.mount(router)
+}
+
+/// Serves `router` until `stop` is set, then finishes in-flight calls.
+pub(crate) async fn serve(
+    listener: Listener,
+    router: Router,
+    mut stop: watch::Receiver<bool>,
+) -> Result<(), tonic::transport::Error> {
     let signal = async move {
         // A dropped sender also means stop.
         let _ = stop.wait_for(|stopped| *stopped).await;

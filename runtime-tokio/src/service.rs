@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
-use tonic::Status;
+use tonic::{Code, Status};
 
 /// How much longer than the engine's request deadline a call waits for its answer. The
 /// engine answers every request by its deadline; this only guards against a loop that
@@ -31,6 +31,30 @@ pub fn status_from(error: KvError) -> Status {
         KvError::Unavailable(why) => Status::unavailable(why),
         KvError::ResourceExhausted(why) => Status::resource_exhausted(why),
         KvError::Internal(why) => Status::internal(why),
+    }
+}
+
+/// The canonical name of a gRPC status code, e.g. `NOT_FOUND` (the `code` label of
+/// the request metrics, and what `memo kv` prints).
+pub fn code_name(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "CANCELLED",
+        Code::Unknown => "UNKNOWN",
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::NotFound => "NOT_FOUND",
+        Code::AlreadyExists => "ALREADY_EXISTS",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Aborted => "ABORTED",
+        Code::OutOfRange => "OUT_OF_RANGE",
+        Code::Unimplemented => "UNIMPLEMENTED",
+        Code::Internal => "INTERNAL",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::DataLoss => "DATA_LOSS",
+        Code::Unauthenticated => "UNAUTHENTICATED",
     }
 }
 
@@ -87,9 +111,26 @@ pub(crate) struct KvService {
     /// The engine's request deadline, plus [`REPLY_GRACE`].
     pub reply_timeout: Duration,
     pub admission: Arc<Admission>,
+    /// This node's name, the `node` label of its request metrics.
+    pub node: Arc<str>,
 }
 
 impl KvService {
+    /// Runs one RPC, recording its outcome and duration when metrics are enabled
+    /// ([`crate::metrics`]); a call the client abandons counts as CANCELLED.
+    async fn observe<T>(&self, rpc: &'static str, call: impl Future<Output = RpcResult<T>>) -> RpcResult<T> {
+        if !crate::metrics::enabled() {
+            return call.await;
+        }
+        let mut timer = RpcTimer { node: &self.node, rpc, started: tokio::time::Instant::now(), code: Code::Cancelled };
+        let result = call.await;
+        timer.code = match &result {
+            Ok(_) => Code::Ok,
+            Err(status) => status.code(),
+        };
+        result
+    }
+
     /// Submits a request and waits for the engine's answer.
     async fn submit(&self, request: Request) -> Result<Response, Status> {
         let Some(_admitted) = self.admission.enter() else {
@@ -118,6 +159,20 @@ impl KvService {
     }
 }
 
+/// Records an RPC when dropped: when it finished, or when the client abandoned it.
+struct RpcTimer<'a> {
+    node: &'a Arc<str>,
+    rpc: &'static str,
+    started: tokio::time::Instant,
+    code: Code,
+}
+
+impl Drop for RpcTimer<'_> {
+    fn drop(&mut self) {
+        crate::metrics::record_rpc(self.node, self.rpc, self.code, self.started.elapsed());
+    }
+}
+
 fn queue_error(e: mpsc::error::TrySendError<Call>) -> KvError {
     match e {
         mpsc::error::TrySendError::Full(_) => {
@@ -141,49 +196,67 @@ type RpcResult<T> = Result<tonic::Response<T>, Status>;
 #[tonic::async_trait]
 impl KeyValueStore for KvService {
     async fn insert(&self, request: tonic::Request<InsertRequest>) -> RpcResult<InsertResponse> {
-        let InsertRequest { key, value } = request.into_inner();
-        self.write(Request::insert(key, value)).await?;
-        Ok(tonic::Response::new(InsertResponse {}))
+        self.observe("Insert", async {
+            let InsertRequest { key, value } = request.into_inner();
+            self.write(Request::insert(key, value)).await?;
+            Ok(tonic::Response::new(InsertResponse {}))
+        })
+        .await
     }
 
     async fn update(&self, request: tonic::Request<UpdateRequest>) -> RpcResult<UpdateResponse> {
-        let UpdateRequest { key, value } = request.into_inner();
-        self.write(Request::update(key, value)).await?;
-        Ok(tonic::Response::new(UpdateResponse {}))
+        self.observe("Update", async {
+            let UpdateRequest { key, value } = request.into_inner();
+            self.write(Request::update(key, value)).await?;
+            Ok(tonic::Response::new(UpdateResponse {}))
+        })
+        .await
     }
 
     async fn upsert(&self, request: tonic::Request<UpsertRequest>) -> RpcResult<UpsertResponse> {
-        let UpsertRequest { key, value } = request.into_inner();
-        self.write(Request::upsert(key, value)).await?;
-        Ok(tonic::Response::new(UpsertResponse {}))
+        self.observe("Upsert", async {
+            let UpsertRequest { key, value } = request.into_inner();
+            self.write(Request::upsert(key, value)).await?;
+            Ok(tonic::Response::new(UpsertResponse {}))
+        })
+        .await
     }
 
     async fn fetch(&self, request: tonic::Request<FetchRequest>) -> RpcResult<FetchResponse> {
-        let FetchRequest { key } = request.into_inner();
-        match self.submit(Request::fetch(key)).await? {
-            Response::Value(value) => Ok(tonic::Response::new(FetchResponse { value })),
-            other => Err(unexpected(&other)),
-        }
+        self.observe("Fetch", async {
+            let FetchRequest { key } = request.into_inner();
+            match self.submit(Request::fetch(key)).await? {
+                Response::Value(value) => Ok(tonic::Response::new(FetchResponse { value })),
+                other => Err(unexpected(&other)),
+            }
+        })
+        .await
     }
 
     async fn delete(&self, request: tonic::Request<DeleteRequest>) -> RpcResult<DeleteResponse> {
-        let DeleteRequest { key } = request.into_inner();
-        self.write(Request::delete(key)).await?;
-        Ok(tonic::Response::new(DeleteResponse {}))
+        self.observe("Delete", async {
+            let DeleteRequest { key } = request.into_inner();
+            self.write(Request::delete(key)).await?;
+            Ok(tonic::Response::new(DeleteResponse {}))
+        })
+        .await
     }
 
     async fn list(&self, request: tonic::Request<ListRequest>) -> RpcResult<ListResponse> {
-        let ListRequest { prefix, marker, delimiter, max_keys } = request.into_inner();
-        let query = ListQuery { prefix, marker, delimiter, max_keys };
-        let page = match self.submit(Request::List(query)).await? {
-            Response::List(page) => page,
-            other => return Err(unexpected(&other)),
-        };
-        Ok(tonic::Response::new(ListResponse {
-            items: page.items.into_iter().map(|key| ListItem { key }).collect(),
-            prefixes: page.prefixes,
-            truncated: page.truncated,
-        }))
+        self.observe("List", async {
+            let ListRequest { prefix, marker, delimiter, max_keys } = request.into_inner();
+            let query = ListQuery { prefix, marker, delimiter, max_keys };
+            let page = match self.submit(Request::List(query)).await? {
+                Response::List(page) => page,
+                other => return Err(unexpected(&other)),
+            };
+            Ok(tonic::Response::new(ListResponse {
+                items: page.items.into_iter().map(|key| ListItem { key }).collect(),
+                prefixes: page.prefixes,
+                truncated: page.truncated,
+            }))
+        })
+        .await
     }
 }
 

@@ -23,9 +23,15 @@ pub struct DevArgs {
     /// directory and flags finds it again. Without it, data lives in memory.
     #[arg(long)]
     data_dir: Option<PathBuf>,
+    /// Serve Prometheus metrics of every node on this address (HOST:PORT).
+    #[arg(long, env = "MEMO_METRICS_ADDR")]
+    metrics_addr: Option<std::net::SocketAddr>,
 }
 
 pub async fn run(args: DevArgs) -> Result<(), String> {
+    if let Some(addr) = args.metrics_addr {
+        memo_node::install_prometheus(addr).map_err(|e| e.to_string())?;
+    }
     let mut options = DevOptions::new(args.nodes, args.base_port, super::os_seed());
     options.partitions = args.partitions;
     options.replication = args.replication;

@@ -24,6 +24,9 @@ pub struct RunArgs {
     /// Address to listen on for clients and peers (HOST:PORT).
     #[arg(long, env = "MEMO_LISTEN", value_parser = parse_addr)]
     listen: SocketAddr,
+    /// Serve Prometheus metrics on this address (HOST:PORT); off by default.
+    #[arg(long, env = "MEMO_METRICS_ADDR", value_parser = parse_addr)]
+    metrics_addr: Option<SocketAddr>,
     /// Every node of the initial cluster, this one included: NAME=HOST:PORT,...
     #[arg(long, env = "MEMO_INITIAL_NODES", value_delimiter = ',', value_parser = parse_member, required = true)]
     initial_nodes: Vec<(String, SocketAddr)>,
@@ -65,6 +68,9 @@ fn parse_member(text: &str) -> Result<(String, SocketAddr), String> {
 
 pub async fn run(command: NodeCommand) -> Result<(), String> {
     let NodeCommand::Run(args) = command;
+    if let Some(addr) = args.metrics_addr {
+        memo_node::install_prometheus(addr).map_err(|e| e.to_string())?;
+    }
     let peers: BTreeMap<NodeId, SocketAddr> =
         (args.initial_nodes.iter()).map(|(name, addr)| (NodeId::initial(name.clone()), *addr)).collect();
     if peers.len() != args.initial_nodes.len() {
