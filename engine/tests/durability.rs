@@ -189,3 +189,30 @@ fn a_full_batch_is_closed_and_replies_wait_for_the_batch_that_holds_their_key() 
     node.handle_persisted(batches[2].id, Instant::from_nanos(5));
     assert_eq!(transmits(&mut node).len(), 3);
 }
+
+#[test]
+fn ids_echoed_by_replies_never_repeat_across_a_restart() {
+    // Replies sent to a node's previous life may arrive after it restarts; the ids they
+    // echo (read attempts, proposer attempts, forwarded requests) must not match any id of
+    // the new life, or a stale view or answer would be taken for a current one.
+    let storage = Arc::new(MemoryStorage::new());
+    let first_ids = |storage: &Arc<MemoryStorage>| {
+        let mut node = start(storage);
+        persist_all(&mut node, storage);
+        node.handle_request(RequestId(1), Request::fetch("k"), Instant::from_nanos(3));
+        node.handle_request(RequestId(2), Request::upsert("k", "v"), Instant::from_nanos(3));
+        let ids: Vec<u64> = transmits(&mut node)
+            .into_iter()
+            .filter_map(|m| match m {
+                Message::Read { attempt, .. } | Message::Prepare { attempt, .. } => Some(attempt),
+                Message::Forward { id, .. } => Some(id),
+                _ => None,
+            })
+            .collect();
+        assert!(!ids.is_empty());
+        ids
+    };
+    let life1 = first_ids(&storage);
+    let life2 = first_ids(&storage);
+    assert!(life1.iter().all(|id| !life2.contains(id)), "{life1:?} vs {life2:?}");
+}

@@ -60,6 +60,12 @@ struct PartScan {
     refused: usize,
 }
 
+impl Lists {
+    pub(super) fn starting_at(next: u64) -> Self {
+        Lists { rounds: BTreeMap::new(), scans: BTreeMap::new(), next }
+    }
+}
+
 impl<S: Storage> Node<S> {
     pub(super) fn start_list(&mut self, req: ReqKey, query: ListQuery, now: Instant) {
         for (name, s) in [("prefix", &query.prefix), ("marker", &query.marker), ("delimiter", &query.delimiter)] {

@@ -275,11 +275,11 @@ impl<S: Storage> Node<S> {
             transmits: VecDeque::new(),
             replies: VecDeque::new(),
             requests: BTreeMap::new(),
-            next_req: 0,
+            next_req: life_base(restart),
             next_op_seq: 0,
-            proposer: proposer::Proposer::default(),
-            reads: read::Reads::default(),
-            lists: list::Lists::default(),
+            proposer: proposer::Proposer::starting_at(life_base(restart)),
+            reads: read::Reads::starting_at(life_base(restart)),
+            lists: list::Lists::starting_at(life_base(restart)),
             forwards: acceptor::ForwardWindows::default(),
             suspected: BTreeMap::new(),
             forward_seq: BTreeMap::new(),
@@ -605,6 +605,14 @@ impl<S: Storage> Node<S> {
             Timer::List { list } => self.on_list_timeout(list, now),
         }
     }
+}
+
+/// The first id of this life's request, attempt, read and scan counters. Replies echo
+/// these ids, and a reply sent to an earlier life of this node may arrive after a restart:
+/// ids of different lives must never collide, so each life counts from its restart counter
+/// times 2^40 (a trillion ids per life).
+fn life_base(restart: u64) -> u64 {
+    restart.wrapping_shl(40)
 }
 
 fn answer_to_response(answer: Answer) -> Result<Response, KvError> {

@@ -185,6 +185,10 @@ impl Attempt {
 }
 
 impl Proposer {
+    pub(super) fn starting_at(next_attempt: AttemptId) -> Self {
+        Proposer { next_attempt, ..Proposer::default() }
+    }
+
     pub(super) fn keys(&self) -> usize {
         self.slots.len()
     }

@@ -48,6 +48,12 @@ struct ReadRound {
     timer: TimerHandle,
 }
 
+impl Reads {
+    pub(super) fn starting_at(next: u64) -> Self {
+        Reads { rounds: BTreeMap::new(), next }
+    }
+}
+
 impl<S: Storage> Node<S> {
     pub(super) fn start_read(&mut self, req: ReqKey, key: String, op: OpId, now: Instant) {
         let p = partition_of(key.as_bytes(), self.map.partitions());
