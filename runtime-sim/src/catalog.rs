@@ -1,0 +1,158 @@
+//! Every named scenario. A scenario's name is the name of the test that runs it, so the
+//! replay command `MADSIM_TEST_SEED=<seed> cargo simtest -p memo-sim-scenarios <name>`
+//! finds it; and a child process (see `run.rs`) can rebuild a scenario from its name.
+//! The premises are stated on the tests in `sim-scenarios/tests/`.
+
+use crate::options::{FaultKind, Mix, Scenario, Skew};
+use memo_engine::config::PlantedBug;
+use memo_node::PeerTransport;
+
+/// Minority partitions while clients write through every node.
+pub fn a_minority_partition_during_writes_keeps_the_majority_linearizable() -> Scenario {
+    Scenario::new("a_minority_partition_during_writes_keeps_the_majority_linearizable")
+        .nodes(3..=7)
+        .faults(&[FaultKind::MinorityPartition])
+}
+
+/// The hot key's primary cut off from its peers, still reachable by clients.
+pub fn an_isolated_primary_is_routed_around_and_answers_nothing_stale() -> Scenario {
+    Scenario::new("an_isolated_primary_is_routed_around_and_answers_nothing_stale")
+        .nodes(3..=5)
+        .faults(&[FaultKind::IsolatePrimary])
+        .episodes(2..=5)
+}
+
+/// One-way link cuts and random symmetric splits.
+pub fn one_way_and_symmetric_partitions_never_break_linearizability() -> Scenario {
+    Scenario::new("one_way_and_symmetric_partitions_never_break_linearizability")
+        .nodes(3..=5)
+        .faults(&[FaultKind::OneWayPartition, FaultKind::Partition])
+}
+
+/// Flapping links with unary peer calls.
+pub fn flapping_links_lose_messages_but_no_acknowledged_write() -> Scenario {
+    Scenario::new("flapping_links_lose_messages_but_no_acknowledged_write")
+        .nodes(3..=5)
+        .faults(&[FaultKind::FlappingLink])
+        .transport(PeerTransport::Unary)
+        .episodes(3..=6)
+}
+
+/// Power cuts between a batch's write and its sync, plus plain crashes.
+pub fn a_crash_during_accept_loses_only_unsynced_state() -> Scenario {
+    Scenario::new("a_crash_during_accept_loses_only_unsynced_state")
+        .nodes(3..=5)
+        .faults(&[FaultKind::PowerCut, FaultKind::Crash])
+        .mix(Mix::WRITE_HEAVY)
+        .episodes(6..=12)
+}
+
+/// Every node crashes at once; the cluster restarts from its disks.
+pub fn a_whole_cluster_restart_loses_no_acknowledged_write() -> Scenario {
+    Scenario::new("a_whole_cluster_restart_loses_no_acknowledged_write")
+        .nodes(3..=5)
+        .faults(&[FaultKind::WholeClusterRestart, FaultKind::Crash])
+        .episodes(2..=4)
+}
+
+/// Deletes and reinserts on few keys while nodes crash and tombstones are collected.
+pub fn a_delete_then_reinsert_across_crashes_never_resurrects_old_values() -> Scenario {
+    Scenario::new("a_delete_then_reinsert_across_crashes_never_resurrects_old_values")
+        .nodes(3..=5)
+        .keys(2..=4)
+        .faults(&[FaultKind::Crash, FaultKind::PowerCut])
+        .mix(Mix::CHURN)
+        .episodes(5..=10)
+}
+
+/// Nodes paused for up to 3 s.
+pub fn paused_nodes_resume_without_harm() -> Scenario {
+    Scenario::new("paused_nodes_resume_without_harm").nodes(3..=5).faults(&[FaultKind::Pause, FaultKind::Crash])
+}
+
+/// Packet loss and latency, unary peer calls, clients cut from nodes.
+pub fn a_lossy_slow_network_only_delays_answers() -> Scenario {
+    Scenario::new("a_lossy_slow_network_only_delays_answers")
+        .nodes(3..=5)
+        .faults(&[FaultKind::NetworkDegrade, FaultKind::ClientCut])
+        .transport(PeerTransport::Unary)
+}
+
+/// Wild clock offsets and drift, drift changes and jumps, with partitions and crashes.
+pub fn clock_skew_drift_and_jumps_never_break_linearizability() -> Scenario {
+    Scenario::new("clock_skew_drift_and_jumps_never_break_linearizability")
+        .nodes(3..=5)
+        .skew(Skew::Wild)
+        .faults(&[FaultKind::ClockJump, FaultKind::ClockDrift, FaultKind::MinorityPartition, FaultKind::Crash])
+        .episodes(6..=12)
+}
+
+/// Six to eight writers on one key.
+pub fn concurrent_writers_on_one_key_stay_linearizable() -> Scenario {
+    Scenario::new("concurrent_writers_on_one_key_stay_linearizable")
+        .nodes(3..=5)
+        .keys(1..=1)
+        .clients(6..=8)
+        .mix(Mix::WRITE_HEAVY)
+        .faults(&[FaultKind::MinorityPartition, FaultKind::Crash])
+        .episodes(2..=4)
+}
+
+/// The seed picks everything.
+pub fn swarm_any_seed_picks_the_cluster_faults_and_workload() -> Scenario {
+    Scenario::new("swarm_any_seed_picks_the_cluster_faults_and_workload").nodes(3..=7).swarm()
+}
+
+/// Every moving part at once, for the determinism test.
+pub fn one_seed_replays_to_the_same_event_history() -> Scenario {
+    Scenario::new("one_seed_replays_to_the_same_event_history").nodes(3..=5).faults(&[
+        FaultKind::MinorityPartition,
+        FaultKind::OneWayPartition,
+        FaultKind::Crash,
+        FaultKind::PowerCut,
+        FaultKind::Pause,
+        FaultKind::ClockJump,
+        FaultKind::NetworkDegrade,
+    ])
+}
+
+/// Reads answered by one replica (R5 broken on purpose), under partitions and crashes.
+pub fn the_simulator_finds_reads_answered_by_one_replica() -> Scenario {
+    Scenario::new("the_simulator_finds_reads_answered_by_one_replica")
+        .faults(&[FaultKind::MinorityPartition, FaultKind::IsolatePrimary, FaultKind::Crash])
+        .planted_bug(PlantedBug::ReadFromOneReplica)
+}
+
+/// Acceptors that ignore their promise (Paxos phase 2 broken on purpose).
+pub fn the_simulator_finds_acceptors_that_ignore_their_promise() -> Scenario {
+    Scenario::new("the_simulator_finds_acceptors_that_ignore_their_promise")
+        .keys(1..=2)
+        .clients(5..=8)
+        .mix(Mix::WRITE_HEAVY)
+        .faults(&[FaultKind::MinorityPartition, FaultKind::Crash, FaultKind::NetworkDegrade])
+        .planted_bug(PlantedBug::AcceptIgnoresPromise)
+}
+
+/// Every scenario of the catalog.
+pub const ALL: &[fn() -> Scenario] = &[
+    a_minority_partition_during_writes_keeps_the_majority_linearizable,
+    an_isolated_primary_is_routed_around_and_answers_nothing_stale,
+    one_way_and_symmetric_partitions_never_break_linearizability,
+    flapping_links_lose_messages_but_no_acknowledged_write,
+    a_crash_during_accept_loses_only_unsynced_state,
+    a_whole_cluster_restart_loses_no_acknowledged_write,
+    a_delete_then_reinsert_across_crashes_never_resurrects_old_values,
+    paused_nodes_resume_without_harm,
+    a_lossy_slow_network_only_delays_answers,
+    clock_skew_drift_and_jumps_never_break_linearizability,
+    concurrent_writers_on_one_key_stay_linearizable,
+    swarm_any_seed_picks_the_cluster_faults_and_workload,
+    one_seed_replays_to_the_same_event_history,
+    the_simulator_finds_reads_answered_by_one_replica,
+    the_simulator_finds_acceptors_that_ignore_their_promise,
+];
+
+/// The scenario called `name`.
+pub fn by_name(name: &str) -> Option<Scenario> {
+    ALL.iter().map(|f| f()).find(|s| s.name == name)
+}

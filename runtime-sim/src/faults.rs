@@ -1,0 +1,156 @@
+//! The fault scheduler: each [`Episode`] of the seed's schedule runs as a task on the
+//! supervisor that sleeps until its start, applies its fault, waits out its duration and
+//! undoes it. Episodes may overlap; the cluster's bookkeeping (counted link cuts, the
+//! episode that holds a node down or paused) keeps overlapping faults from undoing each
+//! other. After the final heal no episode acts any more.
+
+use crate::cluster::{Cluster, Host};
+use crate::options::{Episode, Fault};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::{Instant, sleep, sleep_until};
+
+/// How often a power-cut episode looks whether the cut has fired.
+const POWER_CUT_POLL: Duration = Duration::from_millis(5);
+
+/// Runs episode `token` of the schedule; `origin` is the start of the safety phase.
+pub async fn run_episode(cluster: Arc<Cluster>, token: u64, origin: Instant, episode: Episode) {
+    sleep_until(origin + episode.at).await;
+    if !cluster.faults_on() {
+        return;
+    }
+    let rec = &cluster.rec;
+    let until = Instant::now() + episode.duration;
+    let fault = &episode.fault;
+    let tag = format!("E{token}");
+    match fault {
+        Fault::Partition { left, right } => {
+            let links = cross(left, right);
+            rec.note("FAULT", format!("{tag} {fault} for {}ms", episode.duration.as_millis()));
+            links.iter().for_each(|&(a, b)| cluster.cut(a, b));
+            sleep_until(until).await;
+            links.iter().for_each(|&(a, b)| cluster.uncut(a, b));
+            rec.note("HEAL", format!("{tag} {fault} healed"));
+        }
+        Fault::OneWay { links } => {
+            let links: Vec<(Host, Host)> = links.iter().map(|&(a, b)| (Host::Server(a), Host::Server(b))).collect();
+            rec.note("FAULT", format!("{tag} {fault} for {}ms", episode.duration.as_millis()));
+            links.iter().for_each(|&(a, b)| cluster.cut(a, b));
+            sleep_until(until).await;
+            links.iter().for_each(|&(a, b)| cluster.uncut(a, b));
+            rec.note("HEAL", format!("{tag} {fault} healed"));
+        }
+        Fault::Flap { a, b, period } => {
+            let (a, b) = (Host::Server(*a), Host::Server(*b));
+            rec.note("FAULT", format!("{tag} {fault} for {}ms", episode.duration.as_millis()));
+            while Instant::now() < until && cluster.faults_on() {
+                cluster.cut(a, b);
+                cluster.cut(b, a);
+                sleep(*period).await;
+                cluster.uncut(a, b);
+                cluster.uncut(b, a);
+                sleep(*period).await;
+            }
+            rec.note("HEAL", format!("{tag} {fault} ended"));
+        }
+        Fault::Crash { node } => {
+            if !cluster.crash(*node, token) {
+                return rec.note("SKIP", format!("{tag} {fault}: the node is down or paused"));
+            }
+            rec.note("FAULT", format!("{tag} {fault}, down for {}ms", episode.duration.as_millis()));
+            sleep_until(until).await;
+            if cluster.faults_on() {
+                cluster.restart(*node, token);
+            }
+        }
+        Fault::PowerCut { node, calls, down } => power_cut(&cluster, &tag, token, *node, *calls, *down, until).await,
+        Fault::Pause { node } => {
+            if !cluster.pause(*node, token) {
+                return rec.note("SKIP", format!("{tag} {fault}: the node is down or paused"));
+            }
+            rec.note("FAULT", format!("{tag} {fault} for {}ms", episode.duration.as_millis()));
+            sleep_until(until).await;
+            cluster.resume(*node, token);
+            rec.note("HEAL", format!("{tag} n{} resumed", node + 1));
+        }
+        Fault::ClockJump { node, delta_ms } => {
+            cluster.servers[*node].clock.jump(delta_ms * 1_000_000);
+            rec.note("FAULT", format!("{tag} {fault}"));
+        }
+        Fault::ClockDrift { node, drift_ppm } => {
+            let clock = &cluster.servers[*node].clock;
+            clock.set_drift(*drift_ppm);
+            rec.note("FAULT", format!("{tag} {fault} for {}ms", episode.duration.as_millis()));
+            sleep_until(until).await;
+            clock.set_drift(cluster.opts.clocks[*node].drift_ppm);
+            rec.note("HEAL", format!("{tag} n{} drift back to baseline", node + 1));
+        }
+        Fault::Degrade { loss_permille, latency_ms } => {
+            rec.note("FAULT", format!("{tag} {fault} for {}ms", episode.duration.as_millis()));
+            cluster.degrade(token, Some((*loss_permille as f64 / 1000.0, *latency_ms)));
+            sleep_until(until).await;
+            cluster.degrade(token, None);
+            rec.note("HEAL", format!("{tag} network back to normal"));
+        }
+        Fault::RestartAll => {
+            let crashed: Vec<usize> = (0..cluster.servers.len()).filter(|&i| cluster.crash(i, token)).collect();
+            rec.note(
+                "FAULT",
+                format!("{tag} {fault}: {} nodes down for {}ms", crashed.len(), episode.duration.as_millis()),
+            );
+            sleep_until(until).await;
+            if cluster.faults_on() {
+                crashed.iter().for_each(|&i| cluster.restart(i, token));
+            }
+        }
+        Fault::ClientCut { client, node } => {
+            let (c, s) = (Host::Client(*client), Host::Server(*node));
+            rec.note("FAULT", format!("{tag} {fault} for {}ms", episode.duration.as_millis()));
+            cluster.cut(c, s);
+            cluster.cut(s, c);
+            sleep_until(until).await;
+            cluster.uncut(c, s);
+            cluster.uncut(s, c);
+            rec.note("HEAL", format!("{tag} {fault} healed"));
+        }
+    }
+}
+
+/// Arms `node`'s disk; if the cut fires before `until`, buries the node and restarts it
+/// `down` later.
+async fn power_cut(cluster: &Cluster, tag: &str, token: u64, node: usize, calls: u32, down: Duration, until: Instant) {
+    let rec = &cluster.rec;
+    if !cluster.is_running(node) {
+        return rec.note("SKIP", format!("{tag} power cut n{}: the node is down or paused", node + 1));
+    }
+    let disk = &cluster.servers[node].disk;
+    disk.arm(calls);
+    rec.note("FAULT", format!("{tag} power cut armed on n{} (disk call #{calls})", node + 1));
+    while Instant::now() < until && !disk.died() && cluster.faults_on() {
+        sleep(POWER_CUT_POLL).await;
+    }
+    if !disk.died() {
+        disk.disarm();
+        return rec.note("HEAL", format!("{tag} power cut on n{} did not fire; disarmed", node + 1));
+    }
+    if !cluster.faults_on() {
+        return;
+    }
+    cluster.bury(node, token);
+    sleep(down).await;
+    if cluster.faults_on() {
+        cluster.restart(node, token);
+    }
+}
+
+/// Both directions of every link between the two sides.
+fn cross(left: &[usize], right: &[usize]) -> Vec<(Host, Host)> {
+    let mut links = Vec::new();
+    for &a in left {
+        for &b in right {
+            links.push((Host::Server(a), Host::Server(b)));
+            links.push((Host::Server(b), Host::Server(a)));
+        }
+    }
+    links
+}
