@@ -10,6 +10,11 @@
 //! business (crash-faithful disks, DESIGN §9).
 #![cfg(not(madsim))]
 
+mod common;
+
+use common::{ChildGuard, wait_exit};
+use std::ffi::OsStr;
+
 use memo_proto::kvs::key_value_store_client::KeyValueStoreClient;
 use memo_proto::kvs::{FetchRequest, UpsertRequest};
 use std::collections::{BTreeMap, BTreeSet};
@@ -17,7 +22,7 @@ use std::fs::File;
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, ExitStatus, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -61,32 +66,11 @@ impl Drop for TempDir {
     }
 }
 
-/// Kills the child (SIGKILL) when dropped, however the test ends.
-struct ChildGuard(Child);
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// Ports nothing listens on right now (bound, read, released).
 fn free_ports(n: usize) -> Vec<u16> {
     let listeners: Vec<std::net::TcpListener> =
         (0..n).map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("a free port")).collect();
     listeners.iter().map(|l| l.local_addr().expect("bound").port()).collect()
-}
-
-fn wait_exit(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if let Some(status) = child.try_wait().expect("the child can be waited for") {
-            return Some(status);
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    None
 }
 
 /// A cluster of `memo node run` processes, node `nI` in `ROOT/nI` with its log in
@@ -535,38 +519,8 @@ fn a_node_without_a_data_dir_warns_that_it_is_not_durable() {
 /// returns it and its endpoints.
 fn memo_dev(data_dir: &Path, log: &Path) -> (ChildGuard, Vec<SocketAddr>) {
     let log = File::options().create(true).append(true).open(log).expect("the log opens");
-    let child = Command::new(env!("CARGO_BIN_EXE_memo"))
-        .args(["dev", "--nodes", "3", "--base-port", "0", "--partitions", "8", "--data-dir"])
-        .arg(data_dir)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::from(log))
-        .spawn()
-        .expect("memo dev starts");
-    let mut guard = ChildGuard(child);
-    let stdout = guard.0.stdout.take().expect("piped stdout");
-    let (lines_tx, lines) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        // Drain to the end even once nobody listens: a closed pipe would fail the
-        // child's next print.
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = lines_tx.send(line);
-        }
-    });
-    let deadline = Instant::now() + SERVE_TIMEOUT;
-    let mut endpoints = Vec::new();
-    while endpoints.len() < 3 {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let line = lines.recv_timeout(left).expect("memo dev prints its endpoints");
-        // Node lines read `  n1  127.0.0.1:PORT`.
-        if let [name, addr] = line.split_whitespace().collect::<Vec<_>>()[..]
-            && name.starts_with('n')
-            && let Ok(addr) = addr.parse()
-        {
-            endpoints.push(addr);
-        }
-    }
-    (guard, endpoints)
+    let extra = [OsStr::new("--partitions"), OsStr::new("8"), OsStr::new("--data-dir"), data_dir.as_os_str()];
+    common::memo_dev(extra, Stdio::from(log), SERVE_TIMEOUT)
 }
 
 #[tokio::test]

@@ -3,6 +3,10 @@
 //! hostile bytes on the shared port. Every test is bounded by [`TEST_TIMEOUT`].
 #![cfg(not(madsim))]
 
+mod common;
+
+use common::ChildGuard;
+
 use memo_node::{DevCluster, DevOptions, spawn_dev_cluster};
 use memo_proto::kvs::key_value_store_client::KeyValueStoreClient;
 use memo_proto::kvs::{
@@ -10,10 +14,9 @@ use memo_proto::kvs::{
 };
 use memo_proto::peer::Batch;
 use memo_proto::peer::peer_client::PeerClient;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use tonic::Code;
 use tonic::transport::Channel;
@@ -260,16 +263,6 @@ async fn shutdown_refuses_new_calls_and_finishes_quickly() {
 
 // ----- the `memo` binary -----
 
-/// Kills the child when the test ends, however it ends.
-struct ChildGuard(Child);
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// Runs `memo ARGS` to completion (bounded); returns (success, stdout, stderr).
 fn memo(args: &[&str]) -> (bool, String, String) {
     let child = Command::new(env!("CARGO_BIN_EXE_memo"))
@@ -280,7 +273,7 @@ fn memo(args: &[&str]) -> (bool, String, String) {
         .spawn()
         .expect("memo starts");
     let mut guard = ChildGuard(child);
-    let status = wait(&mut guard.0, COMMAND_TIMEOUT).expect("memo finishes in time");
+    let status = common::wait_exit(&mut guard.0, COMMAND_TIMEOUT).expect("memo finishes in time");
     let mut stdout = String::new();
     let mut stderr = String::new();
     let out = guard.0.stdout.as_mut().expect("piped stdout");
@@ -290,51 +283,10 @@ fn memo(args: &[&str]) -> (bool, String, String) {
     (status.success(), stdout, stderr)
 }
 
-fn wait(child: &mut Child, timeout: Duration) -> Option<std::process::ExitStatus> {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if let Some(status) = child.try_wait().expect("the child can be waited for") {
-            return Some(status);
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    None
-}
-
 /// Starts `memo dev` on free ports and reads the node endpoints from its banner.
 fn memo_dev() -> (ChildGuard, Vec<String>) {
-    let child = Command::new(env!("CARGO_BIN_EXE_memo"))
-        .args(["dev", "--nodes", "3", "--base-port", "0"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("memo dev starts");
-    let mut guard = ChildGuard(child);
-    let stdout = guard.0.stdout.take().expect("piped stdout");
-    let (lines_tx, lines) = mpsc::channel();
-    std::thread::spawn(move || {
-        // Drain to the end even once nobody listens: a closed pipe would make memo dev's
-        // next println! panic.
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = lines_tx.send(line);
-        }
-    });
-    let deadline = Instant::now() + DEV_START_TIMEOUT;
-    let mut endpoints = Vec::new();
-    while endpoints.len() < 3 {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let line = lines.recv_timeout(left).expect("memo dev prints its endpoints");
-        // Node lines read `  n1  127.0.0.1:PORT`.
-        let words: Vec<&str> = line.split_whitespace().collect();
-        if let [name, addr] = words[..]
-            && name.starts_with('n')
-            && addr.parse::<SocketAddr>().is_ok()
-        {
-            endpoints.push(addr.to_string());
-        }
-    }
-    (guard, endpoints)
+    let (guard, endpoints) = common::memo_dev::<_, &str>([], Stdio::null(), DEV_START_TIMEOUT);
+    (guard, endpoints.iter().map(ToString::to_string).collect())
 }
 
 #[test]
@@ -376,7 +328,7 @@ fn memo_kv_commands_work_against_memo_dev() {
     let pid = dev.0.id().to_string();
     let signalled = Command::new("kill").args(["-INT", &pid]).status();
     assert!(signalled.expect("kill runs").success());
-    let status = wait(&mut dev.0, DEV_STOP_TIMEOUT).expect("memo dev exits after SIGINT");
+    let status = common::wait_exit(&mut dev.0, DEV_STOP_TIMEOUT).expect("memo dev exits after SIGINT");
     assert!(status.success(), "{status:?}");
     assert!(started.elapsed() < TEST_TIMEOUT);
 }

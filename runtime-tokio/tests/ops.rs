@@ -3,18 +3,21 @@
 //! Every wait is bounded.
 #![cfg(not(madsim))]
 
+mod common;
+
+use common::ChildGuard;
+
 use memo_engine::{ClusterParams, Config, MemoryStorage, NodeId};
 use memo_node::{DevOptions, Listener, NodeOptions, spawn_dev_cluster, spawn_node_on};
 use memo_proto::kvs::key_value_store_client::KeyValueStoreClient;
 use memo_proto::kvs::{FetchRequest, UpsertRequest};
 use std::collections::{BTreeMap, VecDeque};
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, ExitStatus, Stdio};
 use std::sync::Arc;
-use std::sync::mpsc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 use tonic_health::pb::HealthCheckRequest;
@@ -232,16 +235,6 @@ async fn prometheus_exports_request_and_paxos_metrics() {
 
 // ----- the `memo` binary -----
 
-/// Kills the child when the test ends, however it ends.
-struct ChildGuard(Child);
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// What a finished command said.
 struct Ran {
     status: ExitStatus,
@@ -304,38 +297,8 @@ fn cli_help_snapshots() {
 
 /// Starts `memo dev` on free ports and reads the node endpoints from its banner.
 fn memo_dev() -> (ChildGuard, Vec<String>) {
-    let child = Command::new(env!("CARGO_BIN_EXE_memo"))
-        .args(["dev", "--nodes", "3", "--base-port", "0"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("memo dev starts");
-    let mut guard = ChildGuard(child);
-    let stdout = guard.0.stdout.take().expect("piped stdout");
-    let (lines_tx, lines) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if lines_tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let deadline = Instant::now() + DEV_START_TIMEOUT;
-    let mut endpoints = Vec::new();
-    while endpoints.len() < 3 {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let line = lines.recv_timeout(left).expect("memo dev prints its endpoints");
-        // Node lines read `  n1  127.0.0.1:PORT`.
-        let words: Vec<&str> = line.split_whitespace().collect();
-        if let [name, addr] = words[..]
-            && name.starts_with('n')
-            && addr.parse::<SocketAddr>().is_ok()
-        {
-            endpoints.push(addr.to_string());
-        }
-    }
-    (guard, endpoints)
+    let (guard, endpoints) = common::memo_dev::<_, &str>([], Stdio::null(), DEV_START_TIMEOUT);
+    (guard, endpoints.iter().map(ToString::to_string).collect())
 }
 
 fn repo_root() -> PathBuf {
