@@ -9,6 +9,7 @@
 //! - `r` + partition (4 bytes, big-endian) + key bytes → a postcard [`Register`]
 //! - `f` + partition (4 bytes, big-endian) → the partition's GC floor ballot (R8)
 //! - `m/restart` → the node's restart counter (R1)
+//! - `m/promise-ceiling` → a ballot at or above every promise the node sent (R4)
 
 use crate::paxos::ballot::Ballot;
 use crate::placement::PartitionId;
@@ -48,6 +49,16 @@ pub trait Storage {
     fn write(&self, batch: &PersistBatch) -> Result<(), StorageError>;
     /// Makes every applied batch durable.
     fn sync(&self) -> Result<(), StorageError>;
+    /// Applies `batches` in order and makes them durable: what a group commit does. When
+    /// it returns `Ok`, every batch survives a crash; on an error, a prefix of them may
+    /// have been applied (each one whole). The default writes each batch, then syncs once;
+    /// a silo whose transactions cost more than their writes (redb) does it in one.
+    fn commit(&self, batches: &[PersistBatch]) -> Result<(), StorageError> {
+        for batch in batches {
+            self.write(batch)?;
+        }
+        self.sync()
+    }
 }
 
 impl<S: Storage + ?Sized> Storage for std::sync::Arc<S> {
@@ -62,6 +73,9 @@ impl<S: Storage + ?Sized> Storage for std::sync::Arc<S> {
     }
     fn sync(&self) -> Result<(), StorageError> {
         (**self).sync()
+    }
+    fn commit(&self, batches: &[PersistBatch]) -> Result<(), StorageError> {
+        (**self).commit(batches)
     }
 }
 
@@ -142,6 +156,9 @@ pub fn floor_key(partition: PartitionId) -> Vec<u8> {
 
 /// The silo key of the restart counter.
 pub const RESTART_KEY: &[u8] = b"m/restart";
+/// The silo key of the node's promise ceiling: a ballot at or above every promise the
+/// node has sent (see `node::persist`).
+pub const PROMISE_CEILING_KEY: &[u8] = b"m/promise-ceiling";
 
 pub use crate::codec::{decode_register, encode_register};
 

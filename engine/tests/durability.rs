@@ -1,15 +1,16 @@
 //! Durability before speech (R1, R4), checked on one node driven by hand: nothing is sent
-//! before the restart counter is durable; promises, accepts and read replies wait for the
-//! batch that holds the state they report; a coordinator counts its own vote only once it
+//! before the restart counter is durable; accepts and read replies wait for the batch that
+//! holds the state they report, promises for the durable promise ceiling that covers them
+//! (and a restarted node keeps every promise under its old ceiling); a coordinator counts its own vote only once it
 //! is durable; and a crash before durability loses the state without anyone having been
 //! told about it.
 
 use memo_engine::kv::{Applied, State};
-use memo_engine::message::{Envelope, Message};
-use memo_engine::paxos::acceptor::Accepted;
+use memo_engine::message::{Envelope, Message, Rejection};
+use memo_engine::paxos::acceptor::{Accepted, Refusal};
 use memo_engine::paxos::ballot::Ballot;
 use memo_engine::placement::{EpochRef, partition_of};
-use memo_engine::storage::{decode_register, register_key};
+use memo_engine::storage::{PROMISE_CEILING_KEY, decode_register, register_key};
 use memo_engine::{ClusterParams, Config, Instant, MemoryStorage, Node, NodeId, OpId, Request, RequestId, Storage};
 use std::sync::Arc;
 
@@ -83,7 +84,7 @@ fn nothing_is_sent_before_the_restart_counter_is_durable() {
 }
 
 #[test]
-fn a_promise_is_released_only_when_its_batch_is_durable() {
+fn a_promise_above_the_ceiling_is_released_only_when_the_raised_ceiling_is_durable() {
     let storage = Arc::new(MemoryStorage::new());
     let mut node = start(&storage);
     persist_all(&mut node, &storage);
@@ -91,11 +92,80 @@ fn a_promise_is_released_only_when_its_batch_is_durable() {
     let prepare = from(&node, 1, Message::Prepare { key: "k".into(), epoch: e, ballot: ballot(3), attempt: 9 });
     node.handle_envelope(prepare, Instant::from_nanos(3)).unwrap();
     assert!(transmits(&mut node).is_empty());
-    let batch = node.poll_persist().expect("the promise is in a batch");
+    let batch = node.poll_persist().expect("the raised promise ceiling is in a batch");
+    assert!(batch.writes.iter().any(|(k, _)| k == PROMISE_CEILING_KEY));
     storage.write(&batch).unwrap();
     assert!(transmits(&mut node).is_empty(), "written is not durable");
     node.handle_persisted(batch.id, Instant::from_nanos(4));
     assert!(matches!(transmits(&mut node).as_slice(), [Message::Promise { attempt: 9, result: Ok(_), .. }]));
+}
+
+/// The promise ceiling's counterexample: a promise sent without its own write being
+/// durable, then a crash. Unless the restarted node promises at least its old ceiling on
+/// every key, it accepts a ballot below the promise it sent, and a proposer that counted
+/// that promise can have its chosen value overwritten.
+#[test]
+fn a_promise_sent_before_its_write_is_durable_is_kept_after_a_crash() {
+    let storage = Arc::new(MemoryStorage::new());
+    let mut node = start(&storage);
+    persist_all(&mut node, &storage);
+    let e = epoch(&node, "k");
+    let prepare = |round, attempt| Message::Prepare { key: "k".into(), epoch: e, ballot: ballot(round), attempt };
+    node.handle_envelope(from(&node, 1, prepare(3, 1)), Instant::from_nanos(3)).unwrap();
+    persist_all(&mut node, &storage);
+    assert!(matches!(transmits(&mut node).as_slice(), [Message::Promise { attempt: 1, result: Ok(_), .. }]));
+    // Under the ceiling: answered at once, with nothing to sync.
+    node.handle_envelope(from(&node, 1, prepare(5, 2)), Instant::from_nanos(4)).unwrap();
+    assert!(matches!(transmits(&mut node).as_slice(), [Message::Promise { attempt: 2, result: Ok(_), .. }]));
+    // Crash: whatever was not durable is lost (the promise of round 5 was never synced).
+    drop(node);
+    let mut node = start(&storage);
+    persist_all(&mut node, &storage);
+    node.handle_envelope(from(&node, 2, accept(&node, "k", 4)), Instant::from_nanos(5)).unwrap();
+    persist_all(&mut node, &storage);
+    match transmits(&mut node).as_slice() {
+        [Message::Accepted { result: Err(Rejection::Refused(Refusal::Promised(b))), .. }] => {
+            assert!(*b >= ballot(5), "refused with {b:?}")
+        }
+        other => panic!("an Accept below a promise sent before the crash was not refused: {other:?}"),
+    }
+    // A ballot above the old ceiling is fine, and raises the new life's ceiling.
+    let high = ballot(3 + (1 << 20) + 1);
+    let msg = Message::Prepare { key: "k".into(), epoch: e, ballot: high, attempt: 3 };
+    node.handle_envelope(from(&node, 1, msg), Instant::from_nanos(6)).unwrap();
+    persist_all(&mut node, &storage);
+    assert!(matches!(transmits(&mut node).as_slice(), [Message::Promise { attempt: 3, result: Ok(_), .. }]));
+}
+
+/// A volatile promise must not be forgotten when its cache entry is evicted: eviction
+/// writes it first.
+#[test]
+fn an_evicted_volatile_promise_is_written_not_forgotten() {
+    let storage = Arc::new(MemoryStorage::new());
+    let mut cfg = Config::new(ids()[0].clone(), params());
+    cfg.register_cache_bytes_max = 1; // every clean entry is evicted at once
+    let mut node = Node::new(cfg, storage.clone(), 7, Instant::from_nanos(1)).unwrap();
+    persist_all(&mut node, &storage);
+    let e = epoch(&node, "k");
+    let prepare = |round, attempt| Message::Prepare { key: "k".into(), epoch: e, ballot: ballot(round), attempt };
+    node.handle_envelope(from(&node, 1, prepare(3, 1)), Instant::from_nanos(3)).unwrap();
+    persist_all(&mut node, &storage);
+    node.handle_envelope(from(&node, 1, prepare(5, 2)), Instant::from_nanos(4)).unwrap();
+    // Touch other keys so eviction sweeps past "k".
+    for i in 0..8 {
+        let key = format!("other{i}");
+        let msg = Message::Read { key: key.clone(), epoch: epoch(&node, &key), attempt: 10 + i };
+        node.handle_envelope(from(&node, 2, msg), Instant::from_nanos(5)).unwrap();
+    }
+    persist_all(&mut node, &storage);
+    let stored = storage.get(&register_key(partition_of(b"k", P), b"k")).unwrap().expect("k is stored");
+    assert_eq!(decode_register(&stored).unwrap().promised, ballot(5), "the volatile promise reached the silo");
+    node.handle_envelope(from(&node, 2, accept(&node, "k", 4)), Instant::from_nanos(6)).unwrap();
+    persist_all(&mut node, &storage);
+    let refused = transmits(&mut node).into_iter().any(|m| {
+        matches!(m, Message::Accepted { result: Err(Rejection::Refused(Refusal::Promised(b))), .. } if b == ballot(5))
+    });
+    assert!(refused, "an Accept below the evicted promise was not refused");
 }
 
 #[test]

@@ -134,10 +134,16 @@ impl<S: Storage> Node<S> {
         ballot: Ballot,
         attempt: AttemptId,
     ) {
-        let (result, gate) = self.with_register(&key, epoch, |reg, floor| match reg.prepare(ballot) {
-            Ok(view) => (Ok(with_floor(view, floor)), Some(Write::Reported)),
+        // The promise itself is volatile: the durable promise ceiling covers it (see
+        // `persist`). The reply waits for the key's earlier writes (the view it reports)
+        // and, when this ballot raises the ceiling, for the ceiling's batch.
+        let (result, mut gate) = self.with_register(&key, epoch, |reg, floor| match reg.prepare(ballot) {
+            Ok(view) => (Ok(with_floor(view, floor)), Some(Write::Volatile)),
             Err(refusal) => (Err(Rejection::Refused(refusal)), None),
         });
+        if result.is_ok() {
+            gate = gate.max(self.persist.cover_promise(ballot));
+        }
         self.send(from, Message::Promise { key, ballot, attempt, result }, gate);
     }
 

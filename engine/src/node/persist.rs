@@ -14,6 +14,23 @@
 //! The cache is bounded in bytes. Only clean entries (every write durable) are evicted,
 //! in a sweep over the key space, a few per write, so the bound may be exceeded briefly
 //! while many writes are in flight.
+//!
+//! # Promises without a sync: the promise ceiling
+//!
+//! R4 asks that a promise survive a crash once it is sent. Writing every promise and
+//! waiting for its sync would put a second fsync on every full round (Prepare, then
+//! Accept), so promises are covered in bulk instead: the node keeps a durable *promise
+//! ceiling* (`m/promise-ceiling`), a ballot at or above every promise it has sent. A
+//! Prepare at or below the ceiling changes the register in memory only ([`Write::Volatile`])
+//! and its Promise is held only for the key's earlier reported writes (the view it
+//! carries); a Prepare above it raises the ceiling by [`PROMISE_CEILING_ROUNDS`] rounds, in
+//! the open batch, and its Promise waits for that batch. After a restart, every register
+//! this life loads promises at least the previous life's ceiling (`life_floor`), so a
+//! promise lost in the crash is still kept. A volatile promise is written with the key's
+//! next reported write (an Accept, usually a round trip later) or, if the entry is
+//! evicted first, by the eviction itself, so it is never forgotten within a life either.
+//! The price: after a restart, each proposer's first ballot on this node is refused once
+//! and jumps past the old ceiling.
 
 use crate::ids::NodeId;
 use crate::message::Message;
@@ -28,6 +45,19 @@ use std::ops::Bound;
 const EVICTION_SCAN_MAX: usize = 32;
 /// Approximate bytes of a cache entry besides its key and value.
 const ENTRY_OVERHEAD_BYTES: usize = 160;
+/// How far above a Prepare's round the promise ceiling is raised: one durable write of the
+/// ceiling covers this many rounds of promises.
+pub(crate) const PROMISE_CEILING_ROUNDS: u64 = 1 << 20;
+
+/// The ceiling that covers a promise of `ballot`, with room for the next rounds.
+pub(crate) fn ceiling_above(ballot: Ballot) -> Ballot {
+    Ballot {
+        epoch: ballot.epoch,
+        round: ballot.round.saturating_add(PROMISE_CEILING_ROUNDS),
+        node: crate::ids::NodeTag(u64::MAX),
+        restart: u64::MAX,
+    }
+}
 
 struct Entry {
     /// Last batch that wrote this silo key (0: never written in this life).
@@ -38,6 +68,8 @@ struct Entry {
     register: Option<Register>,
     /// Approximate size, for the byte bound.
     bytes: usize,
+    /// The register holds a promise not written yet ([`Write::Volatile`]).
+    volatile: bool,
 }
 
 /// How a register change is persisted.
@@ -47,6 +79,10 @@ pub(super) enum Write {
     Reported,
     /// Kept in memory only (the committed flag).
     MemoryOnly,
+    /// A promise covered by the durable promise ceiling: kept in memory and written with
+    /// the key's next reported write, or when the entry is evicted; replies about the key
+    /// do not wait for it.
+    Volatile,
 }
 
 #[derive(Default)]
@@ -71,6 +107,13 @@ pub(super) struct Persist {
     floors: Vec<Option<Ballot>>,
     /// A reused buffer for silo keys.
     scratch: Vec<u8>,
+    /// The previous life's promise ceiling: every register loaded in this life promises at
+    /// least this.
+    life_floor: Ballot,
+    /// At or above every promise sent in this life (durable once `ceiling_batch` is).
+    ceiling: Ballot,
+    /// The batch that writes `ceiling`.
+    ceiling_batch: BatchId,
 }
 
 fn entry_bytes(sk: &[u8], register: Option<&Register>) -> usize {
@@ -103,7 +146,30 @@ impl Persist {
         let restart = previous + 1;
         self.open.push((storage::RESTART_KEY.to_vec(), Some(restart.to_le_bytes().to_vec())));
         self.restart_batch = 1;
+        self.life_floor = match silo.get(storage::PROMISE_CEILING_KEY)? {
+            Some(bytes) => storage::decode_ballot(&bytes)?,
+            None => Ballot::ZERO,
+        };
+        self.ceiling = self.life_floor;
         Ok(restart)
+    }
+
+    /// Makes the promise ceiling cover a promise of `ballot`, raising it (in the open
+    /// batch) if needed. Returns the batch a Promise of `ballot` must wait for.
+    pub(super) fn cover_promise(&mut self, ballot: Ballot) -> Option<BatchId> {
+        if ballot > self.ceiling {
+            self.ceiling = ceiling_above(ballot);
+            self.open.push((storage::PROMISE_CEILING_KEY.to_vec(), Some(storage::encode_ballot(&self.ceiling))));
+            self.ceiling_batch = self.open_id;
+        }
+        (self.ceiling_batch > self.durable).then_some(self.ceiling_batch)
+    }
+
+    /// A register read from the silo, or the absent one: promises at least `life_floor`.
+    fn loaded(&self, register: Option<Register>, floor: Ballot) -> Register {
+        let mut register = register.unwrap_or_else(|| Register::absent(floor));
+        register.promised = register.promised.max(self.life_floor);
+        register
     }
 
     /// The register of `key`, reading through the cache.
@@ -115,22 +181,26 @@ impl Persist {
     ) -> Result<Register, StorageError> {
         let sk = storage::register_key(partition, key.as_bytes());
         if let Some(e) = self.cache.get(&sk) {
-            return match &e.register {
-                Some(r) => Ok(r.clone()),
-                None => Ok(Register::absent(self.floor(silo, partition)?)),
-            };
+            if let Some(r) = &e.register {
+                return Ok(r.clone());
+            }
+            let floor = self.floor(silo, partition)?;
+            return Ok(self.loaded(None, floor));
         }
         let register = match silo.get(&sk)? {
-            Some(bytes) => Some(storage::decode_register(&bytes)?),
+            Some(bytes) => Some(self.loaded(Some(storage::decode_register(&bytes)?), Ballot::ZERO)),
             None => None,
         };
         let bytes = entry_bytes(&sk, register.as_ref());
         self.cache_bytes += bytes;
         let result = match &register {
             Some(r) => r.clone(),
-            None => Register::absent(self.floor(silo, partition)?),
+            None => {
+                let floor = self.floor(silo, partition)?;
+                self.loaded(None, floor)
+            }
         };
-        self.cache.insert(sk, Entry { batch: 0, gate: 0, register, bytes });
+        self.cache.insert(sk, Entry { batch: 0, gate: 0, register, bytes, volatile: false });
         self.evict();
         Ok(result)
     }
@@ -158,16 +228,21 @@ impl Persist {
             std::collections::btree_map::Entry::Vacant(e) => {
                 // On an error the buffer is dropped; the next call allocates a new one.
                 let register = match silo.get(&sk)? {
-                    Some(bytes) => Some(storage::decode_register(&bytes)?),
+                    Some(bytes) => {
+                        let mut register = storage::decode_register(&bytes)?;
+                        register.promised = register.promised.max(self.life_floor);
+                        Some(register)
+                    }
                     None => None,
                 };
                 let bytes = entry_bytes(&sk, register.as_ref());
                 self.cache_bytes += bytes;
-                e.insert(Entry { batch: 0, gate: 0, register, bytes })
+                e.insert(Entry { batch: 0, gate: 0, register, bytes, volatile: false })
             }
         };
         let was_absent = entry.register.is_none();
-        let mut register = entry.register.take().unwrap_or_else(|| Register::absent(floor));
+        let absent = Register { promised: floor.max(self.life_floor), accepted: None, committed: false };
+        let mut register = entry.register.take().unwrap_or(absent);
         let (result, write) = f(&mut register, floor);
         match write {
             None if was_absent => {}
@@ -176,10 +251,15 @@ impl Persist {
                 let bytes = entry_bytes(&sk, Some(&register));
                 self.cache_bytes = self.cache_bytes - entry.bytes + bytes;
                 entry.bytes = bytes;
-                if write == Write::Reported {
-                    self.open.push((sk.clone(), Some(storage::encode_register(&register))));
-                    entry.batch = self.open_id;
-                    entry.gate = self.open_id;
+                match write {
+                    Write::Reported => {
+                        self.open.push((sk.clone(), Some(storage::encode_register(&register))));
+                        entry.batch = self.open_id;
+                        entry.gate = self.open_id;
+                        entry.volatile = false;
+                    }
+                    Write::Volatile => entry.volatile = true,
+                    Write::MemoryOnly => {}
                 }
                 entry.register = Some(register);
             }
@@ -214,10 +294,12 @@ impl Persist {
             self.open.push((sk.clone(), register.as_ref().map(storage::encode_register)));
         }
         let id = self.open_id;
-        let entry = self.cache.entry(sk).or_insert(Entry { batch: 0, gate: 0, register: None, bytes: 0 });
+        let entry =
+            self.cache.entry(sk).or_insert(Entry { batch: 0, gate: 0, register: None, bytes: 0, volatile: false });
         if write == Write::Reported {
             entry.batch = id;
             entry.gate = id;
+            entry.volatile = false;
         }
         entry.register = register;
         self.cache_bytes = self.cache_bytes - entry.bytes + bytes;
@@ -235,21 +317,35 @@ impl Persist {
         let before = self.cache.range::<[u8], _>((Bound::Unbounded, Bound::Included(cursor.as_slice())));
         let durable = self.durable;
         let mut victims = Vec::new();
+        let mut unwritten = Vec::new();
         let mut freed = 0;
         for (sk, e) in after.chain(before).take(EVICTION_SCAN_MAX) {
-            if e.batch <= durable {
-                victims.push(sk.clone());
-                freed += e.bytes;
-                if self.cache_bytes - freed <= self.cache_bytes_max {
-                    break;
-                }
+            if e.batch > durable {
+                continue;
+            }
+            if e.volatile {
+                // Its promise is only in memory: write it now, evict it once durable.
+                unwritten.push(sk.clone());
+                continue;
+            }
+            victims.push(sk.clone());
+            freed += e.bytes;
+            if self.cache_bytes - freed <= self.cache_bytes_max {
+                break;
             }
         }
-        self.evict_cursor = victims.last().cloned().unwrap_or(cursor);
+        self.evict_cursor = victims.last().or(unwritten.last()).cloned().unwrap_or(cursor);
         for sk in victims {
             if let Some(e) = self.cache.remove(&sk) {
                 self.cache_bytes -= e.bytes;
             }
+        }
+        for sk in unwritten {
+            let Some(e) = self.cache.get_mut(&sk) else { continue };
+            let value = e.register.as_ref().map(storage::encode_register);
+            e.volatile = false;
+            e.batch = self.open_id;
+            self.open.push((sk, value));
         }
     }
 
