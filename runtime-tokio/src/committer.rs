@@ -1,9 +1,9 @@
 //! Group commit: the task that makes the engine's persist batches durable.
 //!
 //! The event loop sends every [`PersistBatch`] here, in the order the engine emitted
-//! them. The committer applies each one with [`Storage::write`] (atomically, in order),
-//! then calls [`Storage::sync`] once for every batch that was ready at that moment, and
-//! publishes the highest durable batch id on a `watch` channel. The loop turns that into
+//! them. The committer takes every batch ready at that moment and hands the group to
+//! [`Storage::commit`] (applied in order, made durable with one sync; for redb, one
+//! transaction), and publishes the highest durable batch id on a `watch` channel. The loop turns that into
 //! `Node::handle_persisted`. One sync covers many batches, which is where the throughput
 //! of a disk-backed silo comes from (see notes/grpc-cost.md, test 4).
 //!
@@ -93,16 +93,12 @@ async fn commit(storage: &SharedStorage, mode: CommitMode, group: Vec<PersistBat
     apply_group(storage, &group)
 }
 
-/// Writes every batch in order, then syncs once; returns the last id, now durable.
+/// Commits the group (every batch in order, made durable together: one redb transaction
+/// and one durable commit); returns the last id, now durable.
 fn apply_group(storage: &SharedStorage, group: &[PersistBatch]) -> Result<BatchId, StorageError> {
-    let mut last = 0;
-    for batch in group {
-        assert!(batch.id > last, "persist batches arrive in increasing order");
-        storage.write(batch)?;
-        last = batch.id;
-    }
-    crate::metrics::timed_sync(group.len(), || storage.sync())?;
-    Ok(last)
+    assert!(group.windows(2).all(|w| w[0].id < w[1].id), "persist batches arrive in increasing order");
+    crate::metrics::timed_sync(group.len(), || storage.commit(group))?;
+    Ok(group.last().map_or(0, |batch| batch.id))
 }
 
 #[cfg(test)]

@@ -17,8 +17,8 @@
 //! | `memo_paxos_retries_total`, `memo_forwards_total`, `memo_forward_timeouts_total`, `memo_gc_rounds_total`, `memo_keys_dropped_total`, `memo_peer_errors_total`, `memo_transmit_dropped_total`, `memo_storage_errors_total` | counter | node | engine `Stats`, sampled |
 //! | `memo_peer_queue_messages` | gauge | node, peer | outbound peer queues, sampled |
 //! | `memo_peer_messages_dropped_total` | counter | node, peer | full or closed peer queue |
-//! | `memo_fsync_duration_seconds` | histogram | — | the committer's `sync`, via [`timed_sync`] |
-//! | `memo_commit_group_batches` | histogram | — | persist batches per `sync`, via [`timed_sync`] |
+//! | `memo_fsync_duration_seconds` | histogram | — | one durable group commit (`Storage::commit`: writes + fsync), via [`timed_sync`] |
+//! | `memo_commit_group_batches` | histogram | — | persist batches per group commit, via [`timed_sync`] |
 //!
 //! Engine counters are sampled every [`STATS_SAMPLE_INTERVAL`] and exported as absolute
 //! values, so a scrape may lag by up to that interval.
@@ -42,7 +42,7 @@ pub const PAXOS_ROUNDS_TOTAL: &str = "memo_paxos_rounds_total";
 pub const PEER_QUEUE_MESSAGES: &str = "memo_peer_queue_messages";
 /// Messages dropped because a peer's outbound queue was full or closed.
 pub const PEER_MESSAGES_DROPPED_TOTAL: &str = "memo_peer_messages_dropped_total";
-/// Time of one silo `sync` (fsync for redb).
+/// Time of one durable group commit (the batches' writes and the fsync, for redb).
 pub const FSYNC_DURATION_SECONDS: &str = "memo_fsync_duration_seconds";
 /// Persist batches made durable by one `sync` (group commit size).
 pub const COMMIT_GROUP_BATCHES: &str = "memo_commit_group_batches";
@@ -129,8 +129,8 @@ fn describe() {
     }
     describe_gauge!(PEER_QUEUE_MESSAGES, "Messages waiting in a peer's outbound queue.");
     describe_counter!(PEER_MESSAGES_DROPPED_TOTAL, "Messages dropped because a peer's outbound queue was full.");
-    describe_histogram!(FSYNC_DURATION_SECONDS, Unit::Seconds, "Time of one silo sync (fsync).");
-    describe_histogram!(COMMIT_GROUP_BATCHES, "Persist batches made durable by one sync.");
+    describe_histogram!(FSYNC_DURATION_SECONDS, Unit::Seconds, "Time of one durable group commit (writes and fsync).");
+    describe_histogram!(COMMIT_GROUP_BATCHES, "Persist batches made durable by one group commit.");
 }
 
 /// Records one answered public RPC.
@@ -141,9 +141,9 @@ pub(crate) fn record_rpc(node: &Arc<str>, rpc: &'static str, code: Code, elapsed
         .record(elapsed.as_secs_f64());
 }
 
-/// Runs the silo's `sync` for a group of `batches` persist batches, recording its
-/// duration and the group size. The committer's hook: `storage.sync()?` becomes
-/// `crate::metrics::timed_sync(group.len(), || storage.sync())?`.
+/// Runs the durable commit of a group of `batches` persist batches, recording its
+/// duration and the group size. The committer's hook:
+/// `crate::metrics::timed_sync(group.len(), || storage.commit(group))?`.
 pub fn timed_sync<T, E>(batches: usize, sync: impl FnOnce() -> Result<T, E>) -> Result<T, E> {
     if !enabled() {
         return sync();

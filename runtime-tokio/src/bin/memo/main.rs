@@ -12,6 +12,13 @@ mod dev;
 mod kv;
 mod node;
 
+/// mimalloc instead of glibc's malloc: a node allocates and frees many small buffers per
+/// request (messages, keys, values), and glibc's malloc took about 13% of a loaded
+/// cluster's CPU (docs/PERFORMANCE.md). Real builds only; the simulator keeps the default.
+#[cfg(not(madsim))]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use clap::{Parser, Subcommand, ValueEnum};
 use std::io::IsTerminal;
 use std::process::ExitCode;

@@ -156,6 +156,26 @@ fn sync_makes_earlier_writes_durable_and_unsynced_writes_die_with_the_process() 
     assert_eq!(get(&storage, "c"), None, "the unsynced batch was lost whole");
 }
 
+#[test]
+fn a_committed_group_is_applied_in_order_and_survives_a_crash() {
+    let dir = TempDir::new("group");
+    let options = RedbOptions::default();
+    let (storage, dead) = killable(&dir.file(), &options);
+    // An earlier unsynced write is made durable by the group commit too.
+    storage.write(&put(1, &[("early", Some("e"))])).expect("write");
+    let group = [put(2, &[("a", Some("1")), ("b", Some("1"))]), put(3, &[("a", Some("2")), ("b", None)])];
+    storage.commit(&group).expect("commit");
+    storage.write(&put(4, &[("late", Some("l"))])).expect("write");
+    dead.store(true, Ordering::Release);
+    drop(storage);
+
+    let storage = RedbStorage::open(&dir.file(), &options).expect("recovers");
+    assert_eq!(get(&storage, "early").as_deref(), Some("e"));
+    assert_eq!(get(&storage, "a").as_deref(), Some("2"), "the later batch of the group wins");
+    assert_eq!(get(&storage, "b"), None, "deleted by the later batch");
+    assert_eq!(get(&storage, "late"), None, "written after the commit, never synced");
+}
+
 /// Overwrites every occurrence of `needle` in the file with 0x55 bytes; returns how many.
 fn scribble_over(path: &Path, needle: &[u8]) -> usize {
     let mut bytes = std::fs::read(path).expect("read");
