@@ -1,9 +1,10 @@
 //! Group commit: the task that makes the engine's persist batches durable.
 //!
 //! The event loop sends every [`PersistBatch`] here, in the order the engine emitted
-//! them. The committer takes every batch ready at that moment and hands the group to
-//! [`Storage::commit`] (applied in order, made durable with one sync; for redb, one
-//! transaction), and publishes the highest durable batch id on a `watch` channel. The loop turns that into
+//! them. The committer takes every batch ready at that moment, hands the group to
+//! [`Storage::commit`](memo_engine::Storage::commit) (applied in order and made durable
+//! together: for redb, one log record and one transaction), and publishes the highest
+//! durable batch id on a `watch` channel. The loop turns that into
 //! `Node::handle_persisted`. One sync covers many batches, which is where the throughput
 //! of a disk-backed silo comes from (see notes/grpc-cost.md, test 4).
 //!

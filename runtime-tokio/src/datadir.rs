@@ -5,6 +5,7 @@
 //!   memo.toml    identity marker: format version, node (name + generation), cluster
 //!                parameters and id. Written once, when the directory is created.
 //!   data.redb    the redb silo (see crate::silo::redb)
+//!   data.wal     its write-ahead log (crate::silo::wal)
 //! ```
 //!
 //! **Creation** happens when `memo.toml` is absent: the database is created and synced
@@ -37,6 +38,8 @@ use std::path::{Path, PathBuf};
 pub const MARKER_FILE: &str = "memo.toml";
 /// The database's file name.
 pub const DATABASE_FILE: &str = "data.redb";
+/// Its write-ahead log's file name (`silo::redb::wal_path` of the database).
+pub const WAL_FILE: &str = "data.wal";
 /// The marker is written here first, then renamed.
 const MARKER_TEMP_FILE: &str = "memo.toml.tmp";
 /// Entries a directory may hold besides ours and still be used for a new node (the root
@@ -327,7 +330,11 @@ fn check_empty(dir: &Path) -> Result<(), DataDirError> {
         let entry = entry.map_err(io("list", dir))?;
         let name = entry.file_name();
         let name = name.to_string_lossy();
-        if name == DATABASE_FILE || name == MARKER_TEMP_FILE || FOREIGN_ENTRIES_ALLOWED.contains(&name.as_ref()) {
+        if name == DATABASE_FILE
+            || name == WAL_FILE
+            || name == MARKER_TEMP_FILE
+            || FOREIGN_ENTRIES_ALLOWED.contains(&name.as_ref())
+        {
             continue;
         }
         return Err(DataDirError::Refused(format!(
@@ -341,10 +348,17 @@ fn check_empty(dir: &Path) -> Result<(), DataDirError> {
 /// Removes a `data.redb` that a crashed creation left behind (no marker), unless it holds
 /// data, which means the marker was removed by hand.
 fn discard_unfinished_database(dir: &Path, db_path: &Path, options: &RedbOptions) -> Result<(), DataDirError> {
+    let wal = crate::silo::redb::wal_path(db_path);
     if !db_path.try_exists().map_err(io("look for", db_path))? {
+        if wal.try_exists().map_err(io("look for", &wal))? {
+            std::fs::remove_file(&wal).map_err(io("remove", &wal))?;
+        }
         return Ok(());
     }
-    let holds_data = match RedbStorage::try_open(db_path, options) {
+    // Probed without its log: a creation that crashed may not have made one yet, and
+    // replaying one is not needed to see whether the database holds anything.
+    let probe = RedbOptions { wal: false, ..options.clone() };
+    let holds_data = match RedbStorage::try_open(db_path, &probe) {
         Ok(storage) => {
             let any = storage.scan(&[], &[0xff; 8], 1)?;
             storage.close()?;
@@ -364,7 +378,11 @@ fn discard_unfinished_database(dir: &Path, db_path: &Path, options: &RedbOptions
         )));
     }
     tracing::warn!(file = %db_path.display(), "removing a database left by an unfinished data dir creation");
-    std::fs::remove_file(db_path).map_err(io("remove", db_path))
+    std::fs::remove_file(db_path).map_err(io("remove", db_path))?;
+    if wal.try_exists().map_err(io("look for", &wal))? {
+        std::fs::remove_file(&wal).map_err(io("remove", &wal))?;
+    }
+    Ok(())
 }
 
 fn sync_dir(dir: &Path) -> Result<(), DataDirError> {

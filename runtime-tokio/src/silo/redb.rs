@@ -2,22 +2,36 @@
 //!
 //! # Durability
 //!
-//! The committer hands every group of ready batches to [`Storage::commit`]: one redb write
-//! transaction applies them all in order and commits with [`Durability::Immediate`], which
-//! writes the dirty pages, publishes the new root in the header and fsyncs (`sync_data`)
-//! before returning. So when `commit` returns `Ok`, every batch of the group survives a
-//! crash of the process or of the machine. (`write` + `sync` do the same in two steps, a
-//! `Durability::None` commit per batch and an empty durable one; the committer does not use
-//! them, since each redb commit costs page bookkeeping and writes of its own.)
+//! The committer hands every group of ready batches to [`Storage::commit`]. A database
+//! made by [`RedbStorage::create`] has a write-ahead log beside it (`data.wal`, see
+//! [`super::wal`]), and a group commit is:
+//! 1. one log record holding every write of the group, appended and synced (one small
+//!    write into space already zeroed, one `fdatasync`): when `commit` returns `Ok`, the
+//!    group survives a crash of the process or of the machine;
+//! 2. one redb write transaction applying the group, committed with [`Durability::None`]
+//!    (visible to every later read, not synced), which also records the record's sequence
+//!    number in the silo's own table;
+//! 3. once the log holds [`RedbOptions::wal_checkpoint_bytes`], a *checkpoint*: a durable
+//!    redb commit (every dirty page written, fsynced) and the log truncated.
 //!
-//! By default the durable commit is *two-phase* ([`RedbOptions::two_phase_commit`]): pages
-//! and the new commit slot, fsync, then the flip of the primary slot, fsync. In exchange
-//! for the second fsync, a newest commit damaged after it was acknowledged is reported as
-//! corruption at the next open. A one-phase commit (one fsync, checksums) would let redb
-//! fall back to the previous commit instead, silently forgetting an acknowledged write,
-//! which the tests below show; memo promises a clear error and no silent loss for a
-//! damaged file. Measured (docs/PERFORMANCE.md): one-phase commits would cut the
-//! sequential write p50 on three nodes from about 1.65 to 1.4 ms.
+//! Opening the database replays the records it lacks (sequence numbers above the one it
+//! recorded), durably, then empties the log. A torn last record is dropped (it was never
+//! acknowledged); a damaged one, a gap in the sequence, or a missing log stops the open
+//! with an error naming the log, as a damaged database does.
+//!
+//! Why a log: a durable redb commit writes every B-tree page the group dirtied (a 4 KiB
+//! leaf for each 100-byte value) and, two-phase, syncs twice. Measured on three nodes
+//! (docs/PERFORMANCE.md), the log cut the sequential write p50 from about 1.65 ms to
+//! 1.05 ms and raised 64-client write throughput by a third. A database opened over a
+//! [`StorageBackend`] (tests, the simulator) has no log: each group is one durable redb
+//! commit.
+//!
+//! Durable redb commits (checkpoints, and groups without a log) are *two-phase*
+//! ([`RedbOptions::two_phase_commit`]): pages and the new commit slot, fsync, then the flip
+//! of the primary slot, fsync. In exchange for the second fsync, a newest commit damaged
+//! after it was acknowledged is reported as corruption at the next open. A one-phase commit
+//! would let redb fall back to the previous commit instead, silently forgetting what it
+//! acknowledged, which the tests below show.
 //!
 //! # Opening
 //!
@@ -34,17 +48,38 @@
 //! crash-faithful simulated disk, say). A write transaction never outlives one method
 //! call, so none is ever held across an `.await`.
 
+use super::wal;
 use memo_engine::Storage;
 use memo_engine::storage::{Entries, PersistBatch, StorageError};
 use redb::{Builder, Database, Durability, ReadableDatabase, StorageBackend, TableDefinition, TableError};
 use std::fmt::Display;
-use std::fs::OpenOptions;
+use std::fs::{File, OpenOptions};
+use std::io::Read as _;
+use std::os::unix::fs::FileExt as _;
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, MutexGuard};
 
 /// The one table: the engine already namespaces its keys (see `memo_engine::storage`).
 const TABLE: TableDefinition<&[u8], &[u8]> = TableDefinition::new("memo");
+/// The silo's own bookkeeping, apart from the engine's keys.
+const META: TableDefinition<&str, u64> = TableDefinition::new("memo-silo");
+/// In [`META`]: the sequence number of the last log record applied to the database.
+const WAL_APPLIED: &str = "wal-applied";
+
+/// Default log size that triggers a checkpoint.
+pub const WAL_CHECKPOINT_BYTES_DEFAULT: u64 = 16 * 1024 * 1024;
+/// The log file is grown by writing this many zeros at a time, ahead of the records, so
+/// that an append overwrites allocated blocks and its `fdatasync` has no file size to
+/// update (appending to the end of a file cost about 35% more per sync here, see
+/// notes/grpc-cost.md). Zeros are also what a torn append leaves (see `wal`).
+const WAL_ZEROS_AHEAD_BYTES: u64 = 1024 * 1024;
+
+/// The write-ahead log's path: beside the database, `.wal` for its extension.
+pub fn wal_path(database: &Path) -> PathBuf {
+    database.with_extension("wal")
+}
 
 /// Default size of redb's page cache (redb's own default is 1 GiB).
 pub const REDB_CACHE_BYTES_DEFAULT: usize = 64 * 1024 * 1024;
@@ -60,11 +95,24 @@ pub struct RedbOptions {
     /// damaged after it was acknowledged becomes an error at open rather than a silent
     /// rollback to the previous commit. On by default (see the module documentation).
     pub two_phase_commit: bool,
+    /// Make group commits durable through the write-ahead log (file-backed databases
+    /// only; see the module documentation). Without it every group commit is a durable
+    /// redb commit.
+    pub wal: bool,
+    /// Log size at which a group commit also checkpoints (a durable redb commit, then the
+    /// log truncated).
+    pub wal_checkpoint_bytes: u64,
 }
 
 impl Default for RedbOptions {
     fn default() -> Self {
-        RedbOptions { cache_bytes: REDB_CACHE_BYTES_DEFAULT, check_integrity_on_open: true, two_phase_commit: true }
+        RedbOptions {
+            cache_bytes: REDB_CACHE_BYTES_DEFAULT,
+            check_integrity_on_open: true,
+            two_phase_commit: true,
+            wal: true,
+            wal_checkpoint_bytes: WAL_CHECKPOINT_BYTES_DEFAULT,
+        }
     }
 }
 
@@ -86,6 +134,24 @@ pub struct RedbStorage {
     /// Set by a `write`, cleared by the `sync` that makes it durable.
     unsynced: AtomicBool,
     two_phase_commit: bool,
+    /// The write-ahead log, if the database has one.
+    wal: Option<Mutex<Log>>,
+}
+
+/// An open write-ahead log.
+#[derive(Debug)]
+struct Log {
+    file: File,
+    /// Names the log in errors.
+    label: String,
+    /// Bytes in the log (where the next record goes).
+    len: u64,
+    /// The file's length: zeros from `len` to here.
+    zeroed_to: u64,
+    /// The next record's sequence number.
+    next_seq: u64,
+    /// Log size that triggers a checkpoint.
+    checkpoint_bytes: u64,
 }
 
 impl RedbStorage {
@@ -97,9 +163,30 @@ impl RedbStorage {
         let file = (OpenOptions::new().read(true).write(true).create_new(true).open(path))
             .map_err(|e| error(&label, "cannot create the database file", e))?;
         let backend = redb::backends::FileBackend::new(file).map_err(|e| error(&label, "cannot open the file", e))?;
-        let storage = Self::with_backend(backend, label, options)?;
+        let mut storage = Self::with_backend(backend, label, options)?;
         storage.create_table()?;
+        if options.wal {
+            storage.create_log(&wal_path(path), options)?;
+        }
         Ok(storage)
+    }
+
+    /// Creates an empty log at `path` (which must not exist) for this database.
+    pub(crate) fn create_log(&mut self, path: &Path, options: &RedbOptions) -> Result<(), StorageError> {
+        let label = path.display().to_string();
+        let file = (OpenOptions::new().read(true).write(true).create_new(true).open(path))
+            .map_err(|e| error(&label, "cannot create the write-ahead log", e))?;
+        file.sync_all().map_err(|e| error(&label, "cannot sync the write-ahead log", e))?;
+        let next_seq = self.wal_applied()? + 1;
+        self.wal = Some(Mutex::new(Log {
+            file,
+            label,
+            len: 0,
+            zeroed_to: 0,
+            next_seq,
+            checkpoint_bytes: options.wal_checkpoint_bytes,
+        }));
+        Ok(())
     }
 
     /// Opens the existing database at `path` (recovering it after a crash, and checking
@@ -121,7 +208,113 @@ impl RedbStorage {
             redb::DatabaseError::DatabaseAlreadyOpen => OpenError::InUse(open_error(&label, e)),
             e => OpenError::Failed(open_error(&label, e)),
         })?;
-        Ok(Self::from_database(db, label, options))
+        let mut storage = Self::from_database(db, label, options);
+        if options.wal {
+            storage.recover(&wal_path(path), options).map_err(OpenError::Failed)?;
+        }
+        Ok(storage)
+    }
+
+    /// Opens the log at `path` and applies the records the database lacks (what a crash
+    /// left only in the log), durably; then empties the log. A missing or damaged log is
+    /// an error naming it.
+    fn recover(&mut self, path: &Path, options: &RedbOptions) -> Result<(), StorageError> {
+        let label = path.display().to_string();
+        let mut file = OpenOptions::new().read(true).write(true).open(path).map_err(|e| {
+            let what = if e.kind() == std::io::ErrorKind::NotFound {
+                "the write-ahead log is missing (writes acknowledged since the last checkpoint may be in it)"
+            } else {
+                "cannot open the write-ahead log"
+            };
+            error(&label, what, e)
+        })?;
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes).map_err(|e| error(&label, "cannot read the write-ahead log", e))?;
+        let records = wal::read(&bytes).map_err(|d| error(&label, "the write-ahead log is corrupt", d))?;
+        let applied = self.wal_applied()?;
+        let missing: Vec<wal::Record> = records.into_iter().filter(|r| r.seq > applied).collect();
+        if let Some(first) = missing.first()
+            && first.seq != applied + 1
+        {
+            let reason = format!("it starts at record {} but the database has only up to {applied}", first.seq);
+            return Err(error(&label, "the write-ahead log is corrupt", reason));
+        }
+        let last = missing.last().map_or(applied, |r| r.seq);
+        if !missing.is_empty() {
+            let batches: Vec<PersistBatch> =
+                missing.into_iter().map(|r| PersistBatch { id: r.seq, writes: r.writes }).collect();
+            self.transact(&batches, true, Some(last))?;
+            tracing::info!(log = %label, records = batches.len(), "replayed the write-ahead log");
+        }
+        let log = Log {
+            file,
+            label,
+            len: bytes.len() as u64,
+            zeroed_to: bytes.len() as u64,
+            next_seq: last + 1,
+            checkpoint_bytes: options.wal_checkpoint_bytes,
+        };
+        self.wal = Some(Mutex::new(log));
+        // Everything the log holds is in the database now, durably.
+        self.truncate_log(&mut self.lock_log().expect("just set"))
+    }
+
+    /// The sequence number of the last log record applied to the database (0: none).
+    fn wal_applied(&self) -> Result<u64, StorageError> {
+        let txn = self.db.begin_read().map_err(|e| self.error("cannot start a read", e))?;
+        let table = match txn.open_table(META) {
+            Ok(table) => table,
+            Err(TableError::TableDoesNotExist(_)) => return Ok(0),
+            Err(e) => return Err(self.error("cannot open the silo table", e)),
+        };
+        let applied = table.get(WAL_APPLIED).map_err(|e| self.error("cannot read", e))?;
+        Ok(applied.map_or(0, |v| v.value()))
+    }
+
+    fn lock_log(&self) -> Option<MutexGuard<'_, Log>> {
+        // A poisoned lock means a panic in the committer, which stops the node anyway; the
+        // log's state is only changed after the writes it describes succeeded.
+        self.wal.as_ref().map(|m| m.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Appends one record of `batches` to the log (not synced); returns its sequence
+    /// number.
+    fn append(&self, log: &mut Log, batches: &[PersistBatch]) -> Result<u64, StorageError> {
+        let seq = log.next_seq;
+        let record = wal::encode(seq, batches.iter().flat_map(|b| b.writes.iter()));
+        let end = log.len + record.len() as u64;
+        if end > log.zeroed_to {
+            let grown = end.max(log.zeroed_to + WAL_ZEROS_AHEAD_BYTES);
+            let zeros = vec![0; (grown - log.zeroed_to) as usize];
+            (log.file.write_all_at(&zeros, log.zeroed_to))
+                .map_err(|e| error(&log.label, "cannot grow the write-ahead log", e))?;
+            log.zeroed_to = grown;
+        }
+        (log.file.write_all_at(&record, log.len))
+            .map_err(|e| error(&log.label, "cannot append to the write-ahead log", e))?;
+        log.len += record.len() as u64;
+        log.next_seq += 1;
+        Ok(seq)
+    }
+
+    fn sync_log(log: &Log) -> Result<(), StorageError> {
+        log.file.sync_data().map_err(|e| error(&log.label, "cannot sync the write-ahead log", e))
+    }
+
+    /// A durable redb commit of everything applied so far (the log's records included),
+    /// then the log emptied.
+    fn checkpoint(&self, log: &mut Log) -> Result<(), StorageError> {
+        self.transact(&[], true, None)?;
+        self.unsynced.store(false, Ordering::Release);
+        self.truncate_log(log)
+    }
+
+    fn truncate_log(&self, log: &mut Log) -> Result<(), StorageError> {
+        log.file.set_len(0).map_err(|e| error(&log.label, "cannot truncate the write-ahead log", e))?;
+        Self::sync_log(log)?;
+        log.len = 0;
+        log.zeroed_to = 0;
+        Ok(())
     }
 
     /// Opens the database on `backend`, initialising it if the backend is empty. `label`
@@ -138,7 +331,13 @@ impl RedbStorage {
     }
 
     fn from_database(db: Database, label: String, options: &RedbOptions) -> Self {
-        RedbStorage { db, label, unsynced: AtomicBool::new(false), two_phase_commit: options.two_phase_commit }
+        RedbStorage {
+            db,
+            label,
+            unsynced: AtomicBool::new(false),
+            two_phase_commit: options.two_phase_commit,
+            wal: None,
+        }
     }
 
     /// What errors call this database (its path, for a file).
@@ -146,8 +345,12 @@ impl RedbStorage {
         &self.label
     }
 
-    /// Closes the database cleanly (what dropping it does, but with the error reported).
+    /// Closes the database cleanly (what dropping it does, but with the error reported),
+    /// after a checkpoint that leaves the log empty.
     pub fn close(self) -> Result<(), StorageError> {
+        if let Some(mut log) = self.lock_log() {
+            self.checkpoint(&mut log)?;
+        }
         let label = self.label;
         self.db.close().map_err(|e| error(&label, "cannot close the database", e))
     }
@@ -244,7 +447,14 @@ impl Storage for RedbStorage {
     }
 
     fn write(&self, batch: &PersistBatch) -> Result<(), StorageError> {
-        self.transact(std::slice::from_ref(batch), false)?;
+        let batches = std::slice::from_ref(batch);
+        match self.lock_log() {
+            Some(mut log) => {
+                let seq = self.append(&mut log, batches)?;
+                self.transact(batches, false, Some(seq))?;
+            }
+            None => self.transact(batches, false, None)?,
+        }
         self.unsynced.store(true, Ordering::Release);
         Ok(())
     }
@@ -253,31 +463,47 @@ impl Storage for RedbStorage {
         if !self.unsynced.swap(false, Ordering::AcqRel) {
             return Ok(());
         }
-        let synced = self.transact(&[], true);
+        let synced = match self.lock_log() {
+            Some(mut log) => Self::sync_log(&log).and_then(|()| self.checkpoint_if_due(&mut log)),
+            None => self.transact(&[], true, None),
+        };
         if synced.is_err() {
             self.unsynced.store(true, Ordering::Release);
         }
         synced
     }
 
-    /// The whole group in one durable redb transaction: one commit (and its fsyncs)
-    /// instead of one commit per batch plus an empty durable one. It also makes earlier
-    /// unsynced `write`s durable.
+    /// The whole group at once. With the log: one record appended and synced (one small
+    /// write, one fsync), then one non-durable redb transaction, and a checkpoint when the
+    /// log is big enough. Without: one durable redb transaction. Either way earlier
+    /// unsynced `write`s become durable too.
     fn commit(&self, batches: &[PersistBatch]) -> Result<(), StorageError> {
-        let was_unsynced = self.unsynced.swap(false, Ordering::AcqRel);
-        let committed = self.transact(batches, true);
-        if committed.is_err() && was_unsynced {
-            self.unsynced.store(true, Ordering::Release);
-        }
-        committed
+        let Some(mut log) = self.lock_log() else {
+            let was_unsynced = self.unsynced.swap(false, Ordering::AcqRel);
+            let committed = self.transact(batches, true, None);
+            if committed.is_err() && was_unsynced {
+                self.unsynced.store(true, Ordering::Release);
+            }
+            return committed;
+        };
+        let seq = self.append(&mut log, batches)?;
+        Self::sync_log(&log)?;
+        self.transact(batches, false, Some(seq))?;
+        self.unsynced.store(false, Ordering::Release);
+        self.checkpoint_if_due(&mut log)
     }
 }
 
 impl RedbStorage {
+    fn checkpoint_if_due(&self, log: &mut Log) -> Result<(), StorageError> {
+        if log.len >= log.checkpoint_bytes { self.checkpoint(log) } else { Ok(()) }
+    }
+
     /// Applies `batches` in order in one write transaction and commits it, durably
     /// ([`Durability::Immediate`], two-phase if configured) or not ([`Durability::None`]).
-    /// On an error, dropping the transaction aborts it: nothing of it is applied.
-    fn transact(&self, batches: &[PersistBatch], durable: bool) -> Result<(), StorageError> {
+    /// `wal_seq` records, in the same transaction, the last log record it applies. On an
+    /// error, dropping the transaction aborts it: nothing of it is applied.
+    fn transact(&self, batches: &[PersistBatch], durable: bool, wal_seq: Option<u64>) -> Result<(), StorageError> {
         let mut txn = self.db.begin_write().map_err(|e| self.error("cannot start a transaction", e))?;
         let durability = if durable { Durability::Immediate } else { Durability::None };
         txn.set_durability(durability).map_err(|e| self.error("cannot set the durability", e))?;
@@ -293,6 +519,10 @@ impl RedbStorage {
                 }
                 .map_err(|e| self.error("cannot write", e))?;
             }
+        }
+        if let Some(seq) = wal_seq {
+            let mut meta = txn.open_table(META).map_err(|e| self.error("cannot open the silo table", e))?;
+            meta.insert(WAL_APPLIED, seq).map_err(|e| self.error("cannot write", e))?;
         }
         let what = if durable { "cannot make the writes durable" } else { "cannot commit" };
         txn.commit().map_err(|e| self.error(what, e))

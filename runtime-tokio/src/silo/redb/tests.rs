@@ -140,7 +140,7 @@ fn killable(path: &Path, options: &RedbOptions) -> (RedbStorage, Arc<AtomicBool>
 #[test]
 fn sync_makes_earlier_writes_durable_and_unsynced_writes_die_with_the_process() {
     let dir = TempDir::new("kill");
-    let options = RedbOptions::default();
+    let options = RedbOptions { wal: false, ..RedbOptions::default() };
     let (storage, dead) = killable(&dir.file(), &options);
     storage.write(&put(1, &[("a", Some("1"))])).expect("write");
     storage.write(&put(2, &[("b", Some("2"))])).expect("write");
@@ -157,9 +157,9 @@ fn sync_makes_earlier_writes_durable_and_unsynced_writes_die_with_the_process() 
 }
 
 #[test]
-fn a_committed_group_is_applied_in_order_and_survives_a_crash() {
+fn without_the_log_a_committed_group_is_applied_in_order_and_survives_a_crash() {
     let dir = TempDir::new("group");
-    let options = RedbOptions::default();
+    let options = RedbOptions { wal: false, ..RedbOptions::default() };
     let (storage, dead) = killable(&dir.file(), &options);
     // An earlier unsynced write is made durable by the group commit too.
     storage.write(&put(1, &[("early", Some("e"))])).expect("write");
@@ -174,6 +174,98 @@ fn a_committed_group_is_applied_in_order_and_survives_a_crash() {
     assert_eq!(get(&storage, "a").as_deref(), Some("2"), "the later batch of the group wins");
     assert_eq!(get(&storage, "b"), None, "deleted by the later batch");
     assert_eq!(get(&storage, "late"), None, "written after the commit, never synced");
+}
+
+/// A killable database with a write-ahead log beside it (`wal_path`), as `create` makes.
+fn killable_with_log(path: &Path, options: &RedbOptions) -> (RedbStorage, Arc<AtomicBool>) {
+    let (mut storage, dead) = killable(path, options);
+    storage.create_log(&wal_path(path), options).expect("the log is created");
+    (storage, dead)
+}
+
+#[test]
+fn groups_committed_through_the_log_survive_a_crash_before_any_checkpoint() {
+    let dir = TempDir::new("wal-replay");
+    let options = RedbOptions::default();
+    let (storage, dead) = killable_with_log(&dir.file(), &options);
+    storage.commit(&[put(1, &[("a", Some("1")), ("b", Some("1"))])]).expect("commit");
+    storage.commit(&[put(2, &[("a", Some("2"))]), put(3, &[("b", None), ("c", Some("3"))])]).expect("commit");
+    assert!(std::fs::metadata(wal_path(&dir.file())).expect("log").len() > 0, "the records are in the log");
+    dead.store(true, Ordering::Release);
+    drop(storage); // the database file never got a durable commit of these writes
+
+    let storage = RedbStorage::open(&dir.file(), &options).expect("recovers from the log");
+    assert_eq!(get(&storage, "a").as_deref(), Some("2"));
+    assert_eq!(get(&storage, "b"), None);
+    assert_eq!(get(&storage, "c").as_deref(), Some("3"));
+    assert_eq!(std::fs::metadata(wal_path(&dir.file())).expect("log").len(), 0, "replayed, then emptied");
+    // Sequence numbers go on where they stopped: the next records replay too.
+    storage.commit(&[put(4, &[("d", Some("4"))])]).expect("commit");
+    drop(storage);
+    let storage = RedbStorage::open(&dir.file(), &options).expect("reopens");
+    assert_eq!(get(&storage, "d").as_deref(), Some("4"));
+    assert_eq!(get(&storage, "a").as_deref(), Some("2"));
+}
+
+#[test]
+fn a_checkpoint_empties_the_log_and_keeps_every_write() {
+    let dir = TempDir::new("wal-checkpoint");
+    let options = RedbOptions { wal_checkpoint_bytes: 1024, ..RedbOptions::default() };
+    let (storage, dead) = killable_with_log(&dir.file(), &options);
+    let value = "v".repeat(100);
+    for i in 0..40u64 {
+        storage.commit(&[put(i + 1, &[(&format!("k{i:02}"), Some(&value))])]).expect("commit");
+    }
+    let log_len = std::fs::metadata(wal_path(&dir.file())).expect("log").len();
+    assert!(log_len < 1024 + 200, "checkpoints keep the log short ({log_len} bytes)");
+    dead.store(true, Ordering::Release);
+    drop(storage);
+    let storage = RedbStorage::open(&dir.file(), &options).expect("recovers");
+    for i in 0..40u64 {
+        assert_eq!(get(&storage, &format!("k{i:02}")).as_deref(), Some(value.as_str()), "k{i:02}");
+    }
+}
+
+#[test]
+fn a_torn_last_record_is_dropped_and_the_earlier_ones_kept() {
+    let dir = TempDir::new("wal-torn");
+    let options = RedbOptions::default();
+    let (storage, dead) = killable_with_log(&dir.file(), &options);
+    storage.commit(&[put(1, &[("a", Some("1"))])]).expect("commit");
+    storage.commit(&[put(2, &[("b", Some(&"2".repeat(3000)))])]).expect("commit");
+    dead.store(true, Ordering::Release);
+    drop(storage);
+    // The second append was torn by the crash: its sectors after the first never reached
+    // the disk, and read as the zeros the log was grown with.
+    let path = wal_path(&dir.file());
+    let mut log = std::fs::read(&path).expect("log");
+    let first_end = 16 + u32::from_le_bytes(log[0..4].try_into().unwrap()) as usize;
+    assert!(first_end < 512 && log[first_end] != 0, "the second record starts in the first sector");
+    log[512..].fill(0);
+    std::fs::write(&path, &log).expect("write");
+    let storage = RedbStorage::open(&dir.file(), &options).expect("a torn tail is not damage");
+    assert_eq!(get(&storage, "a").as_deref(), Some("1"));
+    assert_eq!(get(&storage, "b"), None);
+}
+
+#[test]
+fn a_damaged_or_missing_log_stops_the_open_naming_it() {
+    let dir = TempDir::new("wal-damage");
+    let options = RedbOptions::default();
+    let (storage, dead) = killable_with_log(&dir.file(), &options);
+    storage.commit(&[put(1, &[("a", Some(&marker("acknowledged")))])]).expect("commit");
+    storage.commit(&[put(2, &[("b", Some("2"))])]).expect("commit");
+    dead.store(true, Ordering::Release);
+    drop(storage);
+    let log = wal_path(&dir.file());
+    assert!(scribble_over(&log, marker("acknowledged").as_bytes()) > 0);
+    let error = RedbStorage::open(&dir.file(), &options).expect_err("a damaged record is not a torn tail");
+    assert!(error.0.contains(&log.display().to_string()), "{error}");
+    assert!(error.0.contains("corrupt"), "{error}");
+
+    std::fs::remove_file(&log).expect("remove");
+    let error = RedbStorage::open(&dir.file(), &options).expect_err("a missing log");
+    assert!(error.0.contains(&log.display().to_string()) && error.0.contains("missing"), "{error}");
 }
 
 /// Overwrites every occurrence of `needle` in the file with 0x55 bytes; returns how many.
@@ -219,7 +311,7 @@ fn a_damaged_file_is_an_error_naming_it_after_a_clean_close() {
 #[test]
 fn damage_to_the_newest_commit_after_a_crash_is_an_error_not_a_rollback() {
     let dir = TempDir::new("rollback");
-    let options = RedbOptions::default();
+    let options = RedbOptions { wal: false, ..RedbOptions::default() };
     assert!(options.two_phase_commit);
     let (storage, dead) = killable(&dir.file(), &options);
     storage.write(&put(1, &[("k", Some(&marker("old")))])).expect("write");
@@ -239,7 +331,7 @@ fn one_phase_commits_would_roll_back_silently() {
     // Why two-phase commits are the default: the same damage with one-phase commits makes
     // redb fall back to the previous commit, forgetting an acknowledged write.
     let dir = TempDir::new("one-phase");
-    let options = RedbOptions { two_phase_commit: false, ..RedbOptions::default() };
+    let options = RedbOptions { two_phase_commit: false, wal: false, ..RedbOptions::default() };
     let (storage, dead) = killable(&dir.file(), &options);
     storage.write(&put(1, &[("k", Some(&marker("old")))])).expect("write");
     storage.sync().expect("sync");
