@@ -12,10 +12,12 @@
 //! [varint n, n × (ballot, op)]     if bit 2: recent writes; op = 3 varints: node, restart, seq
 //! ```
 //!
-//! Version 2 is version 1 with the version byte 2 and, if bit 2, one more field at the end:
+//! Version 2 is version 1 with the version byte 2 and, if bit 2, two more fields at the end
+//! (the state's [`Aborts`](crate::kv::Aborts)):
 //!
 //! ```text
 //! [varint m, m × op]               if bit 2: aborted writes (R6), oldest first
+//! [varint w, w × op]               if bit 2: per-node abort watermarks
 //! ```
 //!
 //! A register whose state carries no aborted write is still written as version 1 (the
@@ -24,7 +26,7 @@
 //! Decoding never panics: truncated, oversized or unknown input is a [`StorageError`].
 
 use crate::ids::{NodeTag, OpId};
-use crate::kv::{ABORTED_OPS_MAX, Applied, RECENT_OPS_MAX, State};
+use crate::kv::{ABORT_WATERMARKS_MAX, ABORTED_OPS_MAX, Aborts, Applied, RECENT_OPS_MAX, State};
 use crate::paxos::acceptor::{Accepted, Register};
 use crate::paxos::ballot::Ballot;
 use crate::storage::StorageError;
@@ -45,10 +47,13 @@ pub fn encode_register(r: &Register) -> Vec<u8> {
     let state = r.accepted.as_ref().and_then(|a| a.state.as_ref());
     let value_len = state.and_then(State::value).map_or(0, <[u8]>::len);
     let mut out = Vec::with_capacity(
-        value_len + 48 + 60 * state.map_or(0, |s| s.recent().len()) + 30 * state.map_or(0, |s| s.aborted().len()),
+        value_len
+            + 48
+            + 60 * state.map_or(0, |s| s.recent().len())
+            + 30 * state.map_or(0, |s| s.aborted().ops.len() + s.aborted().below.len()),
     );
-    let aborted = state.map_or(&[][..], State::aborted);
-    out.push(if aborted.is_empty() { VERSION_1 } else { VERSION_2 });
+    let aborted = state.map(State::aborted).filter(|a| !a.is_empty());
+    out.push(if aborted.is_none() { VERSION_1 } else { VERSION_2 });
     put_ballot(&mut out, r.promised);
     let mut flags = 0;
     if r.accepted.is_some() {
@@ -77,10 +82,12 @@ pub fn encode_register(r: &Register) -> Vec<u8> {
             put_ballot(&mut out, a.ballot);
             put_op(&mut out, a.op);
         }
-        if !aborted.is_empty() {
-            put_varint(&mut out, aborted.len() as u64);
-            for op in aborted {
-                put_op(&mut out, *op);
+        if let Some(aborted) = aborted {
+            for ops in [&aborted.ops, &aborted.below] {
+                put_varint(&mut out, ops.len() as u64);
+                for op in ops {
+                    put_op(&mut out, *op);
+                }
             }
         }
     }
@@ -178,6 +185,14 @@ impl Reader<'_> {
         Ok(OpId { node: NodeTag(self.varint()?), restart: self.varint()?, seq: self.varint()? })
     }
 
+    fn ops(&mut self, max: usize) -> Result<Vec<OpId>, StorageError> {
+        let n = self.varint()?;
+        if n > max as u64 * 16 {
+            return Err(corrupt("too many aborted writes"));
+        }
+        (0..n).map(|_| self.op()).collect()
+    }
+
     fn state(&mut self, tombstone: bool, with_aborted: bool) -> Result<State, StorageError> {
         let value = if tombstone {
             None
@@ -200,16 +215,10 @@ impl Reader<'_> {
             let op = self.op()?;
             recent.push(Applied { ballot, op });
         }
-        let mut aborted = Vec::new();
+        let mut aborted = Aborts::default();
         if with_aborted {
-            let m = self.varint()?;
-            if m > ABORTED_OPS_MAX as u64 * 16 {
-                return Err(corrupt("too many aborted writes"));
-            }
-            aborted.reserve(m as usize);
-            for _ in 0..m {
-                aborted.push(self.op()?);
-            }
+            aborted.ops = self.ops(ABORTED_OPS_MAX)?;
+            aborted.below = self.ops(ABORT_WATERMARKS_MAX)?;
         }
         Ok(match value {
             Some(value) => State::Value { value, recent, aborted },
@@ -242,7 +251,13 @@ mod tests {
     }
 
     fn register() -> impl Strategy<Value = Register> {
-        let aborted = || prop_oneof![Just(Vec::new()), proptest::collection::vec(op(), 0..9)];
+        let aborted = || {
+            prop_oneof![
+                Just(Aborts::default()),
+                (proptest::collection::vec(op(), 0..9), proptest::collection::vec(op(), 0..4))
+                    .prop_map(|(ops, below)| Aborts { ops, below }),
+            ]
+        };
         let state = prop_oneof![
             Just(None),
             (proptest::collection::vec(any::<u8>(), 0..64), proptest::collection::vec(applied(), 0..5), aborted())
@@ -286,7 +301,7 @@ mod tests {
                 state: Some(State::Value {
                     value: b"hi".to_vec(),
                     recent: vec![Applied { ballot: b, op }],
-                    aborted: vec![],
+                    aborted: Aborts::default(),
                 }),
             }),
             committed: true,
@@ -310,13 +325,21 @@ mod tests {
             promised: b,
             accepted: Some(Accepted {
                 ballot: b,
-                state: Some(State::Tombstone { recent: vec![Applied { ballot: b, op }], aborted: vec![gone] }),
+                state: Some(State::Tombstone {
+                    recent: vec![Applied { ballot: b, op }],
+                    aborted: Aborts { ops: vec![gone], below: vec![op] },
+                }),
             }),
             committed: false,
         };
         let bytes = vec![
-            2, 1, 2, 0xac, 0x02, 1, 13, 1, 2, 0xac, 0x02, 1, 1, 1, 2, 0xac, 0x02, 1, 0xac, 0x02, 1, 2, 1, 5, 2, 0x82,
-            0x01,
+            2, // version 2
+            1, 2, 0xac, 0x02, 1,  // promised
+            13, // accepted, state, tombstone
+            1, 2, 0xac, 0x02, 1, // accepted ballot
+            1, 1, 2, 0xac, 0x02, 1, 0xac, 0x02, 1, 2, // one recent write
+            1, 5, 2, 0x82, 0x01, // one aborted write
+            1, 0xac, 0x02, 1, 2, // one watermark
         ];
         assert_eq!(encode_register(&r), bytes);
         assert_eq!(decode_register(&bytes).unwrap(), r);
@@ -328,6 +351,6 @@ mod tests {
         let bytes = [1, 1, 2, 0xac, 0x02, 1, 7, 1, 2, 0xac, 0x02, 1, 2, b'h', b'i', 0];
         let r = decode_register(&bytes).unwrap();
         let state = r.accepted.and_then(|a| a.state).unwrap();
-        assert_eq!(state, State::Value { value: b"hi".to_vec(), recent: vec![], aborted: vec![] });
+        assert_eq!(state, State::Value { value: b"hi".to_vec(), recent: vec![], aborted: Aborts::default() });
     }
 }

@@ -11,11 +11,12 @@ use serde::{Deserialize, Serialize};
 /// How many recent writes a state remembers (see [`Applied`]).
 pub const RECENT_OPS_MAX: usize = 4;
 
-/// How many aborted writes a state remembers (see [`State::aborted`]). A marker is
-/// forgotten when this many newer writes of the same key were aborted after it (or when
-/// the key's tombstone is garbage-collected); only then can a still-delayed copy of the
-/// aborted write take effect.
+/// How many aborted writes a state names one by one (see [`Aborts`]).
 pub const ABORTED_OPS_MAX: usize = 8;
+
+/// How many per-node abort watermarks a state keeps (see [`Aborts`]): more nodes than this
+/// with evicted markers on one key, and the oldest watermark is forgotten.
+pub const ABORT_WATERMARKS_MAX: usize = 32;
 
 /// A write that took effect, remembered in the states that follow it (R6 recovery): the op
 /// and the ballot of the proposal that first applied it. Along the chain of chosen states
@@ -30,6 +31,73 @@ pub struct Applied {
     pub op: OpId,
 }
 
+/// The writes of a key that a recovery declared aborted (R6), inherited by every later
+/// state of the key.
+///
+/// A recovering coordinator that does not find its write in the state it is about to make
+/// chosen adds the write's op-id here and answers UNAVAILABLE only once that state is
+/// chosen. Every later chosen state descends from it (Paxos), so it inherits the marker,
+/// and [`apply`] refuses a marked write: a delayed Forward, a stale retry or a replay of
+/// that write can no longer take effect.
+///
+/// The last [`ABORTED_OPS_MAX`] aborted writes are named one by one (`ops`). An older
+/// marker is folded into a per-node watermark (`below`): op-ids of one node are minted in
+/// increasing `(restart, seq)` order, so "every write of node n up to op w that the state
+/// does not remember as applied is refused" covers the evicted marker forever, at the cost
+/// of also refusing (with UNAVAILABLE, an unknown outcome) any still-unapplied write that
+/// node n minted before it, which by then has long been answered. At most
+/// [`ABORT_WATERMARKS_MAX`] nodes keep a watermark per key.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Aborts {
+    /// The most recently aborted writes, oldest first.
+    pub ops: Vec<OpId>,
+    /// Per node (at most one entry each, least recently raised first): the highest evicted
+    /// aborted write. Writes of that node at or below it are refused.
+    pub below: Vec<OpId>,
+}
+
+impl Aborts {
+    /// Whether there is nothing to refuse.
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty() && self.below.is_empty()
+    }
+
+    /// Whether the write `op` must be refused.
+    pub fn refuses(&self, op: OpId) -> bool {
+        self.ops.contains(&op)
+            || self.below.iter().any(|w| w.node == op.node && (op.restart, op.seq) <= (w.restart, w.seq))
+    }
+
+    /// Records `op` as aborted. Idempotent.
+    pub fn add(&mut self, op: OpId) {
+        if self.refuses(op) {
+            return;
+        }
+        self.ops.push(op);
+        while self.ops.len() > ABORTED_OPS_MAX {
+            let evicted = self.ops.remove(0);
+            self.raise(evicted);
+        }
+    }
+
+    /// Raises `op.node`'s watermark to at least `op`.
+    fn raise(&mut self, op: OpId) {
+        let mut w = op;
+        if let Some(i) = self.below.iter().position(|b| b.node == op.node) {
+            let old = self.below.remove(i);
+            if (old.restart, old.seq) > (op.restart, op.seq) {
+                w = old;
+            }
+        }
+        self.below.push(w);
+        if self.below.len() > ABORT_WATERMARKS_MAX {
+            self.below.remove(0);
+        }
+        // Markers the watermark now covers are redundant.
+        self.ops.retain(|o| !(o.node == w.node && (o.restart, o.seq) <= (w.restart, w.seq)));
+    }
+}
+
 /// What a register holds once something was ever chosen for it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum State {
@@ -40,9 +108,8 @@ pub enum State {
         /// The last writes of this key's history, oldest first, at most
         /// [`RECENT_OPS_MAX`].
         recent: Vec<Applied>,
-        /// Writes a recovery declared aborted, oldest first, at most [`ABORTED_OPS_MAX`]
-        /// (see [`State::aborted`]).
-        aborted: Vec<OpId>,
+        /// Writes a recovery declared aborted.
+        aborted: Aborts,
     },
     /// A deleted key, kept until garbage collection (R8). A recovery that aborts a write
     /// on an absent key also leaves a tombstone, to carry the marker.
@@ -50,7 +117,7 @@ pub enum State {
         /// As for `Value`.
         recent: Vec<Applied>,
         /// As for `Value`.
-        aborted: Vec<OpId>,
+        aborted: Aborts,
     },
 }
 
@@ -75,13 +142,8 @@ impl State {
         }
     }
 
-    /// The writes a recovery declared aborted (R6), oldest first. A recovering coordinator
-    /// that does not find its write in the state it is about to make chosen adds the
-    /// write's op-id here and answers UNAVAILABLE only once that state is chosen. Every
-    /// later chosen state descends from it (Paxos), inherits the marker, and [`apply`]
-    /// refuses a marked write, so a delayed Forward, a stale retry or a replay of that
-    /// write can no longer take effect. Bounded by [`ABORTED_OPS_MAX`].
-    pub fn aborted(&self) -> &[OpId] {
+    /// The writes a recovery declared aborted (R6); see [`Aborts`].
+    pub fn aborted(&self) -> &Aborts {
         match self {
             State::Value { aborted, .. } | State::Tombstone { aborted, .. } => aborted,
         }
@@ -94,23 +156,16 @@ impl State {
 
     /// Whether the write `op` was declared aborted.
     pub fn refuses(&self, op: OpId) -> bool {
-        self.aborted().contains(&op)
+        self.aborted().refuses(op)
     }
 }
 
 /// Records `op` as aborted in `state` (R6): an absent key becomes a tombstone carrying the
-/// marker; the oldest marker beyond [`ABORTED_OPS_MAX`] is forgotten. Idempotent.
+/// marker. Idempotent.
 pub fn abort(state: &mut Option<State>, op: OpId) {
-    if state.as_ref().is_some_and(|s| s.refuses(op)) {
-        return;
-    }
-    let s = state.get_or_insert_with(|| State::Tombstone { recent: Vec::new(), aborted: Vec::new() });
-    let aborted = match s {
-        State::Value { aborted, .. } | State::Tombstone { aborted, .. } => aborted,
-    };
-    aborted.push(op);
-    if aborted.len() > ABORTED_OPS_MAX {
-        aborted.drain(..aborted.len() - ABORTED_OPS_MAX);
+    let s = state.get_or_insert_with(|| State::Tombstone { recent: Vec::new(), aborted: Aborts::default() });
+    match s {
+        State::Value { aborted, .. } | State::Tombstone { aborted, .. } => aborted.add(op),
     }
 }
 
@@ -165,11 +220,11 @@ pub enum Answer {
 pub fn apply(state: &mut Option<State>, change: &Change, op: OpId, ballot: Ballot) -> Result<Answer, Aborted> {
     let present = visible(state.as_ref()).is_some();
     if change.is_write() {
-        if state.as_ref().is_some_and(|s| s.refuses(op)) {
-            return Err(Aborted);
-        }
         if state.as_ref().is_some_and(|s| s.carries(op)) {
             return Ok(Answer::Done);
+        }
+        if state.as_ref().is_some_and(|s| s.refuses(op)) {
+            return Err(Aborted);
         }
     }
     let next = match change {
@@ -182,16 +237,16 @@ pub fn apply(state: &mut Option<State>, change: &Change, op: OpId, ballot: Ballo
         Change::Insert(_) if present => return Ok(Answer::AlreadyExists),
         Change::Update(_) | Change::Delete if !present => return Ok(Answer::NotFound),
         Change::Insert(v) | Change::Update(v) | Change::Upsert(v) => {
-            State::Value { value: v.clone(), recent: Vec::new(), aborted: Vec::new() }
+            State::Value { value: v.clone(), recent: Vec::new(), aborted: Aborts::default() }
         }
-        Change::Delete => State::Tombstone { recent: Vec::new(), aborted: Vec::new() },
+        Change::Delete => State::Tombstone { recent: Vec::new(), aborted: Aborts::default() },
     };
     let mut recent = state.as_ref().map(|s| s.recent().to_vec()).unwrap_or_default();
     recent.push(Applied { ballot, op });
     if recent.len() > RECENT_OPS_MAX {
         recent.drain(..recent.len() - RECENT_OPS_MAX);
     }
-    let aborted = state.as_ref().map(|s| s.aborted().to_vec()).unwrap_or_default();
+    let aborted = state.as_ref().map(|s| s.aborted().clone()).unwrap_or_default();
     let mut next = next;
     match &mut next {
         State::Value { recent: r, aborted: x, .. } | State::Tombstone { recent: r, aborted: x } => {
@@ -231,8 +286,8 @@ mod tests {
         // (initial, change, answer, visible after)
         let v = |s: &str| s.as_bytes().to_vec();
         let old = vec![Applied { ballot: b(1), op: op(0) }];
-        let live = Some(State::Value { value: v("a"), recent: old.clone(), aborted: vec![] });
-        let dead = Some(State::Tombstone { recent: old, aborted: vec![] });
+        let live = Some(State::Value { value: v("a"), recent: old.clone(), aborted: Aborts::default() });
+        let dead = Some(State::Tombstone { recent: old, aborted: Aborts::default() });
         type Row = (Option<State>, Change, Answer, Option<Vec<u8>>);
         let table: Vec<Row> = vec![
             (None, Change::Insert(v("x")), Answer::Done, Some(v("x"))),
@@ -294,7 +349,7 @@ mod tests {
         // Op 3 is aborted: refused, state untouched; the marker is inherited by later states.
         abort(&mut state, op(3));
         abort(&mut state, op(3));
-        assert_eq!(state.as_ref().map(|s| s.aborted().len()), Some(1), "idempotent");
+        assert_eq!(state.as_ref().map(|s| s.aborted().ops.len()), Some(1), "idempotent");
         let before = state.clone();
         assert_eq!(apply(&mut state, &v("c"), op(3), b(4)), Err(Aborted));
         assert_eq!(state, before);
@@ -304,20 +359,45 @@ mod tests {
     }
 
     #[test]
-    fn an_abort_on_an_absent_key_leaves_a_tombstone_and_the_markers_are_bounded() {
+    fn an_abort_on_an_absent_key_leaves_a_tombstone_and_evicted_markers_become_watermarks() {
         let mut state = None;
         abort(&mut state, op(0));
         assert!(
-            matches!(&state, Some(State::Tombstone { recent, aborted }) if recent.is_empty() && aborted == &[op(0)])
+            matches!(&state, Some(State::Tombstone { recent, aborted }) if recent.is_empty() && aborted.ops == [op(0)])
         );
         assert_eq!(visible(state.as_ref()), None);
         assert_eq!(apply(&mut state, &Change::Insert(b"x".to_vec()), op(1), b(1)), Ok(Answer::Done));
         for i in 2..20 {
             abort(&mut state, op(i));
         }
-        let aborted = state.expect("written").aborted().to_vec();
-        assert_eq!(aborted.len(), ABORTED_OPS_MAX);
-        assert_eq!(aborted.first(), Some(&op(20 - ABORTED_OPS_MAX as u64)));
-        assert_eq!(aborted.last(), Some(&op(19)));
+        let s = state.clone().expect("written");
+        assert_eq!(s.aborted().ops.len(), ABORTED_OPS_MAX);
+        assert_eq!(s.aborted().ops.first(), Some(&op(20 - ABORTED_OPS_MAX as u64)));
+        assert_eq!(s.aborted().ops.last(), Some(&op(19)));
+        assert_eq!(s.aborted().below, vec![op(19 - ABORTED_OPS_MAX as u64)], "one watermark for the node");
+        for i in 0..20 {
+            assert!(s.refuses(op(i)), "op {i}: evicted markers stay covered");
+        }
+        assert!(!s.refuses(op(20)), "a newer write of the node is not");
+        let other = OpId { node: NodeTag(2), restart: 1, seq: 3 };
+        assert!(!s.refuses(other), "nor another node's");
+        // The write applied before the aborts is remembered, so a replay is Done, not refused.
+        assert_eq!(apply(&mut state, &Change::Insert(b"x".to_vec()), op(1), b(2)), Ok(Answer::Done));
+        // A later life of the node is above the watermark.
+        assert!(!s.refuses(OpId { node: NodeTag(1), restart: 2, seq: 0 }));
+    }
+
+    #[test]
+    fn watermarks_are_bounded_per_key() {
+        let mut a = Aborts::default();
+        for n in 0..(ABORT_WATERMARKS_MAX as u64 + 5) {
+            for seq in 0..=ABORTED_OPS_MAX as u64 {
+                a.add(OpId { node: NodeTag(n), restart: 1, seq });
+            }
+        }
+        assert!(a.below.len() <= ABORT_WATERMARKS_MAX);
+        assert!(a.ops.len() <= ABORTED_OPS_MAX);
+        let last = OpId { node: NodeTag(ABORT_WATERMARKS_MAX as u64 + 4), restart: 1, seq: 0 };
+        assert!(a.refuses(last));
     }
 }

@@ -60,7 +60,7 @@ fn accept(node: &Node<Arc<MemoryStorage>>, key: &str, round: u64) -> Message {
     let state = Some(State::Value {
         value: b"v".to_vec(),
         recent: vec![Applied { ballot: ballot(round), op }],
-        aborted: vec![],
+        aborted: Default::default(),
     });
     Message::Accept {
         key: key.into(),
