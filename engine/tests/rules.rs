@@ -365,6 +365,42 @@ fn a_write_answered_unavailable_after_its_recovery_never_lands_later() {
 }
 
 #[test]
+fn an_aborted_write_stays_refused_after_more_later_aborts_than_the_state_names() {
+    // The marker of v2 is pushed out of the named list by later aborts on the same key
+    // (madsim seed 4629: nine later aborts, then the Forward arrived ~19 s late). The
+    // per-node watermark it leaves still refuses v2, and every other aborted write.
+    let mut sim = sim(17);
+    let key = "zombie-many";
+    let (p, a, _) = roles(&sim, key);
+    let answers: ForwardAnswers = Rc::default();
+    let seen = answers.clone();
+    sim.set_filter(Box::new(move |from, to, env| {
+        seen.borrow_mut().record(from, to, &env.message, key, "v2");
+        if matches!(&env.message, Message::Forward { key: k, .. } if k == key) {
+            Verdict::Hold
+        } else {
+            Verdict::Deliver
+        }
+    }));
+    let later = memo_engine::kv::ABORTED_OPS_MAX + 2;
+    for v in std::iter::once("v2".to_string()).chain((0..later).map(|i| format!("z{i}"))) {
+        assert!(matches!(call(&mut sim, a, Request::upsert(key, v.as_str())), Err(KvError::Unavailable(_))), "{v}");
+    }
+    assert_eq!(sim.held().len(), later + 1, "every Forward is still in the network");
+    sim.clear_filter();
+    assert_eq!(call(&mut sim, p, Request::upsert(key, "v3")), Ok(Response::Done));
+    let refused = sim.node(p).unwrap().stats().aborted_refused;
+    sim.set_filter(Box::new(move |from, to, env| {
+        answers.borrow_mut().record(from, to, &env.message, key, "v2");
+        Verdict::Deliver
+    }));
+    sim.release_held(|_, _, _| true);
+    sim.run_for(Duration::from_secs(1));
+    assert_eq!(sim.node(p).unwrap().stats().aborted_refused, refused + later as u64 + 1, "every late Forward refused");
+    assert_every_quorum_reads(&mut sim, key, "v3");
+}
+
+#[test]
 fn a_late_forward_on_the_primarys_fast_path_is_refused_too() {
     // As above, but p holds a granted next ballot for the key (its fast path, R3) from before
     // a's recovery round, and its cached state predates the abort marker. Its one-round-trip
