@@ -12,15 +12,29 @@
 //! [varint n, n × (ballot, op)]     if bit 2: recent writes; op = 3 varints: node, restart, seq
 //! ```
 //!
+//! Version 2 is version 1 with the version byte 2 and, if bit 2, two more fields at the end
+//! (the state's [`Aborts`](crate::kv::Aborts)):
+//!
+//! ```text
+//! [varint m, m × op]               if bit 2: aborted writes (R6), oldest first
+//! [varint w, w × op]               if bit 2: per-node abort watermarks
+//! ```
+//!
+//! A register whose state carries no aborted write is still written as version 1 (the
+//! common case, byte for byte what earlier builds wrote and read); both versions decode.
+//!
 //! Decoding never panics: truncated, oversized or unknown input is a [`StorageError`].
 
 use crate::ids::{NodeTag, OpId};
-use crate::kv::{Applied, RECENT_OPS_MAX, State};
+use crate::kv::{ABORT_WATERMARKS_MAX, ABORTED_OPS_MAX, Aborts, Applied, RECENT_OPS_MAX, State};
 use crate::paxos::acceptor::{Accepted, Register};
 use crate::paxos::ballot::Ballot;
 use crate::storage::StorageError;
 
-const VERSION: u8 = 1;
+/// The format without aborted writes.
+const VERSION_1: u8 = 1;
+/// The format with aborted writes.
+const VERSION_2: u8 = 2;
 const ACCEPTED: u8 = 1;
 const COMMITTED: u8 = 2;
 const STATE: u8 = 4;
@@ -32,8 +46,14 @@ const VALUE_BYTES_MAX: u64 = 1 << 32;
 pub fn encode_register(r: &Register) -> Vec<u8> {
     let state = r.accepted.as_ref().and_then(|a| a.state.as_ref());
     let value_len = state.and_then(State::value).map_or(0, <[u8]>::len);
-    let mut out = Vec::with_capacity(value_len + 48 + 60 * state.map_or(0, |s| s.recent().len()));
-    out.push(VERSION);
+    let mut out = Vec::with_capacity(
+        value_len
+            + 48
+            + 60 * state.map_or(0, |s| s.recent().len())
+            + 30 * state.map_or(0, |s| s.aborted().ops.len() + s.aborted().below.len()),
+    );
+    let aborted = state.map(State::aborted).filter(|a| !a.is_empty());
+    out.push(if aborted.is_none() { VERSION_1 } else { VERSION_2 });
     put_ballot(&mut out, r.promised);
     let mut flags = 0;
     if r.accepted.is_some() {
@@ -60,9 +80,15 @@ pub fn encode_register(r: &Register) -> Vec<u8> {
         put_varint(&mut out, s.recent().len() as u64);
         for a in s.recent() {
             put_ballot(&mut out, a.ballot);
-            put_varint(&mut out, a.op.node.0);
-            put_varint(&mut out, a.op.restart);
-            put_varint(&mut out, a.op.seq);
+            put_op(&mut out, a.op);
+        }
+        if let Some(aborted) = aborted {
+            for ops in [&aborted.ops, &aborted.below] {
+                put_varint(&mut out, ops.len() as u64);
+                for op in ops {
+                    put_op(&mut out, *op);
+                }
+            }
         }
     }
     out
@@ -71,7 +97,8 @@ pub fn encode_register(r: &Register) -> Vec<u8> {
 /// Decodes a register, refusing anything malformed.
 pub fn decode_register(bytes: &[u8]) -> Result<Register, StorageError> {
     let mut r = Reader { bytes, at: 0 };
-    if r.byte()? != VERSION {
+    let version = r.byte()?;
+    if version != VERSION_1 && version != VERSION_2 {
         return Err(corrupt("unknown register version"));
     }
     let promised = r.ballot()?;
@@ -81,7 +108,8 @@ pub fn decode_register(bytes: &[u8]) -> Result<Register, StorageError> {
     }
     let accepted = if flags & ACCEPTED != 0 {
         let ballot = r.ballot()?;
-        let state = if flags & STATE != 0 { Some(r.state(flags & TOMBSTONE != 0)?) } else { None };
+        let state =
+            if flags & STATE != 0 { Some(r.state(flags & TOMBSTONE != 0, version == VERSION_2)?) } else { None };
         Some(Accepted { ballot, state })
     } else {
         None
@@ -102,6 +130,12 @@ fn put_varint(out: &mut Vec<u8>, mut v: u64) {
         v >>= 7;
     }
     out.push(v as u8);
+}
+
+fn put_op(out: &mut Vec<u8>, op: OpId) {
+    put_varint(out, op.node.0);
+    put_varint(out, op.restart);
+    put_varint(out, op.seq);
 }
 
 fn put_ballot(out: &mut Vec<u8>, b: Ballot) {
@@ -147,7 +181,19 @@ impl Reader<'_> {
         })
     }
 
-    fn state(&mut self, tombstone: bool) -> Result<State, StorageError> {
+    fn op(&mut self) -> Result<OpId, StorageError> {
+        Ok(OpId { node: NodeTag(self.varint()?), restart: self.varint()?, seq: self.varint()? })
+    }
+
+    fn ops(&mut self, max: usize) -> Result<Vec<OpId>, StorageError> {
+        let n = self.varint()?;
+        if n > max as u64 * 16 {
+            return Err(corrupt("too many aborted writes"));
+        }
+        (0..n).map(|_| self.op()).collect()
+    }
+
+    fn state(&mut self, tombstone: bool, with_aborted: bool) -> Result<State, StorageError> {
         let value = if tombstone {
             None
         } else {
@@ -166,12 +212,17 @@ impl Reader<'_> {
         let mut recent = Vec::with_capacity(n as usize);
         for _ in 0..n {
             let ballot = self.ballot()?;
-            let op = OpId { node: NodeTag(self.varint()?), restart: self.varint()?, seq: self.varint()? };
+            let op = self.op()?;
             recent.push(Applied { ballot, op });
         }
+        let mut aborted = Aborts::default();
+        if with_aborted {
+            aborted.ops = self.ops(ABORTED_OPS_MAX)?;
+            aborted.below = self.ops(ABORT_WATERMARKS_MAX)?;
+        }
         Ok(match value {
-            Some(value) => State::Value { value, recent },
-            None => State::Tombstone { recent },
+            Some(value) => State::Value { value, recent, aborted },
+            None => State::Tombstone { recent, aborted },
         })
     }
 }
@@ -195,12 +246,24 @@ mod tests {
             .prop_map(|(ballot, n, r, s)| Applied { ballot, op: OpId { node: NodeTag(n), restart: r, seq: s } })
     }
 
+    fn op() -> impl Strategy<Value = OpId> {
+        (any::<u64>(), any::<u64>(), any::<u64>()).prop_map(|(n, r, s)| OpId { node: NodeTag(n), restart: r, seq: s })
+    }
+
     fn register() -> impl Strategy<Value = Register> {
+        let aborted = || {
+            prop_oneof![
+                Just(Aborts::default()),
+                (proptest::collection::vec(op(), 0..9), proptest::collection::vec(op(), 0..4))
+                    .prop_map(|(ops, below)| Aborts { ops, below }),
+            ]
+        };
         let state = prop_oneof![
             Just(None),
-            (proptest::collection::vec(any::<u8>(), 0..64), proptest::collection::vec(applied(), 0..5))
-                .prop_map(|(value, recent)| Some(State::Value { value, recent })),
-            proptest::collection::vec(applied(), 0..5).prop_map(|recent| Some(State::Tombstone { recent })),
+            (proptest::collection::vec(any::<u8>(), 0..64), proptest::collection::vec(applied(), 0..5), aborted())
+                .prop_map(|(value, recent, aborted)| Some(State::Value { value, recent, aborted })),
+            (proptest::collection::vec(applied(), 0..5), aborted())
+                .prop_map(|(recent, aborted)| Some(State::Tombstone { recent, aborted })),
         ];
         let accepted =
             prop_oneof![Just(None), (ballot(), state).prop_map(|(ballot, state)| Some(Accepted { ballot, state }))];
@@ -235,7 +298,11 @@ mod tests {
             promised: b,
             accepted: Some(Accepted {
                 ballot: b,
-                state: Some(State::Value { value: b"hi".to_vec(), recent: vec![Applied { ballot: b, op }] }),
+                state: Some(State::Value {
+                    value: b"hi".to_vec(),
+                    recent: vec![Applied { ballot: b, op }],
+                    aborted: Aborts::default(),
+                }),
             }),
             committed: true,
         };
@@ -245,5 +312,45 @@ mod tests {
                 1, 1, 2, 0xac, 0x02, 1, 7, 1, 2, 0xac, 0x02, 1, 2, b'h', b'i', 1, 1, 2, 0xac, 0x02, 1, 0xac, 0x02, 1, 2
             ]
         );
+    }
+
+    #[test]
+    fn the_format_with_aborted_writes_is_frozen() {
+        // Version 2: version 1 plus the aborted writes. A change here breaks every silo
+        // written before it: add a version instead.
+        let op = OpId { node: NodeTag(300), restart: 1, seq: 2 };
+        let gone = OpId { node: NodeTag(5), restart: 2, seq: 130 };
+        let b = Ballot { epoch: 1, round: 2, node: NodeTag(300), restart: 1 };
+        let r = Register {
+            promised: b,
+            accepted: Some(Accepted {
+                ballot: b,
+                state: Some(State::Tombstone {
+                    recent: vec![Applied { ballot: b, op }],
+                    aborted: Aborts { ops: vec![gone], below: vec![op] },
+                }),
+            }),
+            committed: false,
+        };
+        let bytes = vec![
+            2, // version 2
+            1, 2, 0xac, 0x02, 1,  // promised
+            13, // accepted, state, tombstone
+            1, 2, 0xac, 0x02, 1, // accepted ballot
+            1, 1, 2, 0xac, 0x02, 1, 0xac, 0x02, 1, 2, // one recent write
+            1, 5, 2, 0x82, 0x01, // one aborted write
+            1, 0xac, 0x02, 1, 2, // one watermark
+        ];
+        assert_eq!(encode_register(&r), bytes);
+        assert_eq!(decode_register(&bytes).unwrap(), r);
+    }
+
+    #[test]
+    fn version_1_registers_still_decode() {
+        // Bytes written by builds before aborted writes existed.
+        let bytes = [1, 1, 2, 0xac, 0x02, 1, 7, 1, 2, 0xac, 0x02, 1, 2, b'h', b'i', 0];
+        let r = decode_register(&bytes).unwrap();
+        let state = r.accepted.and_then(|a| a.state).unwrap();
+        assert_eq!(state, State::Value { value: b"hi".to_vec(), recent: vec![], aborted: Aborts::default() });
     }
 }

@@ -11,6 +11,13 @@ use serde::{Deserialize, Serialize};
 /// How many recent writes a state remembers (see [`Applied`]).
 pub const RECENT_OPS_MAX: usize = 4;
 
+/// How many aborted writes a state names one by one (see [`Aborts`]).
+pub const ABORTED_OPS_MAX: usize = 8;
+
+/// How many per-node abort watermarks a state keeps (see [`Aborts`]): more nodes than this
+/// with evicted markers on one key, and the oldest watermark is forgotten.
+pub const ABORT_WATERMARKS_MAX: usize = 32;
+
 /// A write that took effect, remembered in the states that follow it (R6 recovery): the op
 /// and the ballot of the proposal that first applied it. Along the chain of chosen states
 /// these entries appear in the order the writes took effect, and their ballots never
@@ -24,6 +31,73 @@ pub struct Applied {
     pub op: OpId,
 }
 
+/// The writes of a key that a recovery declared aborted (R6), inherited by every later
+/// state of the key.
+///
+/// A recovering coordinator that does not find its write in the state it is about to make
+/// chosen adds the write's op-id here and answers UNAVAILABLE only once that state is
+/// chosen. Every later chosen state descends from it (Paxos), so it inherits the marker,
+/// and [`apply`] refuses a marked write: a delayed Forward, a stale retry or a replay of
+/// that write can no longer take effect.
+///
+/// The last [`ABORTED_OPS_MAX`] aborted writes are named one by one (`ops`). An older
+/// marker is folded into a per-node watermark (`below`): op-ids of one node are minted in
+/// increasing `(restart, seq)` order, so "every write of node n up to op w that the state
+/// does not remember as applied is refused" covers the evicted marker forever, at the cost
+/// of also refusing (with UNAVAILABLE, an unknown outcome) any still-unapplied write that
+/// node n minted before it, which by then has long been answered. At most
+/// [`ABORT_WATERMARKS_MAX`] nodes keep a watermark per key.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Aborts {
+    /// The most recently aborted writes, oldest first.
+    pub ops: Vec<OpId>,
+    /// Per node (at most one entry each, least recently raised first): the highest evicted
+    /// aborted write. Writes of that node at or below it are refused.
+    pub below: Vec<OpId>,
+}
+
+impl Aborts {
+    /// Whether there is nothing to refuse.
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty() && self.below.is_empty()
+    }
+
+    /// Whether the write `op` must be refused.
+    pub fn refuses(&self, op: OpId) -> bool {
+        self.ops.contains(&op)
+            || self.below.iter().any(|w| w.node == op.node && (op.restart, op.seq) <= (w.restart, w.seq))
+    }
+
+    /// Records `op` as aborted. Idempotent.
+    pub fn add(&mut self, op: OpId) {
+        if self.refuses(op) {
+            return;
+        }
+        self.ops.push(op);
+        while self.ops.len() > ABORTED_OPS_MAX {
+            let evicted = self.ops.remove(0);
+            self.raise(evicted);
+        }
+    }
+
+    /// Raises `op.node`'s watermark to at least `op`.
+    fn raise(&mut self, op: OpId) {
+        let mut w = op;
+        if let Some(i) = self.below.iter().position(|b| b.node == op.node) {
+            let old = self.below.remove(i);
+            if (old.restart, old.seq) > (op.restart, op.seq) {
+                w = old;
+            }
+        }
+        self.below.push(w);
+        if self.below.len() > ABORT_WATERMARKS_MAX {
+            self.below.remove(0);
+        }
+        // Markers the watermark now covers are redundant.
+        self.ops.retain(|o| !(o.node == w.node && (o.restart, o.seq) <= (w.restart, w.seq)));
+    }
+}
+
 /// What a register holds once something was ever chosen for it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum State {
@@ -34,13 +108,23 @@ pub enum State {
         /// The last writes of this key's history, oldest first, at most
         /// [`RECENT_OPS_MAX`].
         recent: Vec<Applied>,
+        /// Writes a recovery declared aborted.
+        aborted: Aborts,
     },
-    /// A deleted key, kept until garbage collection (R8).
+    /// A deleted key, kept until garbage collection (R8). A recovery that aborts a write
+    /// on an absent key also leaves a tombstone, to carry the marker.
     Tombstone {
         /// As for `Value`.
         recent: Vec<Applied>,
+        /// As for `Value`.
+        aborted: Aborts,
     },
 }
+
+/// Why [`apply`] refused a write: a recovery answered UNAVAILABLE for it after finding it
+/// absent, and recorded it as aborted in the chosen state, so it may never take effect.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Aborted;
 
 impl State {
     /// The value, if live.
@@ -54,13 +138,34 @@ impl State {
     /// The recent writes of this key, oldest first.
     pub fn recent(&self) -> &[Applied] {
         match self {
-            State::Value { recent, .. } | State::Tombstone { recent } => recent,
+            State::Value { recent, .. } | State::Tombstone { recent, .. } => recent,
+        }
+    }
+
+    /// The writes a recovery declared aborted (R6); see [`Aborts`].
+    pub fn aborted(&self) -> &Aborts {
+        match self {
+            State::Value { aborted, .. } | State::Tombstone { aborted, .. } => aborted,
         }
     }
 
     /// Whether the write `op` is among the recent writes.
     pub fn carries(&self, op: OpId) -> bool {
         self.recent().iter().any(|a| a.op == op)
+    }
+
+    /// Whether the write `op` was declared aborted.
+    pub fn refuses(&self, op: OpId) -> bool {
+        self.aborted().refuses(op)
+    }
+}
+
+/// Records `op` as aborted in `state` (R6): an absent key becomes a tombstone carrying the
+/// marker. Idempotent.
+pub fn abort(state: &mut Option<State>, op: OpId) {
+    let s = state.get_or_insert_with(|| State::Tombstone { recent: Vec::new(), aborted: Aborts::default() });
+    match s {
+        State::Value { aborted, .. } | State::Tombstone { aborted, .. } => aborted.add(op),
     }
 }
 
@@ -107,33 +212,50 @@ pub enum Answer {
 
 /// Applies `change` (made by `op`, proposed at `ballot`) to `state` in place and returns its
 /// answer. A change whose precondition fails leaves the state untouched.
-pub fn apply(state: &mut Option<State>, change: &Change, op: OpId, ballot: Ballot) -> Answer {
+///
+/// Every write first checks its op-id against the state (R6): a write the state already
+/// remembers took effect before and answers `Done` without applying again (a replayed
+/// Forward whose dedup window was lost in a restart); a write the state marks aborted is
+/// refused with [`Aborted`] and changes nothing.
+pub fn apply(state: &mut Option<State>, change: &Change, op: OpId, ballot: Ballot) -> Result<Answer, Aborted> {
     let present = visible(state.as_ref()).is_some();
+    if change.is_write() {
+        if state.as_ref().is_some_and(|s| s.carries(op)) {
+            return Ok(Answer::Done);
+        }
+        if state.as_ref().is_some_and(|s| s.refuses(op)) {
+            return Err(Aborted);
+        }
+    }
     let next = match change {
         Change::Fetch => {
-            return match visible(state.as_ref()) {
+            return Ok(match visible(state.as_ref()) {
                 Some(v) => Answer::Value(v.to_vec()),
                 None => Answer::NotFound,
-            };
+            });
         }
-        Change::Insert(_) if present => return Answer::AlreadyExists,
-        Change::Update(_) | Change::Delete if !present => return Answer::NotFound,
+        Change::Insert(_) if present => return Ok(Answer::AlreadyExists),
+        Change::Update(_) | Change::Delete if !present => return Ok(Answer::NotFound),
         Change::Insert(v) | Change::Update(v) | Change::Upsert(v) => {
-            State::Value { value: v.clone(), recent: Vec::new() }
+            State::Value { value: v.clone(), recent: Vec::new(), aborted: Aborts::default() }
         }
-        Change::Delete => State::Tombstone { recent: Vec::new() },
+        Change::Delete => State::Tombstone { recent: Vec::new(), aborted: Aborts::default() },
     };
     let mut recent = state.as_ref().map(|s| s.recent().to_vec()).unwrap_or_default();
     recent.push(Applied { ballot, op });
     if recent.len() > RECENT_OPS_MAX {
         recent.drain(..recent.len() - RECENT_OPS_MAX);
     }
+    let aborted = state.as_ref().map(|s| s.aborted().clone()).unwrap_or_default();
     let mut next = next;
     match &mut next {
-        State::Value { recent: r, .. } | State::Tombstone { recent: r } => *r = recent,
+        State::Value { recent: r, aborted: x, .. } | State::Tombstone { recent: r, aborted: x } => {
+            *r = recent;
+            *x = aborted;
+        }
     }
     *state = Some(next);
-    Answer::Done
+    Ok(Answer::Done)
 }
 
 /// Applies a fold of changes in order; each write that takes effect is remembered in the
@@ -142,7 +264,7 @@ pub fn apply_fold<'a>(
     state: &mut Option<State>,
     changes: impl IntoIterator<Item = (&'a Change, OpId)>,
     ballot: Ballot,
-) -> Vec<Answer> {
+) -> Vec<Result<Answer, Aborted>> {
     changes.into_iter().map(|(change, op)| apply(state, change, op, ballot)).collect()
 }
 
@@ -164,8 +286,8 @@ mod tests {
         // (initial, change, answer, visible after)
         let v = |s: &str| s.as_bytes().to_vec();
         let old = vec![Applied { ballot: b(1), op: op(0) }];
-        let live = Some(State::Value { value: v("a"), recent: old.clone() });
-        let dead = Some(State::Tombstone { recent: old });
+        let live = Some(State::Value { value: v("a"), recent: old.clone(), aborted: Aborts::default() });
+        let dead = Some(State::Tombstone { recent: old, aborted: Aborts::default() });
         type Row = (Option<State>, Change, Answer, Option<Vec<u8>>);
         let table: Vec<Row> = vec![
             (None, Change::Insert(v("x")), Answer::Done, Some(v("x"))),
@@ -184,7 +306,7 @@ mod tests {
             (live, Change::Fetch, Answer::Value(v("a")), Some(v("a"))),
         ];
         for (i, (mut state, change, answer, after)) in table.into_iter().enumerate() {
-            assert_eq!(apply(&mut state, &change, op(9), b(2)), answer, "row {i}");
+            assert_eq!(apply(&mut state, &change, op(9), b(2)), Ok(answer.clone()), "row {i}");
             assert_eq!(visible(state.as_ref()).map(<[u8]>::to_vec), after, "row {i}");
             let remembered = state.as_ref().is_some_and(|s| s.carries(op(9)));
             assert_eq!(remembered, answer == Answer::Done && change.is_write(), "row {i}");
@@ -196,7 +318,7 @@ mod tests {
         let mut state = None;
         let changes = [Change::Insert(b"a".to_vec()), Change::Insert(b"b".to_vec()), Change::Upsert(b"c".to_vec())];
         let answers = apply_fold(&mut state, changes.iter().zip([op(1), op(2), op(3)]), b(5));
-        assert_eq!(answers, vec![Answer::Done, Answer::AlreadyExists, Answer::Done]);
+        assert_eq!(answers, vec![Ok(Answer::Done), Ok(Answer::AlreadyExists), Ok(Answer::Done)]);
         let state = state.expect("written");
         assert!(state.carries(op(1)) && state.carries(op(3)) && !state.carries(op(2)));
         assert_eq!(state.value(), Some(&b"c"[..]));
@@ -207,11 +329,75 @@ mod tests {
     fn the_recent_window_keeps_the_newest_writes() {
         let mut state = None;
         for i in 0..20 {
-            apply(&mut state, &Change::Upsert(vec![i as u8]), op(i), b(i));
+            apply(&mut state, &Change::Upsert(vec![i as u8]), op(i), b(i)).unwrap();
         }
         let recent = state.expect("written").recent().to_vec();
         assert_eq!(recent.len(), RECENT_OPS_MAX);
         assert_eq!(recent.first().map(|a| a.op), Some(op(20 - RECENT_OPS_MAX as u64)));
         assert_eq!(recent.last().map(|a| a.op), Some(op(19)));
+    }
+
+    #[test]
+    fn a_write_is_applied_at_most_once_and_never_after_its_abort() {
+        let v = |s: &str| Change::Upsert(s.as_bytes().to_vec());
+        let mut state = None;
+        assert_eq!(apply(&mut state, &v("a"), op(1), b(1)), Ok(Answer::Done));
+        assert_eq!(apply(&mut state, &v("b"), op(2), b(2)), Ok(Answer::Done));
+        // A replay of op 1 is remembered: no second effect.
+        assert_eq!(apply(&mut state, &v("a"), op(1), b(3)), Ok(Answer::Done));
+        assert_eq!(visible(state.as_ref()), Some(&b"b"[..]));
+        // Op 3 is aborted: refused, state untouched; the marker is inherited by later states.
+        abort(&mut state, op(3));
+        abort(&mut state, op(3));
+        assert_eq!(state.as_ref().map(|s| s.aborted().ops.len()), Some(1), "idempotent");
+        let before = state.clone();
+        assert_eq!(apply(&mut state, &v("c"), op(3), b(4)), Err(Aborted));
+        assert_eq!(state, before);
+        assert_eq!(apply(&mut state, &Change::Delete, op(4), b(5)), Ok(Answer::Done));
+        assert_eq!(apply(&mut state, &Change::Insert(b"d".to_vec()), op(3), b(6)), Err(Aborted));
+        assert_eq!(apply(&mut state, &Change::Fetch, op(3), b(6)), Ok(Answer::NotFound), "reads are not writes");
+    }
+
+    #[test]
+    fn an_abort_on_an_absent_key_leaves_a_tombstone_and_evicted_markers_become_watermarks() {
+        let mut state = None;
+        abort(&mut state, op(0));
+        assert!(
+            matches!(&state, Some(State::Tombstone { recent, aborted }) if recent.is_empty() && aborted.ops == [op(0)])
+        );
+        assert_eq!(visible(state.as_ref()), None);
+        assert_eq!(apply(&mut state, &Change::Insert(b"x".to_vec()), op(1), b(1)), Ok(Answer::Done));
+        for i in 2..20 {
+            abort(&mut state, op(i));
+        }
+        let s = state.clone().expect("written");
+        assert_eq!(s.aborted().ops.len(), ABORTED_OPS_MAX);
+        assert_eq!(s.aborted().ops.first(), Some(&op(20 - ABORTED_OPS_MAX as u64)));
+        assert_eq!(s.aborted().ops.last(), Some(&op(19)));
+        assert_eq!(s.aborted().below, vec![op(19 - ABORTED_OPS_MAX as u64)], "one watermark for the node");
+        for i in 0..20 {
+            assert!(s.refuses(op(i)), "op {i}: evicted markers stay covered");
+        }
+        assert!(!s.refuses(op(20)), "a newer write of the node is not");
+        let other = OpId { node: NodeTag(2), restart: 1, seq: 3 };
+        assert!(!s.refuses(other), "nor another node's");
+        // The write applied before the aborts is remembered, so a replay is Done, not refused.
+        assert_eq!(apply(&mut state, &Change::Insert(b"x".to_vec()), op(1), b(2)), Ok(Answer::Done));
+        // A later life of the node is above the watermark.
+        assert!(!s.refuses(OpId { node: NodeTag(1), restart: 2, seq: 0 }));
+    }
+
+    #[test]
+    fn watermarks_are_bounded_per_key() {
+        let mut a = Aborts::default();
+        for n in 0..(ABORT_WATERMARKS_MAX as u64 + 5) {
+            for seq in 0..=ABORTED_OPS_MAX as u64 {
+                a.add(OpId { node: NodeTag(n), restart: 1, seq });
+            }
+        }
+        assert!(a.below.len() <= ABORT_WATERMARKS_MAX);
+        assert!(a.ops.len() <= ABORTED_OPS_MAX);
+        let last = OpId { node: NodeTag(ABORT_WATERMARKS_MAX as u64 + 4), restart: 1, seq: 0 };
+        assert!(a.refuses(last));
     }
 }

@@ -58,7 +58,11 @@ fn ballot(round: u64) -> Ballot {
 
 fn accept(node: &Node<Arc<MemoryStorage>>, key: &str, round: u64) -> Message {
     let op = OpId { node: ids()[1].tag(), restart: 1, seq: round };
-    let state = Some(State::Value { value: b"v".to_vec(), recent: vec![Applied { ballot: ballot(round), op }] });
+    let state = Some(State::Value {
+        value: b"v".to_vec(),
+        recent: vec![Applied { ballot: ballot(round), op }],
+        aborted: Default::default(),
+    });
     Message::Accept {
         key: key.into(),
         epoch: epoch(node, key),

@@ -4,7 +4,7 @@
 //! that answers without making its read chosen (ScyllaDB #6299), and a tombstone GC that
 //! resurrects an older value.
 
-use memo_engine::kv::State;
+use memo_engine::kv::{Answer, Change, State};
 use memo_engine::message::Message;
 use memo_engine::paxos::acceptor::Register;
 use memo_engine::placement::partition_of;
@@ -285,6 +285,231 @@ fn a_write_whose_accept_may_have_landed_is_never_applied_twice() {
         Some(Err(KvError::Unavailable(_))) => assert!(final_value == value("from-p") || final_value == value("from-b")),
         other => panic!("unexpected answer {other:?}"),
     }
+}
+
+/// Whether `msg` is a Forward of a write of `v` to `key`.
+fn is_forward_of(msg: &Message, key: &str, v: &str) -> bool {
+    matches!(msg, Message::Forward { key: k, change, .. } if k == key && *change == Change::Upsert(v.as_bytes().to_vec()))
+}
+
+/// The Forwards of the late write as `(forwarder, id)`, and every answer to a forward as
+/// `((forwarder, id), answer)`.
+#[derive(Debug, Default)]
+struct Forwards {
+    late: Vec<(usize, u64)>,
+    answers: Vec<((usize, u64), Result<Answer, KvError>)>,
+}
+
+impl Forwards {
+    /// What the primary answered to the late write's Forwards.
+    fn to_late(&self) -> Vec<Result<Answer, KvError>> {
+        self.answers.iter().filter(|(f, _)| self.late.contains(f)).map(|(_, r)| r.clone()).collect()
+    }
+
+    fn record(&mut self, from: usize, to: usize, msg: &Message, key: &str, v: &str) {
+        match msg {
+            Message::Forward { id, .. } if is_forward_of(msg, key, v) => self.late.push((from, *id)),
+            Message::ForwardReply { id, result } => self.answers.push(((to, *id), result.clone())),
+            _ => {}
+        }
+    }
+}
+
+type ForwardAnswers = Rc<RefCell<Forwards>>;
+
+/// Holds every Forward of `v` to `key` (the delayed Forward of the "zombie write"), and
+/// records the primary's answers to forwards.
+fn hold_forward_of(sim: &mut Sim, key: &'static str, v: &'static str) -> ForwardAnswers {
+    let answers: ForwardAnswers = Rc::default();
+    let seen = answers.clone();
+    sim.set_filter(Box::new(move |from, to, env| {
+        seen.borrow_mut().record(from, to, &env.message, key, v);
+        if is_forward_of(&env.message, key, v) { Verdict::Hold } else { Verdict::Deliver }
+    }));
+    answers
+}
+
+/// Every quorum of the three nodes reads `v` for `key`.
+fn assert_every_quorum_reads(sim: &mut Sim, key: &str, v: &str) {
+    for isolated in 0..3 {
+        sim.heal();
+        sim.isolate(isolated);
+        assert_eq!(call(sim, (isolated + 1) % 3, Request::fetch(key)), value(v), "read without node {isolated}");
+    }
+    sim.heal();
+}
+
+fn is_unavailable(r: &Result<Answer, KvError>) -> bool {
+    matches!(r, Err(KvError::Unavailable(_)))
+}
+
+#[test]
+fn a_write_answered_unavailable_after_its_recovery_never_lands_later() {
+    // R6 / the simulator's "zombie write" (madsim seed 4629). a forwards v2 to the primary p;
+    // the Forward is delayed in the network. a times out, recovers, does not find v2 and
+    // answers UNAVAILABLE; then v3 is acknowledged. When the Forward finally reaches p, p
+    // must refuse it: a's recovery round recorded v2's op as aborted in the chosen state.
+    let mut sim = sim(12);
+    let key = "zombie";
+    let (p, a, _) = roles(&sim, key);
+    let answers = hold_forward_of(&mut sim, key, "v2");
+    assert!(matches!(call(&mut sim, a, Request::upsert(key, "v2")), Err(KvError::Unavailable(_))));
+    assert_eq!(sim.held().len(), 1, "the Forward of v2 is still in the network");
+    assert_eq!(call(&mut sim, a, Request::upsert(key, "v3")), Ok(Response::Done));
+    sim.release_held(|_, _, _| true);
+    sim.run_for(Duration::from_secs(1));
+    let late = answers.borrow().to_late();
+    assert!(late.len() == 1 && is_unavailable(&late[0]), "p answered the late write {late:?}");
+    assert!(sim.node(p).unwrap().stats().aborted_refused >= 1);
+    assert_every_quorum_reads(&mut sim, key, "v3");
+}
+
+#[test]
+fn an_aborted_write_stays_refused_after_more_later_aborts_than_the_state_names() {
+    // The marker of v2 is pushed out of the named list by later aborts on the same key
+    // (madsim seed 4629: nine later aborts, then the Forward arrived ~19 s late). The
+    // per-node watermark it leaves still refuses v2, and every other aborted write.
+    let mut sim = sim(17);
+    let key = "zombie-many";
+    let (p, a, _) = roles(&sim, key);
+    let answers: ForwardAnswers = Rc::default();
+    let seen = answers.clone();
+    sim.set_filter(Box::new(move |from, to, env| {
+        seen.borrow_mut().record(from, to, &env.message, key, "v2");
+        if matches!(&env.message, Message::Forward { key: k, .. } if k == key) {
+            Verdict::Hold
+        } else {
+            Verdict::Deliver
+        }
+    }));
+    let later = memo_engine::kv::ABORTED_OPS_MAX + 2;
+    for v in std::iter::once("v2".to_string()).chain((0..later).map(|i| format!("z{i}"))) {
+        assert!(matches!(call(&mut sim, a, Request::upsert(key, v.as_str())), Err(KvError::Unavailable(_))), "{v}");
+    }
+    assert_eq!(sim.held().len(), later + 1, "every Forward is still in the network");
+    sim.clear_filter();
+    assert_eq!(call(&mut sim, p, Request::upsert(key, "v3")), Ok(Response::Done));
+    let refused = sim.node(p).unwrap().stats().aborted_refused;
+    sim.set_filter(Box::new(move |from, to, env| {
+        answers.borrow_mut().record(from, to, &env.message, key, "v2");
+        Verdict::Deliver
+    }));
+    sim.release_held(|_, _, _| true);
+    sim.run_for(Duration::from_secs(1));
+    assert_eq!(sim.node(p).unwrap().stats().aborted_refused, refused + later as u64 + 1, "every late Forward refused");
+    assert_every_quorum_reads(&mut sim, key, "v3");
+}
+
+#[test]
+fn a_late_forward_on_the_primarys_fast_path_is_refused_too() {
+    // As above, but p holds a granted next ballot for the key (its fast path, R3) from before
+    // a's recovery round, and its cached state predates the abort marker. Its one-round-trip
+    // Accept of v2 is refused by every acceptor that promised the recovery's higher ballot;
+    // its retry then reads the marker and refuses v2.
+    let mut sim = sim(13);
+    let key = "zombie-fast";
+    let (p, a, _) = roles(&sim, key);
+    assert_eq!(call(&mut sim, a, Request::upsert(key, "v1")), Ok(Response::Done)); // via p
+    let answers = hold_forward_of(&mut sim, key, "v2");
+    assert!(matches!(call(&mut sim, a, Request::upsert(key, "v2")), Err(KvError::Unavailable(_))));
+    assert_eq!(call(&mut sim, a, Request::upsert(key, "v3")), Ok(Response::Done));
+    let fast = sim.node(p).unwrap().stats().fast_rounds;
+    sim.release_held(|_, _, _| true);
+    sim.run_for(Duration::from_secs(1));
+    assert_eq!(sim.node(p).unwrap().stats().fast_rounds, fast + 1, "p tried its stale fast path");
+    let late = answers.borrow().to_late();
+    assert!(late.len() == 1 && is_unavailable(&late[0]), "p answered the late write {late:?}");
+    assert_every_quorum_reads(&mut sim, key, "v3");
+}
+
+#[test]
+fn a_primarys_retry_never_applies_a_write_its_forwarder_answered_unavailable() {
+    // The Forward arrives in time, p proposes v2 on its fast path, but its Accepts to the
+    // other members are delayed and p is then cut off: only p's own acceptor holds v2. a's
+    // forward times out; its recovery through {a, b} does not find v2 and answers
+    // UNAVAILABLE; v3 is acknowledged. When p can talk again, its retry may prove that v2
+    // never took effect (an entry below v2's ballot is still remembered) and would apply
+    // it now, after v3, unless the abort marker stops it.
+    let mut sim = sim(14);
+    let key = "zombie-retry";
+    let (p, a, _) = roles(&sim, key);
+    assert_eq!(call(&mut sim, a, Request::upsert(key, "v1")), Ok(Response::Done)); // via p
+    let answers: ForwardAnswers = Rc::default();
+    let seen = answers.clone();
+    // Only the Accepts of p's first proposal of v2 are delayed.
+    let first = RefCell::new(None);
+    sim.set_filter(Box::new(move |from, to, env| {
+        seen.borrow_mut().record(from, to, &env.message, key, "v2");
+        match &env.message {
+            Message::Accept { key: k, accepted, .. } if k == key && from == p && to != p => {
+                let v2 = accepted.state.as_ref().and_then(State::value) == Some(&b"v2"[..]);
+                let first = *first.borrow_mut().get_or_insert(accepted.ballot) == accepted.ballot;
+                if v2 && first { Verdict::Hold } else { Verdict::Deliver }
+            }
+            _ => Verdict::Deliver,
+        }
+    }));
+    let id = sim.submit(a, Request::upsert(key, "v2"));
+    sim.run_for(Duration::from_millis(10));
+    assert!(!sim.held().is_empty(), "p proposed v2; its Accepts are delayed");
+    sim.isolate(p);
+    sim.run_for(Duration::from_millis(400));
+    let answer = sim.take_replies().into_iter().find(|(_, r)| r.id == id).map(|(_, r)| r.result);
+    assert!(matches!(answer, Some(Err(KvError::Unavailable(_)))), "a answered {answer:?}");
+    assert_eq!(call(&mut sim, a, Request::upsert(key, "v3")), Ok(Response::Done));
+    sim.heal();
+    sim.release_held(|_, _, _| true);
+    sim.run_for(Duration::from_secs(1));
+    let late = answers.borrow().to_late();
+    assert!(late.len() == 1 && is_unavailable(&late[0]), "p answered the late write {late:?}");
+    assert_every_quorum_reads(&mut sim, key, "v3");
+}
+
+#[test]
+fn the_abort_marker_survives_restarts_of_every_node() {
+    // As in the first zombie test, but every node crashes and restarts before the delayed
+    // Forward arrives: the primary's forward dedup window is gone, so only the marker in
+    // the durable register stands between the Forward and a late write.
+    let mut sim = sim(15);
+    let key = "zombie-restart";
+    let (p, a, b) = roles(&sim, key);
+    let answers = hold_forward_of(&mut sim, key, "v2");
+    assert!(matches!(call(&mut sim, a, Request::upsert(key, "v2")), Err(KvError::Unavailable(_))));
+    assert_eq!(call(&mut sim, b, Request::upsert(key, "v3")), Ok(Response::Done));
+    sim.run_for(Duration::from_millis(100)); // every batch is durable
+    for i in [p, a, b] {
+        sim.crash(i);
+        sim.restart(i);
+    }
+    sim.run_for(Duration::from_millis(100));
+    sim.release_held(|_, _, _| true);
+    sim.run_for(Duration::from_secs(1));
+    let late = answers.borrow().to_late();
+    assert!(late.len() == 1 && is_unavailable(&late[0]), "p answered the late write {late:?}");
+    assert_every_quorum_reads(&mut sim, key, "v3");
+}
+
+#[test]
+fn a_duplicated_forward_after_the_primary_restarts_is_not_applied_twice() {
+    // The applied half of "neither applied nor aborted": a Forward is duplicated in the
+    // network; p applies v2 and a acknowledges it; v3 is acknowledged after it; p restarts
+    // (losing its forward dedup window) and the duplicate arrives. p must see that v2's op
+    // is already in the state and not apply it again after v3.
+    let mut sim = sim(16);
+    let key = "zombie-dup";
+    let (p, a, _) = roles(&sim, key);
+    sim.set_filter(Box::new(move |_, _, env| {
+        if is_forward_of(&env.message, key, "v2") { Verdict::DeliverAndHold } else { Verdict::Deliver }
+    }));
+    assert_eq!(call(&mut sim, a, Request::upsert(key, "v2")), Ok(Response::Done));
+    assert_eq!(call(&mut sim, a, Request::upsert(key, "v3")), Ok(Response::Done));
+    sim.run_for(Duration::from_millis(100));
+    sim.crash(p);
+    sim.restart(p);
+    sim.run_for(Duration::from_millis(100));
+    sim.release_held(|_, _, _| true);
+    sim.run_for(Duration::from_secs(1));
+    assert_every_quorum_reads(&mut sim, key, "v3");
 }
 
 #[test]

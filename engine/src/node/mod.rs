@@ -149,6 +149,9 @@ pub struct Stats {
     pub transmit_dropped: u64,
     /// Storage reads that failed.
     pub storage_errors: u64,
+    /// Writes refused because the state marks them aborted: an earlier recovery answered
+    /// UNAVAILABLE for them (R6), typically a late Forward or a stale retry.
+    pub aborted_refused: u64,
 }
 
 /// Where an in-flight request came from.

@@ -117,10 +117,12 @@ pub(super) struct Persist {
 }
 
 fn entry_bytes(sk: &[u8], register: Option<&Register>) -> usize {
-    let value = register
-        .and_then(|r| r.accepted.as_ref())
-        .and_then(|a| a.state.as_ref())
-        .map_or(0, |s| s.value().map_or(0, <[u8]>::len) + std::mem::size_of_val(s.recent()));
+    let value = register.and_then(|r| r.accepted.as_ref()).and_then(|a| a.state.as_ref()).map_or(0, |s| {
+        s.value().map_or(0, <[u8]>::len)
+            + std::mem::size_of_val(s.recent())
+            + std::mem::size_of_val(s.aborted().ops.as_slice())
+            + std::mem::size_of_val(s.aborted().below.as_slice())
+    });
     sk.len() + value + ENTRY_OVERHEAD_BYTES
 }
 

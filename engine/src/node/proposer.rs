@@ -53,7 +53,7 @@ use super::timers::{Timer, TimerHandle};
 use super::{Forwarded, Node, ReqKey};
 use crate::KvError;
 use crate::ids::{NodeId, OpId};
-use crate::kv::{Answer, Change, State, apply};
+use crate::kv::{Aborted, Answer, Change, State, abort, apply};
 use crate::message::{AttemptId, Message, Rejection};
 use crate::paxos::acceptor::{Accepted, ReadView, Refusal};
 use crate::paxos::ballot::Ballot;
@@ -130,8 +130,11 @@ enum Recovery {
     Applied,
     /// It provably never took effect, and after this round it never can: apply it now.
     NotApplied,
-    /// Neither can be shown.
+    /// Neither can be shown: answer UNAVAILABLE, and abort it in the state this round
+    /// makes chosen, so it can never take effect later.
     Unknown,
+    /// The state marks it aborted: an earlier recovery answered UNAVAILABLE for it.
+    Aborted,
 }
 
 enum Work {
@@ -340,7 +343,8 @@ impl<S: Storage> Node<S> {
         let (ballot, phase) = match fast {
             Some(f) => {
                 let Work::Ops(ops) = &work else { unreachable!("filtered above") };
-                let (state, answers, written) = propose(&f.state, None, ops, f.next);
+                let Proposal { state, answers, written, refused } = propose(&f.state, None, ops, f.next);
+                self.stats.aborted_refused += refused;
                 let proposal = Accepted { ballot: f.next, state };
                 let need = quorum;
                 self.stats.fast_rounds += 1;
@@ -470,7 +474,8 @@ impl<S: Storage> Node<S> {
                 (current.clone(), Vec::new(), Vec::new(), a.members.len(), None)
             }
             Work::Ops(ops) => {
-                let (state, answers, written) = propose(&current, Some(found), ops, a.ballot);
+                let Proposal { state, answers, written, refused } = propose(&current, Some(found), ops, a.ballot);
+                self.stats.aborted_refused += refused;
                 (state, answers, written, a.quorum, Some(a.ballot.successor()))
             }
         };
@@ -687,32 +692,59 @@ pub(super) fn read_rule_holds(views: &[ReadView]) -> bool {
     views.iter().max_by_key(|v| ballot(v)).is_some_and(|v| v.committed)
 }
 
-/// The proposal for `ops` on `current` at `ballot`: the new state, each op's answer, and
-/// whether each op's effect is in the new state. `found` is what phase 1 found (`None` on
-/// the fast path, which never carries recovering writes).
-fn propose(
-    current: &Option<State>,
-    found: Option<Found>,
-    ops: &[Queued],
-    ballot: Ballot,
-) -> (Option<State>, Vec<Result<Answer, KvError>>, Vec<bool>) {
+/// The proposal for `ops` on `current` at `ballot` (see [`Proposal`]). `found` is what
+/// phase 1 found (`None` on the fast path, which never carries recovering writes).
+///
+/// A recovering write whose fate is unknown is recorded as aborted in the new state (R6):
+/// its UNAVAILABLE answer is given only once that state is chosen, and from then on every
+/// chosen state descends from it and refuses the write, wherever it is proposed (a primary
+/// executing a late Forward, on its fast path or not, or a proposer's retry).
+fn propose(current: &Option<State>, found: Option<Found>, ops: &[Queued], ballot: Ballot) -> Proposal {
     let mut state = current.clone();
     let mut answers = Vec::with_capacity(ops.len());
     let mut written = Vec::with_capacity(ops.len());
+    let mut refused = 0;
     for q in ops {
         let recovery = q.recover.map(|r| recovery(current.as_ref(), found, q.op, r));
         let answer = match recovery {
             Some(Recovery::Applied) => Ok(Answer::Done),
-            Some(Recovery::Unknown) => Err(KvError::Unavailable(
-                "the outcome of this write is unknown; it may or may not have taken effect".into(),
-            )),
-            Some(Recovery::NotApplied) | None => Ok(apply(&mut state, &q.change, q.op, ballot)),
+            Some(Recovery::Unknown) => {
+                abort(&mut state, q.op);
+                Err(KvError::Unavailable(
+                    "the outcome of this write was unknown; it is now aborted and will never take effect".into(),
+                ))
+            }
+            Some(Recovery::Aborted) => {
+                refused += 1;
+                Err(aborted())
+            }
+            Some(Recovery::NotApplied) | None => apply(&mut state, &q.change, q.op, ballot).map_err(|Aborted| {
+                refused += 1;
+                aborted()
+            }),
         };
         let applied_now = recovery.is_none_or(|r| r == Recovery::NotApplied);
         written.push(applied_now && answer == Ok(Answer::Done) && q.change.is_write());
         answers.push(answer);
     }
-    (state, answers, written)
+    Proposal { state, answers, written, refused }
+}
+
+/// What [`propose`] computed.
+struct Proposal {
+    /// The state to propose.
+    state: Option<State>,
+    /// Each op's answer, given once the state is chosen.
+    answers: Vec<Result<Answer, KvError>>,
+    /// Per op: whether its effect is in `state`.
+    written: Vec<bool>,
+    /// Ops refused because the state marks them aborted.
+    refused: u64,
+}
+
+/// The answer to a write the state marks aborted (an unknown outcome to its client).
+fn aborted() -> KvError {
+    KvError::Unavailable("this write was aborted by an earlier recovery; it never took effect".into())
 }
 
 /// What happened to a write that may have been applied (R6), given the state `current`
@@ -737,6 +769,9 @@ fn propose(
 fn recovery(current: Option<&State>, found: Option<Found>, op: OpId, recover: Recover) -> Recovery {
     if current.is_some_and(|s| s.carries(op)) {
         return Recovery::Applied;
+    }
+    if current.is_some_and(|s| s.refuses(op)) {
+        return Recovery::Aborted;
     }
     let (Recover::Proposed(lowest), Some(found)) = (recover, found) else { return Recovery::Unknown };
     let proven = match found.head {
