@@ -80,8 +80,9 @@ impl Aborts {
         }
     }
 
-    /// Raises `op.node`'s watermark to at least `op`.
-    fn raise(&mut self, op: OpId) {
+    /// Raises `op.node`'s watermark to at least `op`: every write of that node at or
+    /// below `op` is refused from now on.
+    pub fn raise(&mut self, op: OpId) {
         let mut w = op;
         if let Some(i) = self.below.iter().position(|b| b.node == op.node) {
             let old = self.below.remove(i);

@@ -8,6 +8,8 @@
 //! Layout of the silo's key space:
 //! - `r` + partition (4 bytes, big-endian) + key bytes → a postcard [`Register`]
 //! - `f` + partition (4 bytes, big-endian) → the partition's GC floor ballot (R8)
+//! - `a` + partition (4 bytes, big-endian) → the abort watermarks of the keys GC removed
+//!   from it (R6, R8)
 //! - `m/restart` → the node's restart counter (R1)
 //! - `m/promise-ceiling` → a ballot at or above every promise the node sent (R4)
 
@@ -145,6 +147,14 @@ pub fn register_key_into(out: &mut Vec<u8>, partition: PartitionId, key: &[u8]) 
     out.push(b'r');
     out.extend_from_slice(&partition.to_be_bytes());
     out.extend_from_slice(key);
+}
+
+/// The silo key of a partition's abort watermarks: the aborted writes (R6) of the keys
+/// that garbage collection removed from it (a postcard `Vec<OpId>`, one per node).
+pub fn aborts_key(partition: PartitionId) -> Vec<u8> {
+    let mut k = vec![b'a'];
+    k.extend_from_slice(&partition.to_be_bytes());
+    k
 }
 
 /// The silo key of a partition's floor.

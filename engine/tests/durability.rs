@@ -230,7 +230,12 @@ fn a_coordinator_counts_its_own_vote_only_once_it_is_durable() {
         other => panic!("expected a Prepare, got {other:?}"),
     };
     // One remote promise arrives; the node's own promise is not durable yet: no quorum.
-    let view = memo_engine::paxos::acceptor::ReadView { accepted: None, committed: false, floor: Ballot::ZERO };
+    let view = memo_engine::paxos::acceptor::ReadView {
+        accepted: None,
+        committed: false,
+        floor: Ballot::ZERO,
+        aborted: Vec::new(),
+    };
     let promise = Message::Promise { key: key.clone(), ballot, attempt, result: Ok(view) };
     node.handle_envelope(from(&node, 1, promise), Instant::from_nanos(4)).unwrap();
     assert!(!transmits(&mut node).iter().any(|m| matches!(m, Message::Accept { .. })), "own vote not durable");

@@ -365,6 +365,32 @@ fn a_write_answered_unavailable_after_its_recovery_never_lands_later() {
 }
 
 #[test]
+fn an_aborted_write_stays_refused_after_its_key_is_collected() {
+    // Madsim seed 4629 (once the promise ceiling changed its history): writes aborted by
+    // their forwarder's recovery; the key deleted and garbage collected, which removed the
+    // key with its abort markers; the delayed Forwards arrived and landed on the key
+    // written again, over a newer acknowledged write. Collection now folds a key's markers
+    // into its partition's abort watermarks, which phase 1 reports for an absent key.
+    let mut sim = sim(23);
+    let key = "zombie-gc";
+    let (p, a, _) = roles(&sim, key);
+    assert_eq!(call(&mut sim, p, Request::upsert(key, "v1")), Ok(Response::Done));
+    let answers = hold_forward_of(&mut sim, key, "v2");
+    assert!(matches!(call(&mut sim, a, Request::upsert(key, "v2")), Err(KvError::Unavailable(_))));
+    assert_eq!(sim.held().len(), 1, "the Forward of v2 is still in the network");
+    assert_eq!(call(&mut sim, p, Request::delete(key)), Ok(Response::Done));
+    sim.run_for(Duration::from_secs(2));
+    let dropped: u64 = (0..3).map(|i| sim.node(i).unwrap().stats().keys_dropped).sum();
+    assert_eq!(dropped, 3, "the tombstone was collected on every member");
+    assert_eq!(call(&mut sim, p, Request::upsert(key, "v3")), Ok(Response::Done));
+    sim.release_held(|_, _, _| true);
+    sim.run_for(Duration::from_secs(1));
+    let late = answers.borrow().to_late();
+    assert!(late.len() == 1 && is_unavailable(&late[0]), "p answered the late write {late:?}");
+    assert_every_quorum_reads(&mut sim, key, "v3");
+}
+
+#[test]
 fn an_aborted_write_stays_refused_after_more_later_aborts_than_the_state_names() {
     // The marker of v2 is pushed out of the named list by later aborts on the same key
     // (madsim seed 4629: nine later aborts, then the Forward arrived ~19 s late). The

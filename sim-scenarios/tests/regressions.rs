@@ -37,7 +37,10 @@ fn a_restarted_node_never_hands_a_client_another_requests_answer() {
 /// answers UNAVAILABLE first makes an "aborted" marker for the op chosen in the key's
 /// state, and every application of a write checks it (`engine/src/kv.rs`, `Aborts`). Seed
 /// 4629 also needed the per-node watermarks: its Forward arrived ~19 s late, after nine
-/// later aborts on the key had pushed its marker out of the named list.
+/// later aborts on the key had pushed its marker out of the named list. Once the promise
+/// ceiling changed its history, it found the next path: the aborted writes' key was
+/// deleted and garbage collected (markers and all) before their Forwards arrived; the
+/// markers now outlive the key as its partition's abort watermarks.
 #[test]
 fn a_write_answered_unavailable_never_lands_after_a_later_acknowledged_write() {
     let swarm = catalog::swarm_any_seed_picks_the_cluster_faults_and_workload;

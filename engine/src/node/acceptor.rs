@@ -15,7 +15,7 @@ use super::persist::Write;
 use super::{Node, Origin};
 use crate::config::PlantedBug;
 use crate::ids::{NodeId, NodeTag, OpId};
-use crate::kv::Change;
+use crate::kv::{Aborts, Change};
 use crate::message::{AttemptId, Message, Rejection, ScanEntries, ScanPart, ScanRange};
 use crate::paxos::acceptor::{Accepted, ReadView, Register};
 use crate::paxos::ballot::Ballot;
@@ -144,6 +144,7 @@ impl<S: Storage> Node<S> {
         if result.is_ok() {
             gate = gate.max(self.persist.cover_promise(ballot));
         }
+        let result = result.and_then(|view| self.with_partition_aborts(&key, view));
         self.send(from, Message::Promise { key, ballot, attempt, result }, gate);
     }
 
@@ -206,6 +207,22 @@ impl<S: Storage> Node<S> {
         let Ok(floor) = self.persist.floor(&self.storage, p) else {
             return;
         };
+        // The key's abort markers outlive it, as partition watermarks: a write aborted on
+        // the key must stay refused if the key is written again (R6).
+        if let Some(state) = reg.accepted.as_ref().and_then(|a| a.state.as_ref())
+            && !state.aborted().is_empty()
+        {
+            let Ok(before) = self.persist.partition_aborts(&self.storage, p) else {
+                return;
+            };
+            let mut aborts = Aborts { ops: Vec::new(), below: before.clone() };
+            for op in state.aborted().ops.iter().chain(&state.aborted().below) {
+                aborts.raise(*op);
+            }
+            if aborts.below != before {
+                self.persist.put_partition_aborts(p, aborts.below);
+            }
+        }
         self.persist.put_floor(p, reg.floor_after_drop(floor, ballot));
         self.persist.put_register(p, &key, None, Write::Reported);
         self.stats.keys_dropped += 1;
@@ -304,6 +321,21 @@ impl<S: Storage> Node<S> {
 }
 
 /// Adds the partition floor to the view of a key with nothing accepted.
+impl<S: Storage> Node<S> {
+    /// Adds the partition's abort watermarks to a view of a key with nothing accepted.
+    fn with_partition_aborts(&mut self, key: &str, mut view: ReadView) -> Result<ReadView, Rejection> {
+        if view.accepted.is_some() {
+            return Ok(view);
+        }
+        let p = partition_of(key.as_bytes(), self.map.partitions());
+        view.aborted = self.persist.partition_aborts(&self.storage, p).map_err(|_| {
+            self.stats.storage_errors += 1;
+            Rejection::Storage
+        })?;
+        Ok(view)
+    }
+}
+
 fn with_floor(mut view: ReadView, floor: Ballot) -> ReadView {
     if view.accepted.is_none() {
         view.floor = floor;

@@ -192,7 +192,10 @@ impl<S: Storage> Node<S> {
             }
             for (key, mut vs) in views {
                 // A member that did not list the key has accepted nothing for it.
-                vs.resize(ps.quorum, ReadView { accepted: None, committed: false, floor: Default::default() });
+                vs.resize(
+                    ps.quorum,
+                    ReadView { accepted: None, committed: false, floor: Default::default(), aborted: Vec::new() },
+                );
                 match proven_state(&vs) {
                     Some(state) => {
                         round.keys.insert(key.to_string(), Some(state.is_some_and(|s| s.value().is_some())));

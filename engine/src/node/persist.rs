@@ -32,7 +32,7 @@
 //! The price: after a restart, each proposer's first ballot on this node is refused once
 //! and jumps past the old ceiling.
 
-use crate::ids::NodeId;
+use crate::ids::{NodeId, OpId};
 use crate::message::Message;
 use crate::paxos::acceptor::Register;
 use crate::paxos::ballot::Ballot;
@@ -105,6 +105,8 @@ pub(super) struct Persist {
     batch_writes_max: usize,
     /// GC floors by partition, loaded on first use.
     floors: Vec<Option<Ballot>>,
+    /// Abort watermarks of collected keys by partition, loaded on first use.
+    aborts: Vec<Option<Vec<OpId>>>,
     /// A reused buffer for silo keys.
     scratch: Vec<u8>,
     /// The previous life's promise ceiling: every register loaded in this life promises at
@@ -362,6 +364,38 @@ impl Persist {
             .filter(|(_, e)| e.batch > self.durable)
             .filter_map(|(sk, _)| String::from_utf8(sk[5..].to_vec()).ok())
             .collect()
+    }
+
+    /// The abort watermarks of the keys collected from a partition (R6, R8).
+    pub(super) fn partition_aborts(
+        &mut self,
+        silo: &impl Storage,
+        partition: PartitionId,
+    ) -> Result<Vec<OpId>, StorageError> {
+        let i = partition as usize;
+        if let Some(Some(a)) = self.aborts.get(i) {
+            return Ok(a.clone());
+        }
+        let aborts: Vec<OpId> = match silo.get(&storage::aborts_key(partition))? {
+            Some(bytes) => postcard::from_bytes(&bytes).map_err(|e| StorageError(format!("corrupt aborts: {e}")))?,
+            None => Vec::new(),
+        };
+        if self.aborts.len() <= i {
+            self.aborts.resize(i + 1, None);
+        }
+        self.aborts[i] = Some(aborts.clone());
+        Ok(aborts)
+    }
+
+    /// Replaces a partition's abort watermarks, in the open batch.
+    pub(super) fn put_partition_aborts(&mut self, partition: PartitionId, aborts: Vec<OpId>) {
+        let i = partition as usize;
+        if self.aborts.len() <= i {
+            self.aborts.resize(i + 1, None);
+        }
+        let bytes = postcard::to_stdvec(&aborts).expect("op ids encode");
+        self.aborts[i] = Some(aborts);
+        self.open.push((storage::aborts_key(partition), Some(bytes)));
     }
 
     /// Raises a partition's floor, in the open batch.

@@ -474,7 +474,17 @@ impl<S: Storage> Node<S> {
                 (current.clone(), Vec::new(), Vec::new(), a.members.len(), None)
             }
             Work::Ops(ops) => {
-                let Proposal { state, answers, written, refused } = propose(&current, Some(found), ops, a.ballot);
+                // A key that garbage collection removed keeps its aborted writes as the
+                // partition's watermarks (R6): the ops apply to an absent state that
+                // refuses them, and a new state inherits them.
+                let base = match (&current, reborn(views)) {
+                    (None, Some(aborted)) => Some(State::Tombstone { recent: Vec::new(), aborted }),
+                    _ => current.clone(),
+                };
+                let Proposal { mut state, answers, written, refused } = propose(&base, Some(found), ops, a.ballot);
+                if state == base {
+                    state = current.clone(); // nothing changed: no tombstone for a watermark
+                }
                 self.stats.aborted_refused += refused;
                 (state, answers, written, a.quorum, Some(a.ballot.successor()))
             }
@@ -672,6 +682,16 @@ impl<S: Storage> Node<S> {
         }
         self.pump(key, now);
     }
+}
+
+/// The abort watermarks the promises report for a key with nothing accepted anywhere in
+/// the quorum, if any (the partition's, from collected keys; see `Persist::partition_aborts`).
+fn reborn(views: &[ReadView]) -> Option<crate::kv::Aborts> {
+    let mut aborts = crate::kv::Aborts::default();
+    for op in views.iter().flat_map(|v| &v.aborted) {
+        aborts.raise(*op);
+    }
+    (!aborts.is_empty()).then_some(aborts)
 }
 
 /// The state with the highest accepted ballot among promises (`None`: absent).

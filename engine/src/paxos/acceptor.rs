@@ -65,6 +65,10 @@ pub struct ReadView {
     /// When nothing is accepted: the partition's GC floor, so a recovering proposer can
     /// tell "never written" from "collected" (R6, R8). Zero otherwise.
     pub floor: Ballot,
+    /// When nothing is accepted: the partition's abort watermarks (writes aborted on keys
+    /// that garbage collection removed), so a proposer never applies them to the key
+    /// reborn. Empty otherwise.
+    pub aborted: Vec<crate::ids::OpId>,
 }
 
 impl Register {
@@ -139,7 +143,12 @@ impl Register {
 
     /// What a read sees.
     pub fn view(&self) -> ReadView {
-        ReadView { accepted: self.accepted.clone(), committed: self.committed, floor: Ballot::ZERO }
+        ReadView {
+            accepted: self.accepted.clone(),
+            committed: self.committed,
+            floor: Ballot::ZERO,
+            aborted: Vec::new(),
+        }
     }
 
     /// Whether a Drop for `ballot` may remove this key: its accepted state is exactly the
@@ -226,7 +235,8 @@ mod tests {
             ReadView {
                 accepted: Some(Accepted { ballot: b(3, 1), state: val("new") }),
                 committed: true,
-                floor: Ballot::ZERO
+                floor: Ballot::ZERO,
+                aborted: Vec::new()
             }
         );
         // An older commit changes nothing.
