@@ -40,13 +40,17 @@ pub struct Applied {
 /// and [`apply`] refuses a marked write: a delayed Forward, a stale retry or a replay of
 /// that write can no longer take effect.
 ///
-/// The last [`ABORTED_OPS_MAX`] aborted writes are named one by one (`ops`). An older
-/// marker is folded into a per-node watermark (`below`): op-ids of one node are minted in
-/// increasing `(restart, seq)` order, so "every write of node n up to op w that the state
-/// does not remember as applied is refused" covers the evicted marker forever, at the cost
-/// of also refusing (with UNAVAILABLE, an unknown outcome) any still-unapplied write that
-/// node n minted before it, which by then has long been answered. At most
-/// [`ABORT_WATERMARKS_MAX`] nodes keep a watermark per key.
+/// Op-ids of one node are minted in increasing `(restart, seq)` order, so every marker
+/// refuses, besides its own write, every write of the same node minted before it that the
+/// state does not remember as applied: such a write is as late as the aborted one (found
+/// by the simulator, seed 141: a Delete answered UNAVAILABLE by its deadline, before any
+/// recovery, landed after a newer write; a later write of the same node had been aborted).
+/// The cost is an UNAVAILABLE answer (an unknown outcome) for an older write of that node
+/// to that key still in flight when the newer one was aborted.
+///
+/// The last [`ABORTED_OPS_MAX`] aborted writes are named one by one (`ops`); an older
+/// marker is folded into its node's watermark (`below`), which refuses the same writes.
+/// At most [`ABORT_WATERMARKS_MAX`] nodes keep a watermark per key.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Aborts {
     /// The most recently aborted writes, oldest first.
@@ -62,10 +66,13 @@ impl Aborts {
         self.ops.is_empty() && self.below.is_empty()
     }
 
-    /// Whether the write `op` must be refused.
+    /// Whether the write `op` must be refused: it, or a later write of the same node, was
+    /// aborted. (A write that node minted earlier and that has still not taken effect is
+    /// as late as the aborted one, or later: its client has been answered or will be
+    /// answered UNAVAILABLE; refusing it keeps it from landing after newer writes.)
     pub fn refuses(&self, op: OpId) -> bool {
-        self.ops.contains(&op)
-            || self.below.iter().any(|w| w.node == op.node && (op.restart, op.seq) <= (w.restart, w.seq))
+        let covers = |w: &OpId| w.node == op.node && (op.restart, op.seq) <= (w.restart, w.seq);
+        self.ops.iter().any(covers) || self.below.iter().any(covers)
     }
 
     /// Records `op` as aborted. Idempotent.
@@ -336,6 +343,25 @@ mod tests {
         assert_eq!(recent.len(), RECENT_OPS_MAX);
         assert_eq!(recent.first().map(|a| a.op), Some(op(20 - RECENT_OPS_MAX as u64)));
         assert_eq!(recent.last().map(|a| a.op), Some(op(19)));
+    }
+
+    #[test]
+    fn an_abort_also_refuses_the_older_unapplied_writes_of_its_node() {
+        // Madsim seed 141: a Delete answered UNAVAILABLE by its deadline, before any
+        // recovery marked it, landed after a newer acknowledged write; a later write of
+        // the same node had been aborted on that key meanwhile.
+        let of = |node: u64, restart: u64, seq: u64| OpId { node: crate::ids::NodeTag(node), restart, seq };
+        let mut state = None;
+        abort(&mut state, of(7, 2, 37));
+        let aborted = state.as_ref().expect("a tombstone carries the marker").aborted().clone();
+        assert!(aborted.refuses(of(7, 2, 37)));
+        assert!(aborted.refuses(of(7, 2, 24)), "older, same node and life");
+        assert!(aborted.refuses(of(7, 1, 900)), "an earlier life of the same node");
+        assert!(!aborted.refuses(of(7, 2, 38)), "minted after the aborted write");
+        assert!(!aborted.refuses(of(7, 3, 1)), "a later life");
+        assert!(!aborted.refuses(of(8, 2, 24)), "another node");
+        assert_eq!(apply(&mut state, &Change::Delete, of(7, 2, 24), b(1)), Err(Aborted));
+        assert_eq!(apply(&mut state, &Change::Upsert(b"v".to_vec()), of(7, 2, 38), b(2)), Ok(Answer::Done));
     }
 
     #[test]
