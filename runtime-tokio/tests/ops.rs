@@ -134,6 +134,7 @@ async fn reflection_lists_and_describes_every_service() {
             [
                 "grpc.health.v1.Health",
                 "grpc.reflection.v1.ServerReflection",
+                "memo.admin.Admin",
                 "memo.kvs.KeyValueStore",
                 "memo.peer.Peer",
             ]
