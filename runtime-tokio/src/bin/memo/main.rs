@@ -6,11 +6,14 @@
 //!     --data-dir /var/lib/memo
 //! memo kv upsert --endpoint 127.0.0.1:7001 hello world
 //! memo kv get hello
+//! memo status --endpoint 127.0.0.1:7001
 //! ```
 
+mod client;
 mod dev;
 mod kv;
 mod node;
+mod status;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use std::io::IsTerminal;
@@ -48,13 +51,16 @@ enum Command {
     Node(node::NodeCommand),
     /// Read and write keys through a node's public API.
     Kv(kv::KvArgs),
+    /// Show the cluster as one node sees it: its nodes and their links, how the
+    /// partitions are spread over them, and the node's own counters.
+    Status(status::StatusArgs),
 }
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     let default_level = match cli.command {
-        Command::Kv(_) => "warn",
+        Command::Kv(_) | Command::Status(_) => "warn",
         Command::Dev(_) | Command::Node(_) => "info",
     };
     init_logs(cli.log_format, default_level);
@@ -62,6 +68,7 @@ async fn main() -> ExitCode {
         Command::Dev(args) => dev::run(args).await,
         Command::Node(command) => node::run(command).await,
         Command::Kv(args) => kv::run(args).await,
+        Command::Status(args) => status::run(args).await,
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
