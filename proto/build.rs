@@ -7,7 +7,7 @@
 use std::{env, fs, path::PathBuf};
 
 const PROTO_DIR: &str = "proto";
-const PROTOS: [&str; 2] = ["proto/memo_kvs.proto", "proto/memo_peer.proto"];
+const PROTOS: [&str; 3] = ["proto/memo_kvs.proto", "proto/memo_peer.proto", "proto/memo_admin.proto"];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed={PROTO_DIR}");

@@ -5,11 +5,13 @@
 //!   numbers), so memo's existing clients work unchanged.
 //! - [`peer`]: the internal `memo.peer.Peer` node-to-node service, an envelope for
 //!   engine messages that the engine encodes itself.
+//! - [`admin`]: the `memo.admin.Admin` operations service (`memo status`), memo's own.
 //!
 //! Each module holds the prost messages plus tonic server and client code:
 //! `kvs::key_value_store_server::KeyValueStoreServer`,
 //! `kvs::key_value_store_client::KeyValueStoreClient`,
-//! `peer::peer_server::PeerServer` and `peer::peer_client::PeerClient`. The code
+//! `peer::peer_server::PeerServer`, `peer::peer_client::PeerClient`,
+//! `admin::admin_server::AdminServer` and `admin::admin_client::AdminClient`. The code
 //! comes from madsim-tonic-build: a real tonic implementation normally, a
 //! simulated one under `--cfg madsim` (where messages are passed as values and
 //! never encoded; the prost encoding still exists and is still tested).
@@ -22,6 +24,11 @@ pub mod kvs {
 /// The node-to-node transport, package `memo.peer`.
 pub mod peer {
     tonic::include_proto!("memo.peer");
+}
+
+/// The operations service, package `memo.admin`.
+pub mod admin {
+    tonic::include_proto!("memo.admin");
 }
 
 /// The encoded `google.protobuf.FileDescriptorSet` of every `.proto` file in this

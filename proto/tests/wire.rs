@@ -146,11 +146,11 @@ fn kvs_schema_matches_memo() {
 }
 
 #[test]
-fn descriptor_set_has_both_files_with_source_info() {
+fn descriptor_set_has_every_file_with_source_info() {
     let set = descriptor_set();
     let mut names: Vec<_> = set.file.iter().map(|f| f.name()).collect();
     names.sort_unstable();
-    assert_eq!(names, ["memo_kvs.proto", "memo_peer.proto"]);
+    assert_eq!(names, ["memo_admin.proto", "memo_kvs.proto", "memo_peer.proto"]);
     for file in &set.file {
         assert!(file.source_code_info.is_some(), "{} lacks source info", file.name());
     }
@@ -174,6 +174,16 @@ fn peer_schema() {
             ("Send", false, false, ".memo.peer.Batch", ".memo.peer.Ack"),
         ]
     );
+}
+
+#[test]
+fn admin_schema() {
+    let set = descriptor_set();
+    let file = set.file.iter().find(|f| f.package() == "memo.admin").expect("memo.admin file");
+    let service = &file.service[0];
+    assert_eq!(service.name(), "Admin");
+    let methods: Vec<_> = service.method.iter().map(|m| (m.name(), m.input_type(), m.output_type())).collect();
+    assert_eq!(methods, [("Status", ".memo.admin.StatusRequest", ".memo.admin.StatusResponse")]);
 }
 
 /// Encodes `msg`, checks the bytes, and decodes them back to `msg`.

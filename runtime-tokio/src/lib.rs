@@ -9,9 +9,9 @@
 //!   group-commits them (one `sync` for everything ready); the durable silo is redb
 //!   ([`silo::redb`]) in a data directory ([`datadir`]);
 //! - one **outbound link** per peer ([`peer`]), batching messages onto a gRPC stream;
-//! - the **gRPC server** on one port for both `memo.kvs.KeyValueStore` (the public API,
-//!   [`service`]) and `memo.peer.Peer`, plus gRPC health and reflection in real builds
-//!   (`health.rs`);
+//! - the **gRPC server** on one port for `memo.kvs.KeyValueStore` (the public API,
+//!   [`service`]), `memo.peer.Peer` and `memo.admin.Admin` (`memo status`, `admin.rs`),
+//!   plus gRPC health and reflection in real builds (`health.rs`);
 //! - optionally, **Prometheus metrics** on a port of their own ([`metrics`],
 //!   [`install_prometheus`]).
 //!
@@ -29,6 +29,7 @@
 //! # Ok(()) }
 //! ```
 
+mod admin;
 pub mod clock;
 pub mod committer;
 pub mod datadir;
@@ -52,6 +53,7 @@ pub use server::Listener;
 pub use service::status_from;
 pub use silo::{RedbOptions, RedbStorage};
 
+use admin::{AdminService, PeerView};
 use health::Health;
 use memo_engine::config::KEY_BYTES_MAX;
 use memo_engine::storage::StorageError;
@@ -268,12 +270,24 @@ pub async fn spawn_node_on(
     let (control, control_rx) = mpsc::channel(node::CONTROL_QUEUE_MAX);
     let name: Arc<str> = me.name.as_str().into();
 
+    let header = BatchHeader { cluster: node.cluster(), from: me.clone(), restart: node.restart() };
+    let (peers, links, views) = make_links(&options, &header);
+
     // The services first: nothing is running yet if they cannot be set up.
     let admission = Arc::new(Admission::default());
     let kv = KvService { calls, reply_timeout, admission: admission.clone(), node: name.clone() };
     let peer = PeerService { cluster: node.cluster(), inbound, stop: stop_server_rx.clone() };
+    let admin = AdminService {
+        control: control.clone(),
+        me: me.clone(),
+        address: options.peers.get(&me).copied(),
+        listen: addr,
+        cluster: node.cluster(),
+        replication: options.config.cluster.replication,
+        peers: Arc::new(views),
+    };
     let health = Health::default();
-    let router = server::router(kv, kv_message_bytes_max, peer, &health)?;
+    let router = server::router(kv, kv_message_bytes_max, peer, admin, &health)?;
 
     let (commits, commits_rx) = mpsc::channel(committer::COMMIT_QUEUE_BATCHES_MAX);
     let (durable_tx, durable) = watch::channel(0);
@@ -281,8 +295,7 @@ pub async fn spawn_node_on(
         committer::Committer { storage, mode: options.commit_mode, batches: commits_rx, durable: durable_tx }.run(),
     );
 
-    let header = BatchHeader { cluster: node.cluster(), from: me.clone(), restart: node.restart() };
-    let (peers, links) = spawn_links(&options, &header, &stop_node_rx);
+    let links = (links.into_iter()).map(|link| tokio::spawn(link.run(stop_node_rx.clone()))).collect();
     #[cfg(not(madsim))]
     {
         let queues = (peers.iter()).map(|(id, queue)| (id.name.clone(), queue.downgrade())).collect();
@@ -296,6 +309,7 @@ pub async fn spawn_node_on(
         outputs: Outputs { commits, peers },
         waiting: BTreeMap::new(),
         next_request: 0,
+        submitted_batch: 0,
     };
     let event_loop = tokio::spawn(event_loop.run());
     health.set_serving(true).await;
@@ -317,21 +331,20 @@ pub async fn spawn_node_on(
     })
 }
 
-/// Starts one outbound link per other node with an address.
-fn spawn_links(
-    options: &NodeOptions,
-    header: &BatchHeader,
-    stop: &watch::Receiver<bool>,
-) -> (PeerQueues, Vec<JoinHandle<()>>) {
+/// One outbound link per other node with an address (not running yet), with the
+/// loop's queues to them and the admin service's view of them.
+fn make_links(options: &NodeOptions, header: &BatchHeader) -> (PeerQueues, Vec<Link>, BTreeMap<NodeId, PeerView>) {
     let mut queues = BTreeMap::new();
-    let mut tasks = Vec::new();
+    let mut links = Vec::new();
+    let mut views = BTreeMap::new();
     for (id, addr) in &options.peers {
         if *id == options.config.me {
             continue;
         }
-        let (link, queue) = Link::new(id.clone(), *addr, header.clone(), options.peer_transport);
+        let (link, queue, status) = Link::new(id.clone(), *addr, header.clone(), options.peer_transport);
+        views.insert(id.clone(), PeerView { address: *addr, link: status, queue: queue.downgrade() });
         queues.insert(id.clone(), queue);
-        tasks.push(tokio::spawn(link.run(stop.clone())));
+        links.push(link);
     }
-    (queues, tasks)
+    (queues, links, views)
 }

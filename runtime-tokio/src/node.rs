@@ -11,10 +11,12 @@
 
 use crate::clock::Clock;
 use crate::{Error, SharedStorage};
+use memo_engine::placement::{PartitionConfig, PartitionId};
 use memo_engine::storage::BatchId;
 use memo_engine::{KvError, Node, NodeId, PersistBatch, Request, RequestId, Response, Stats, Transmit};
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
 
 /// Client calls queued for the loop; a full queue answers RESOURCE_EXHAUSTED at once.
@@ -24,6 +26,9 @@ pub const CALL_QUEUE_MAX: usize = 4096;
 pub const INBOUND_QUEUE_BATCHES_MAX: usize = 1024;
 /// Control queries queued for the loop.
 pub const CONTROL_QUEUE_MAX: usize = 16;
+/// Partition configs copied out of the loop per [`Control::Partitions`] query, so that
+/// a status query over many partitions holds the loop for a short while at a time.
+pub const PARTITIONS_PER_QUERY_MAX: u32 = 1024;
 
 /// The outcome of one client request.
 pub(crate) type CallResult = Result<Response, KvError>;
@@ -38,6 +43,29 @@ pub(crate) struct Call {
 pub(crate) enum Control {
     /// The engine's counters.
     Stats(oneshot::Sender<Stats>),
+    /// The node's gauges and counters ([`LoopStatus`]).
+    Status(oneshot::Sender<LoopStatus>),
+    /// The configs of partitions `from..`, at most [`PARTITIONS_PER_QUERY_MAX`] of them
+    /// (none when `from` is past the last partition).
+    Partitions { from: PartitionId, reply: oneshot::Sender<Vec<PartitionConfig>> },
+}
+
+/// What the loop knows about its node, copied out for `memo status`.
+#[derive(Clone, Debug)]
+pub(crate) struct LoopStatus {
+    pub stats: Stats,
+    pub restart: u64,
+    pub partitions: u32,
+    pub requests_in_flight: usize,
+    pub proposer_keys: usize,
+    pub registers_cached: usize,
+    pub register_cache_bytes: usize,
+    /// The newest batch the committer reported durable.
+    pub durable_batch: BatchId,
+    /// The newest batch handed to the committer.
+    pub submitted_batch: BatchId,
+    /// Primaries bypassed after a forward timed out, with the time left.
+    pub suspected: Vec<(NodeId, Duration)>,
 }
 
 /// The loop's input channels.
@@ -80,6 +108,8 @@ pub(crate) struct EventLoop {
     /// answers every request by its deadline.
     pub waiting: BTreeMap<RequestId, oneshot::Sender<CallResult>>,
     pub next_request: u64,
+    /// The newest persist batch handed to the committer.
+    pub submitted_batch: BatchId,
 }
 
 impl EventLoop {
@@ -156,15 +186,45 @@ impl EventLoop {
             Control::Stats(reply) => {
                 let _ = reply.send(self.node.stats().clone());
             }
+            Control::Status(reply) => {
+                let _ = reply.send(self.status());
+            }
+            Control::Partitions { from, reply } => {
+                let map = self.node.map();
+                let end = from.saturating_add(PARTITIONS_PER_QUERY_MAX).min(map.partitions());
+                let _ = reply.send((from..end).map(|p| map.config(p).clone()).collect());
+            }
+        }
+    }
+
+    fn status(&self) -> LoopStatus {
+        let now = self.clock.now();
+        let (registers_cached, register_cache_bytes) = self.node.registers_cached();
+        let suspected = (self.node.suspected_primaries(now))
+            .map(|(node, until)| (node.clone(), until.saturating_since(now)))
+            .collect();
+        LoopStatus {
+            stats: self.node.stats().clone(),
+            restart: self.node.restart(),
+            partitions: self.node.map().partitions(),
+            requests_in_flight: self.node.requests_in_flight(),
+            proposer_keys: self.node.proposer_keys(),
+            registers_cached,
+            register_cache_bytes,
+            durable_batch: *self.inputs.durable.borrow(),
+            submitted_batch: self.submitted_batch,
+            suspected,
         }
     }
 
     /// Drains the engine's outputs in the documented order.
     async fn drain(&mut self) -> Result<(), Error> {
         while let Some(batch) = self.node.poll_persist() {
+            let id = batch.id;
             if self.outputs.commits.send(batch).await.is_err() {
                 return Err(Error::TaskFailed("committer"));
             }
+            self.submitted_batch = id;
         }
         while let Some(transmit) = self.node.poll_transmit() {
             self.transmit(transmit);

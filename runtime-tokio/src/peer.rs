@@ -13,6 +13,9 @@
 //! batch instead (simpler failure semantics, useful in simulation where a madsim stream
 //! never loses data but only delays it).
 //!
+//! Each link publishes its [`LinkStatus`] on a watch channel, for `memo status`
+//! ([`crate::admin`]): connecting, connected (a call is open), or down with the reason.
+//!
 //! The receiver checks the batch's cluster id (a mismatch is refused with
 //! FAILED_PRECONDITION) and hands the messages to the event loop, which decodes them;
 //! malformed messages are logged and dropped there, never a panic.
@@ -63,6 +66,27 @@ pub enum PeerTransport {
     Stream,
     /// One unary `Send` call per batch.
     Unary,
+}
+
+/// What a link is doing, as far as the sending side can tell.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum LinkState {
+    /// Connecting: the first attempt, or again after a failure.
+    #[default]
+    Connecting,
+    /// A call to the peer is open (a stream, or a channel for unary sends).
+    Connected,
+    /// The last attempt failed; the link retries after a backoff.
+    Down,
+}
+
+/// A link's state and, until a connection succeeds, why the last attempt failed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LinkStatus {
+    /// The state.
+    pub state: LinkState,
+    /// The last failure, cleared once connected.
+    pub error: Option<String>,
 }
 
 // ----- receiving side -----
@@ -228,17 +252,21 @@ pub(crate) struct Link {
     sequence: u64,
     /// Whether the link last worked, to log transitions rather than every retry.
     up: bool,
+    /// Published for `memo status`.
+    status: watch::Sender<LinkStatus>,
 }
 
 impl Link {
-    /// A link to `to` at `addr` and the sender that feeds it.
+    /// A link to `to` at `addr`, the sender that feeds it, and where it publishes its
+    /// status.
     pub fn new(
         to: NodeId,
         addr: SocketAddr,
         header: BatchHeader,
         transport: PeerTransport,
-    ) -> (Self, mpsc::Sender<Vec<u8>>) {
+    ) -> (Self, mpsc::Sender<Vec<u8>>, watch::Receiver<LinkStatus>) {
         let (tx, queue) = mpsc::channel(PEER_QUEUE_MESSAGES_MAX);
+        let (status, status_rx) = watch::channel(LinkStatus::default());
         let link = Link {
             to,
             addr,
@@ -249,8 +277,9 @@ impl Link {
             backoff: Backoff::new(),
             sequence: 0,
             up: false,
+            status,
         };
-        (link, tx)
+        (link, tx, status_rx)
     }
 
     /// Runs until the queue closes or `stop` is set.
@@ -280,6 +309,17 @@ impl Link {
             tracing::debug!(peer = %self.to, addr = %self.addr, %reason, "peer link retry failed");
         }
         self.up = false;
+        self.status.send_replace(LinkStatus { state: LinkState::Down, error: Some(reason.to_string()) });
+    }
+
+    /// A new attempt starts; the last failure stays visible until it succeeds.
+    fn note_connecting(&mut self) {
+        self.status.send_modify(|status| status.state = LinkState::Connecting);
+    }
+
+    /// A call to the peer is open.
+    fn note_connected(&mut self) {
+        self.status.send_replace(LinkStatus { state: LinkState::Connected, error: None });
     }
 
     fn note_success(&mut self) {
@@ -292,6 +332,7 @@ impl Link {
 
     /// Connects, then sends batches until something fails.
     async fn connect_and_send(&mut self) -> LinkEnd {
+        self.note_connecting();
         let client = match self.connect().await {
             Ok(client) => client,
             Err(reason) => return LinkEnd::Failed(reason),
@@ -309,7 +350,7 @@ impl Link {
             .http2_keep_alive_interval(PEER_KEEPALIVE_INTERVAL)
             .keep_alive_timeout(PEER_KEEPALIVE_TIMEOUT)
             .tcp_nodelay(true);
-        let channel = endpoint.connect().await.map_err(|e| e.to_string())?;
+        let channel = endpoint.connect().await.map_err(|e| error_chain(&e))?;
         Ok(PeerClient::new(channel).max_encoding_message_size(PEER_MESSAGE_BYTES_MAX))
     }
 
@@ -331,6 +372,7 @@ impl Link {
             Ok(response) => response,
             Err(status) => return LinkEnd::Failed(status.to_string()),
         };
+        self.note_connected();
         let mut acks = response.into_inner();
         loop {
             let event = tokio::select! {
@@ -359,6 +401,7 @@ impl Link {
 
     /// One `Send` call per batch; a failed batch is dropped.
     async fn send_unary(&mut self, mut client: PeerClient<tonic::transport::Channel>) -> LinkEnd {
+        self.note_connected();
         loop {
             let Some(messages) = self.batcher.next(&mut self.queue).await else {
                 return LinkEnd::QueueClosed;
@@ -371,6 +414,19 @@ impl Link {
             }
         }
     }
+}
+
+/// An error with its causes: a transport error keeps the useful part ("connection
+/// refused") in its sources.
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 #[cfg(test)]

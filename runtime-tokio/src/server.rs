@@ -1,5 +1,5 @@
-//! The node's one listening port, serving both `memo.kvs.KeyValueStore` and
-//! `memo.peer.Peer` (and, in real builds, gRPC health and reflection).
+//! The node's one listening port, serving `memo.kvs.KeyValueStore`, `memo.peer.Peer`
+//! and `memo.admin.Admin` (and, in real builds, gRPC health and reflection).
 //!
 //! Binding is separate from serving so that callers can bind port 0 first, learn the
 //! address, and build the peer table before any node starts (tests, `memo dev`). Real
@@ -7,9 +7,11 @@
 //! simulation the listener is just the address and the simulated server binds it.
 
 use crate::Error;
+use crate::admin::AdminService;
 use crate::health::Health;
 use crate::peer::{PEER_KEEPALIVE_INTERVAL, PEER_MESSAGE_BYTES_MAX, PeerService};
 use crate::service::KvService;
+use memo_proto::admin::admin_server::AdminServer;
 use memo_proto::kvs::key_value_store_server::KeyValueStoreServer;
 use memo_proto::peer::peer_server::PeerServer;
 use std::net::SocketAddr;
@@ -46,12 +48,14 @@ impl Listener {
     }
 }
 
-/// The node's services on one router: `memo.kvs.KeyValueStore` and `memo.peer.Peer`,
-/// plus gRPC health and reflection in real builds ([`crate::health`]).
+/// The node's services on one router: `memo.kvs.KeyValueStore`, `memo.peer.Peer` and
+/// `memo.admin.Admin`, plus gRPC health and reflection in real builds
+/// ([`crate::health`]).
 pub(crate) fn router(
     kv: KvService,
     kv_message_bytes_max: usize,
     peer: PeerService,
+    admin: AdminService,
     health: &Health,
 ) -> Result<Router, Error> {
     let kv = KeyValueStoreServer::new(kv).max_decoding_message_size(kv_message_bytes_max);
@@ -59,7 +63,8 @@ pub(crate) fn router(
     let router = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(PEER_KEEPALIVE_INTERVAL))
         .add_service(kv)
-        .add_service(peer);
+        .add_service(peer)
+        .add_service(AdminServer::new(admin));
     health.mount(router)
 }
 

@@ -1,6 +1,6 @@
 //! Operating a node: gRPC health and reflection on the node's port, Prometheus metrics,
-//! the Python client example against `memo dev`, and snapshots of the CLI's help.
-//! Every wait is bounded.
+//! `memo status` and `--output json`, `memo node run --config`, the Python client
+//! example against `memo dev`, and snapshots of the CLI's help. Every wait is bounded.
 #![cfg(not(madsim))]
 
 mod common;
@@ -38,6 +38,8 @@ const COMMAND_TIMEOUT: Duration = Duration::from_secs(120);
 const PIP_TIMEOUT: Duration = Duration::from_secs(600);
 /// Upper bound of the Python round trip.
 const PYTHON_CLIENT_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a `memo node run` may take to start serving, or to stop after SIGTERM.
+const NODE_START_STOP_TIMEOUT: Duration = Duration::from_secs(20);
 
 async fn within<F: std::future::Future>(test: F) -> F::Output {
     tokio::time::timeout(TEST_TIMEOUT, test).await.expect("the test finished in time")
@@ -134,6 +136,7 @@ async fn reflection_lists_and_describes_every_service() {
             [
                 "grpc.health.v1.Health",
                 "grpc.reflection.v1.ServerReflection",
+                "memo.admin.Admin",
                 "memo.kvs.KeyValueStore",
                 "memo.peer.Peer",
             ]
@@ -282,8 +285,7 @@ fn memo_help(args: &[&str]) -> String {
     ran.stdout
 }
 
-/// The help of `memo` and of every `memo kv` command. `memo dev --help` and
-/// `memo node run --help` are not snapshotted yet: their flags are still changing.
+/// The help of `memo` and of each of its commands.
 #[test]
 fn cli_help_snapshots() {
     insta::assert_snapshot!("memo_help", memo_help(&["--help"]));
@@ -291,6 +293,7 @@ fn cli_help_snapshots() {
     for command in ["insert", "update", "upsert", "get", "delete", "list"] {
         insta::assert_snapshot!(format!("memo_kv_{command}_help"), memo_help(&["kv", command, "--help"]));
     }
+    insta::assert_snapshot!("memo_status_help", memo_help(&["status", "--help"]));
     insta::assert_snapshot!("memo_dev_help", memo_help(&["dev", "--help"]));
     insta::assert_snapshot!("memo_node_run_help", memo_help(&["node", "run", "--help"]));
 }
@@ -377,4 +380,208 @@ fn python_client_example_round_trips_against_memo_dev() {
          round trip OK\n"
     );
     eprintln!("python round trip took {:?}", started.elapsed());
+}
+
+// ----- memo status, --output json, memo node run --config -----
+
+/// Runs `memo ARGS` (bounded).
+fn memo(args: &[&str]) -> Ran {
+    run("memo", Command::new(env!("CARGO_BIN_EXE_memo")).args(args), COMMAND_TIMEOUT)
+}
+
+/// Runs `memo ARGS`, expecting success and JSON on stdout.
+fn memo_json(args: &[&str]) -> serde_json::Value {
+    let ran = memo(args);
+    assert!(ran.status.success(), "{args:?}: {:?}\n{}", ran.status, ran.stderr);
+    serde_json::from_str(&ran.stdout).unwrap_or_else(|e| panic!("{args:?}: not JSON ({e}):\n{}", ran.stdout))
+}
+
+fn u64_at(value: &serde_json::Value, pointer: &str) -> u64 {
+    value.pointer(pointer).and_then(serde_json::Value::as_u64).unwrap_or_else(|| panic!("no {pointer} in {value}"))
+}
+
+fn str_at<'a>(value: &'a serde_json::Value, pointer: &str) -> &'a str {
+    value.pointer(pointer).and_then(serde_json::Value::as_str).unwrap_or_else(|| panic!("no {pointer} in {value}"))
+}
+
+/// Checks a `memo status --output json --partitions` document of a healthy cluster of
+/// `names`: every node listed once, itself as `self`, the partition counts adding up,
+/// and every partition's primary the first of its distinct replicas.
+fn check_status(status: &serde_json::Value, me: &str, names: &[&str]) {
+    assert_eq!(str_at(status, "/node"), me);
+    let partitions = u64_at(status, "/cluster/partitions");
+    let replication = u64_at(status, "/cluster/replication");
+    let nodes = status["nodes"].as_array().expect("a node list");
+    let listed: Vec<&str> = nodes.iter().map(|n| str_at(n, "/name")).collect();
+    assert_eq!(listed, names, "{status}");
+    for node in nodes {
+        let link = str_at(node, "/link");
+        let expected: &[&str] = if str_at(node, "/name") == me { &["self"] } else { &["connecting", "connected"] };
+        assert!(expected.contains(&link), "{node}");
+        assert_eq!(node["suspected"], false, "{node}");
+    }
+    let sum = |field: &str| nodes.iter().map(|n| u64_at(n, field)).sum::<u64>();
+    assert_eq!(sum("/primary_partitions"), partitions, "{status}");
+    assert_eq!(sum("/replica_partitions"), partitions * replication.min(names.len() as u64), "{status}");
+
+    let table = status["partitions"].as_array().expect("partitions, as asked");
+    assert_eq!(table.len() as u64, partitions);
+    for (i, partition) in table.iter().enumerate() {
+        assert_eq!(u64_at(partition, "/id"), i as u64);
+        let replicas: Vec<&str> =
+            partition["replicas"].as_array().expect("replicas").iter().filter_map(|r| r.as_str()).collect();
+        let mut distinct = replicas.clone();
+        distinct.sort_unstable();
+        distinct.dedup();
+        assert_eq!(distinct.len(), replicas.len(), "{partition}");
+        assert!(replicas.iter().all(|r| names.contains(r)), "{partition}");
+        assert_eq!(replicas.first().copied(), Some(str_at(partition, "/primary")), "{partition}");
+    }
+    assert!(u64_at(status, "/stats/durable_batch") >= 1, "the restart batch is durable: {status}");
+}
+
+#[test]
+fn memo_status_shows_the_cluster_as_each_node_sees_it_in_text_and_json() {
+    let started = Instant::now();
+    let (_dev, endpoints) = memo_dev();
+    for (i, endpoint) in endpoints.iter().enumerate() {
+        let me = format!("n{}", i + 1);
+        let status = memo_json(&["status", "--endpoint", endpoint, "--output", "json", "--partitions"]);
+        check_status(&status, &me, &["n1", "n2", "n3"]);
+        assert_eq!(str_at(&status, "/listen_address"), endpoint.as_str());
+    }
+
+    // Without --partitions, no partition list.
+    let status = memo_json(&["status", "--endpoint", &endpoints[0], "--output", "json"]);
+    assert!(status.get("partitions").is_none(), "{status}");
+
+    let text = memo(&["status", "--endpoint", &endpoints[1]]);
+    assert!(text.status.success(), "{}", text.stderr);
+    let lines: Vec<&str> = text.stdout.lines().collect();
+    assert!(lines[0].starts_with("node n2 (generation 0) listening on "), "{}", text.stdout);
+    assert!(lines[1].ends_with(": 64 partitions, replication 3"), "{}", text.stdout);
+    let header = lines.iter().position(|l| l.starts_with("NODE ")).expect("a node table");
+    let header_words: Vec<&str> = lines[header].split_whitespace().collect();
+    assert_eq!(header_words, ["NODE", "ADDRESS", "LINK", "QUEUED", "PRIMARY", "REPLICA", "NOTES"]);
+    let n2: Vec<&str> = lines[header + 2].split_whitespace().collect();
+    assert_eq!(&n2[..4], ["n2", endpoints[1].as_str(), "self", "-"], "{}", text.stdout);
+    assert_eq!(n2[5], "64", "n2 holds a replica of every partition:\n{}", text.stdout);
+    assert!(text.stdout.contains("\nrequests_in_flight "), "{}", text.stdout);
+
+    let with_partitions = memo(&["status", "--endpoint", &endpoints[1], "--partitions"]);
+    assert!(with_partitions.stdout.contains("PARTITION  EPOCH  PRIMARY  REPLICAS\n"), "{}", with_partitions.stdout);
+
+    let unreachable = memo(&["status", "--endpoint", "127.0.0.1:1"]);
+    assert_eq!(unreachable.status.code(), Some(1));
+    assert!(unreachable.stderr.starts_with("error: cannot connect to 127.0.0.1:1"), "{}", unreachable.stderr);
+    let bad_output = memo(&["status", "--endpoint", &endpoints[0], "--output", "yaml"]);
+    assert!(!bad_output.status.success() && bad_output.stderr.contains("yaml"), "{}", bad_output.stderr);
+    assert!(started.elapsed() < TEST_TIMEOUT);
+}
+
+#[test]
+fn memo_kv_list_prints_one_json_document() {
+    let (_dev, endpoints) = memo_dev();
+    let at = ["--endpoint", endpoints[0].as_str()];
+    for key in ["dir/a", "dir/b", "hello"] {
+        let ran = memo(&[&["kv", "upsert", key, "v"][..], &at].concat());
+        assert!(ran.status.success(), "{}", ran.stderr);
+    }
+    let page = memo_json(&[&["kv", "list", "--output", "json", "--delimiter", "/"][..], &at].concat());
+    assert_eq!(
+        page,
+        serde_json::json!({"items": ["hello"], "prefixes": ["dir/"], "truncated": false, "next_marker": null})
+    );
+    let page = memo_json(&[&["kv", "list", "--output", "json", "--max-keys", "2"][..], &at].concat());
+    assert_eq!(
+        page,
+        serde_json::json!({"items": ["dir/a", "dir/b"], "prefixes": [], "truncated": true, "next_marker": "dir/b"})
+    );
+    let empty = memo_json(&[&["kv", "list", "--output", "json", "--prefix", "none/"][..], &at].concat());
+    assert_eq!(empty, serde_json::json!({"items": [], "prefixes": [], "truncated": false, "next_marker": null}));
+}
+
+/// A fresh directory for one test's files.
+fn scratch_dir(name: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("the scratch dir");
+    dir
+}
+
+#[test]
+fn memo_node_run_serves_with_a_config_file_whose_settings_flags_override() {
+    let dir = scratch_dir("node-run-config");
+    let (in_file, on_flag) = (free_port(), free_port());
+    let config = dir.join("memo.toml");
+    let text = format!(
+        "id = \"n1\"\nlisten = \"{in_file}\"\ninitial_nodes = [\"n1={on_flag}\"]\n\
+         partitions = 16\nreplication = 1\ncluster_token = \"config-test\"\nlog_format = \"json\"\n"
+    );
+    std::fs::write(&config, text).expect("the config file writes");
+    let child = Command::new(env!("CARGO_BIN_EXE_memo"))
+        .args(["node", "run", "--config"])
+        .arg(&config)
+        .args(["--listen", &on_flag.to_string(), "--partitions", "32"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("memo node run starts");
+    let mut node = ChildGuard(child);
+
+    // It serves on the flag's address, with the flag's partition count.
+    let endpoint = on_flag.to_string();
+    let deadline = Instant::now() + NODE_START_STOP_TIMEOUT;
+    let status = loop {
+        let ran = memo(&["status", "--endpoint", &endpoint, "--output", "json", "--partitions"]);
+        if ran.status.success() {
+            break serde_json::from_str::<serde_json::Value>(&ran.stdout).expect("JSON");
+        }
+        assert!(Instant::now() < deadline, "the node did not serve in time: {}", ran.stderr);
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(u64_at(&status, "/cluster/partitions"), 32);
+    assert_eq!(u64_at(&status, "/cluster/replication"), 1);
+    assert_eq!(str_at(&status, "/listen_address"), endpoint);
+    check_status(&status, "n1", &["n1"]);
+    let upsert = memo(&["kv", "upsert", "--endpoint", &endpoint, "k", "v"]);
+    assert!(upsert.status.success(), "{}", upsert.stderr);
+    assert_eq!(memo(&["kv", "get", "--endpoint", &endpoint, "k"]).stdout, "v\n");
+
+    // SIGTERM stops it with exit code 0; its logs are JSON, as the file says.
+    let pid = node.0.id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().expect("kill runs").success());
+    let exit = common::wait_exit(&mut node.0, NODE_START_STOP_TIMEOUT).expect("the node stops after SIGTERM");
+    assert!(exit.success(), "{exit:?}");
+    let mut logs = String::new();
+    node.0.stderr.take().expect("piped stderr").read_to_string(&mut logs).expect("the logs read");
+    let first = logs.lines().next().unwrap_or_default();
+    assert!(first.starts_with('{'), "not JSON logs:\n{logs}");
+}
+
+#[test]
+fn memo_node_run_refuses_a_config_file_it_cannot_use_with_one_clear_line() {
+    let dir = scratch_dir("node-run-bad-config");
+    let listen = free_port();
+    let good = format!("id = \"n1\"\nlisten = \"{listen}\"\ninitial_nodes = [\"n1={listen}\"]\n");
+    let cases = [
+        ("unknown-key.toml", format!("{good}listen_addr = \"{listen}\"\n"), ", line 4: unknown field `listen_addr`"),
+        ("malformed.toml", format!("{good}partitions = \n"), ", line 4: "),
+        ("wrong-type.toml", format!("{good}partitions = \"many\"\n"), ", line 4: invalid type: string"),
+    ];
+    for (name, text, expected) in cases {
+        let path = dir.join(name);
+        std::fs::write(&path, text).expect("the config file writes");
+        let ran = memo(&["node", "run", "--config", &path.to_string_lossy()]);
+        assert_eq!(ran.status.code(), Some(1), "{name}: {}", ran.stderr);
+        let wanted = format!("error: config file {}{expected}", path.display());
+        assert!(ran.stderr.starts_with(&wanted), "{name}: {}", ran.stderr);
+        assert_eq!(ran.stderr.lines().count(), 1, "{name}: {}", ran.stderr);
+    }
+    let missing = dir.join("missing.toml");
+    let ran = memo(&["node", "run", "--config", &missing.to_string_lossy()]);
+    assert_eq!(ran.status.code(), Some(1));
+    let wanted = format!("error: cannot read the config file {}: ", missing.display());
+    assert!(ran.stderr.starts_with(&wanted), "{}", ran.stderr);
 }

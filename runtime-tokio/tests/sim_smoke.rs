@@ -1,12 +1,14 @@
 //! A smoke test of the runtime inside the madsim simulator: three nodes on simulated
 //! hosts serve the public API, keep serving with one node killed, and the killed node
-//! comes back. The deep scenarios live in `sim-scenarios`; this one only proves the
+//! comes back; the admin service answers. The deep scenarios live in `sim-scenarios`; this one only proves the
 //! runtime's real code runs under `--cfg madsim` (`cargo simtest -p memo-node`).
 #![cfg(madsim)]
 
 use madsim::runtime::Handle;
 use memo_engine::{ClusterParams, Config, MemoryStorage, NodeId};
 use memo_node::{NodeOptions, SharedStorage, spawn_node};
+use memo_proto::admin::StatusRequest;
+use memo_proto::admin::admin_client::AdminClient;
 use memo_proto::kvs::key_value_store_client::KeyValueStoreClient;
 use memo_proto::kvs::{FetchRequest, UpsertRequest};
 use std::collections::BTreeMap;
@@ -67,6 +69,14 @@ async fn a_simulated_cluster_serves_through_a_crash_and_a_restart() {
                 .expect("connects to the restarted node");
             let fetched = c3.fetch(FetchRequest { key: "k".into() }).await;
             assert_eq!(fetched.expect("fetch").into_inner().value, b"v2");
+
+            // The admin service answers in simulation too.
+            let mut admin = AdminClient::connect(format!("http://{}", addr(0))).await.expect("connects");
+            let status = admin.status(StatusRequest { partitions: true }).await.expect("status").into_inner();
+            assert_eq!(status.node, "n1");
+            assert_eq!(status.nodes.len(), 3);
+            assert_eq!(status.partitions.len(), 16);
+            assert_eq!(status.nodes.iter().map(|n| n.primary_partitions).sum::<u32>(), 16);
         })
         .await
         .expect("the client finishes");

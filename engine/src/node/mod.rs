@@ -15,7 +15,8 @@
 //!   2. [`Node::poll_transmit`] until `None`: envelopes to send.
 //!   3. [`Node::poll_reply`] until `None`: answers to client requests.
 //!   4. [`Node::poll_timeout`]: when to call `handle_timeout` next.
-//! - **Getters**: [`Node::id`], [`Node::map`], [`Node::stats`].
+//! - **Getters**: [`Node::id`], [`Node::map`], [`Node::stats`] and a few gauges
+//!   ([`Node::requests_in_flight`], [`Node::registers_cached`], [`Node::suspected_primaries`]).
 //!
 //! **Durability before speech (R4).** Every message or reply that reports or depends on
 //! acceptor state (promises, accepts, read and scan replies, the coordinator's own vote)
@@ -312,6 +313,24 @@ impl<S: Storage> Node<S> {
     /// `Config::proposer_keys_max`).
     pub fn proposer_keys(&self) -> usize {
         self.proposer.keys()
+    }
+
+    /// Requests in flight on this node: its own clients' and those forwarded to it
+    /// (bounded by `Config::requests_in_flight_max`).
+    pub fn requests_in_flight(&self) -> usize {
+        self.requests.len()
+    }
+
+    /// Registers in the cache, and their approximate size in bytes (kept near
+    /// `Config::register_cache_bytes_max`; entries with writes not yet durable stay).
+    pub fn registers_cached(&self) -> (usize, usize) {
+        self.persist.cached()
+    }
+
+    /// The primaries this node bypasses at `now` because a forward to them timed out,
+    /// each with the instant its suspicion ends.
+    pub fn suspected_primaries(&self, now: Instant) -> impl Iterator<Item = (&NodeId, Instant)> {
+        self.suspected.iter().filter(move |(_, until)| **until > now).map(|(node, until)| (node, *until))
     }
 
     /// The restart counter of this life (R1).

@@ -176,6 +176,11 @@ impl Persist {
         register
     }
 
+    /// Entries in the register cache, and their approximate bytes.
+    pub(super) fn cached(&self) -> (usize, usize) {
+        (self.cache.len(), self.cache_bytes)
+    }
+
     /// The register of `key`, reading through the cache.
     pub(super) fn register(
         &mut self,

@@ -1,21 +1,12 @@
 //! `memo kv`: the public API from the command line. Exit code 0 on success; on an error
 //! status, `error: CODE: message` on stderr and exit code 1.
 
+use crate::client::{Output, RESPONSE_BYTES_MAX, connect, describe, print_json};
 use clap::{Args, Subcommand};
-use memo_node::service::code_name;
 use memo_proto::kvs::key_value_store_client::KeyValueStoreClient;
 use memo_proto::kvs::{DeleteRequest, FetchRequest, InsertRequest, ListRequest, UpdateRequest, UpsertRequest};
 use std::io::Write;
-use std::time::Duration;
-use tonic::Status;
 use tonic::transport::Channel;
-
-/// How long connecting to the endpoint may take.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// How long one call may take (the engine answers within its request deadline).
-const CALL_TIMEOUT: Duration = Duration::from_secs(30);
-/// Largest response accepted: a List page of the largest size with the longest keys.
-const RESPONSE_BYTES_MAX: usize = 64 * 1024 * 1024;
 
 #[derive(Debug, Args)]
 pub struct KvArgs {
@@ -39,7 +30,8 @@ enum KvCommand {
     Get { key: String },
     /// Remove KEY.
     Delete { key: String },
-    /// List keys (S3 ListObjects semantics), one per line; rolled-up prefixes too.
+    /// List keys (S3 ListObjects semantics), one per line; rolled-up prefixes too. With
+    /// --output json, one JSON document: {"items", "prefixes", "truncated", "next_marker"}.
     List(ListArgs),
 }
 
@@ -57,10 +49,27 @@ struct ListArgs {
     /// Largest page (items plus prefixes); 0 means 1000.
     #[arg(long, default_value_t = 0)]
     max_keys: u64,
+    /// Print the page as text lines or as one JSON document.
+    #[arg(long, value_enum, default_value_t = Output::Text)]
+    output: Output,
+}
+
+/// A List page as `memo kv list --output json` prints it.
+#[derive(Debug, serde::Serialize)]
+struct ListPage<'a> {
+    /// Keys, in order.
+    items: Vec<&'a str>,
+    /// Rolled-up common prefixes, in order.
+    prefixes: &'a [String],
+    /// Whether there is more after this page.
+    truncated: bool,
+    /// Where the next page starts (`--marker`), when truncated.
+    next_marker: Option<&'a str>,
 }
 
 pub async fn run(args: KvArgs) -> Result<(), String> {
-    let mut client = connect(&args.endpoint).await?;
+    let channel = connect(&args.endpoint).await?;
+    let mut client = KeyValueStoreClient::new(channel).max_decoding_message_size(RESPONSE_BYTES_MAX);
     match args.command {
         KvCommand::Insert { key, value } => {
             let request = InsertRequest { key, value: value.into_bytes() };
@@ -94,16 +103,24 @@ async fn run_list(client: &mut KeyValueStoreClient<Channel>, args: ListArgs) -> 
     let request =
         ListRequest { prefix: args.prefix, marker: args.marker, delimiter: args.delimiter, max_keys: args.max_keys };
     let page = client.list(request).await.map_err(describe)?.into_inner();
-    // Items and prefixes are each sorted; print them merged, in key order, as S3 does.
+    // Items and prefixes are each sorted; merged, in key order, as S3 does, the last one
+    // is where the next page starts.
     let mut lines: Vec<&str> = page.items.iter().map(|item| item.key.as_str()).collect();
     lines.extend(page.prefixes.iter().map(String::as_str));
     lines.sort_unstable();
-    for line in &lines {
-        println!("{line}");
+    let next_marker = page.truncated.then(|| lines.last().copied().unwrap_or_default());
+    if args.output == Output::Json {
+        let items = page.items.iter().map(|item| item.key.as_str()).collect();
+        return print_json(&ListPage { items, prefixes: &page.prefixes, truncated: page.truncated, next_marker });
     }
-    if page.truncated {
-        let last = lines.last().copied().unwrap_or_default();
-        eprintln!("(truncated: continue with --marker '{last}')");
+    let mut text = String::new();
+    for line in &lines {
+        text.push_str(line);
+        text.push('\n');
+    }
+    crate::client::print(&text)?;
+    if let Some(marker) = next_marker {
+        eprintln!("(truncated: continue with --marker '{marker}')");
     }
     Ok(())
 }
@@ -114,33 +131,4 @@ fn print_value(value: &[u8]) -> Result<(), String> {
     (out.write_all(value).and_then(|()| out.write_all(b"\n")))
         .and_then(|()| out.flush())
         .map_err(|e| format!("cannot write the value: {e}"))
-}
-
-async fn connect(endpoint: &str) -> Result<KeyValueStoreClient<Channel>, String> {
-    let uri = if endpoint.contains("://") { endpoint.to_string() } else { format!("http://{endpoint}") };
-    let channel = tonic::transport::Endpoint::from_shared(uri)
-        .map_err(|e| format!("bad endpoint {endpoint}: {e}"))?
-        .connect_timeout(CONNECT_TIMEOUT)
-        .timeout(CALL_TIMEOUT)
-        .connect()
-        .await
-        .map_err(|e| format!("cannot connect to {endpoint}: {}", source_chain(&e)))?;
-    Ok(KeyValueStoreClient::new(channel).max_decoding_message_size(RESPONSE_BYTES_MAX))
-}
-
-/// `CODE: message`, e.g. `NOT_FOUND: key not found`.
-fn describe(status: Status) -> String {
-    format!("{}: {}", code_name(status.code()), status.message())
-}
-
-/// An error with its causes, which is where transport errors keep the useful part.
-fn source_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }

@@ -6,11 +6,14 @@
 //!     --data-dir /var/lib/memo
 //! memo kv upsert --endpoint 127.0.0.1:7001 hello world
 //! memo kv get hello
+//! memo status --endpoint 127.0.0.1:7001
 //! ```
 
+mod client;
 mod dev;
 mod kv;
 mod node;
+mod status;
 
 /// mimalloc instead of glibc's malloc: a node allocates and frees many small buffers per
 /// request (messages, keys, values), and glibc's malloc took about 13% of a loaded
@@ -19,7 +22,8 @@ mod node;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::parser::ValueSource;
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use std::io::IsTerminal;
 use std::process::ExitCode;
 use tracing_subscriber::EnvFilter;
@@ -37,8 +41,10 @@ struct Cli {
     command: Command,
 }
 
-#[derive(Clone, Copy, Debug, ValueEnum)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 enum LogFormat {
+    #[default]
     /// Human-readable lines.
     Text,
     /// One JSON object per line.
@@ -55,26 +61,49 @@ enum Command {
     Node(node::NodeCommand),
     /// Read and write keys through a node's public API.
     Kv(kv::KvArgs),
+    /// Show the cluster as one node sees it: its nodes and their links, how the
+    /// partitions are spread over them, and the node's own counters.
+    Status(status::StatusArgs),
 }
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let default_level = match cli.command {
-        Command::Kv(_) => "warn",
-        Command::Dev(_) | Command::Node(_) => "info",
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    // A config file's log_format applies only if neither the flag nor its variable did.
+    let log_format = match matches.value_source("log_format") {
+        Some(ValueSource::DefaultValue) | None => None,
+        Some(_) => Some(cli.log_format),
     };
-    init_logs(cli.log_format, default_level);
-    let outcome = match cli.command {
-        Command::Dev(args) => dev::run(args).await,
-        Command::Node(command) => node::run(command).await,
-        Command::Kv(args) => kv::run(args).await,
-    };
-    match outcome {
+    match run(cli.command, log_format).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
             eprintln!("error: {message}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs `command`, logging in `format` if it was given (text if not).
+async fn run(command: Command, format: Option<LogFormat>) -> Result<(), String> {
+    match command {
+        Command::Dev(args) => {
+            init_logs(format.unwrap_or_default(), "info");
+            dev::run(args).await
+        }
+        Command::Node(node::NodeCommand::Run(args)) => {
+            // Before the logs: the config file may choose their format.
+            let settings = node::Settings::load(args)?;
+            init_logs(format.or(settings.log_format).unwrap_or_default(), "info");
+            node::run(settings).await
+        }
+        Command::Kv(args) => {
+            init_logs(format.unwrap_or_default(), "warn");
+            kv::run(args).await
+        }
+        Command::Status(args) => {
+            init_logs(format.unwrap_or_default(), "warn");
+            status::run(args).await
         }
     }
 }

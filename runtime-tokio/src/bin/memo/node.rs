@@ -1,12 +1,14 @@
 //! `memo node run`: one node of a cluster.
 
+use crate::LogFormat;
 use clap::builder::BoolishValueParser;
 use clap::{Args, Subcommand};
 use memo_engine::{ClusterParams, Config, MemoryStorage, NodeId};
 use memo_node::{CommitMode, NodeOptions, RedbOptions, SharedStorage, datadir, spawn_node};
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 #[derive(Debug, Subcommand)]
@@ -16,41 +18,182 @@ pub enum NodeCommand {
     Run(RunArgs),
 }
 
+/// `memo node run`'s flags. Each one can also come from a `MEMO_*` variable or from the
+/// `--config` file ([`FileSettings`]); a flag beats its variable, which beats the file,
+/// which beats the default. Defaults are applied in [`Settings::load`], so that a value
+/// that was not given is told apart from a default one.
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// This node's name; it must appear in --initial-nodes.
+    /// Read these settings from a TOML file (keys are the flag names in snake_case, e.g.
+    /// initial_nodes; see docs/memo.example.toml); flags and MEMO_* variables override it.
+    #[arg(long, env = "MEMO_CONFIG")]
+    config: Option<PathBuf>,
+    /// This node's name; it must appear in --initial-nodes. Required.
     #[arg(long, env = "MEMO_ID")]
-    id: String,
-    /// Address to listen on for clients and peers (HOST:PORT).
+    id: Option<String>,
+    /// Address to listen on for clients and peers (HOST:PORT). Required.
     #[arg(long, env = "MEMO_LISTEN", value_parser = parse_addr)]
-    listen: SocketAddr,
+    listen: Option<SocketAddr>,
     /// Serve Prometheus metrics on this address (HOST:PORT); off by default.
     #[arg(long, env = "MEMO_METRICS_ADDR", value_parser = parse_addr)]
     metrics_addr: Option<SocketAddr>,
-    /// Every node of the initial cluster, this one included: NAME=HOST:PORT,...
-    #[arg(long, env = "MEMO_INITIAL_NODES", value_delimiter = ',', value_parser = parse_member, required = true)]
+    /// Every node of the initial cluster, this one included: NAME=HOST:PORT,... Required.
+    #[arg(long, env = "MEMO_INITIAL_NODES", value_delimiter = ',', value_parser = parse_member)]
     initial_nodes: Vec<(String, SocketAddr)>,
-    /// Partition count (a power of two); fixed when the cluster is created.
-    #[arg(long, env = "MEMO_PARTITIONS", default_value_t = 256)]
-    partitions: u32,
-    /// Replication factor; fixed when the cluster is created.
-    #[arg(long, env = "MEMO_REPLICATION", default_value_t = 3)]
-    replication: u32,
+    /// Partition count (a power of two); fixed when the cluster is created. [default: 256]
+    #[arg(long, env = "MEMO_PARTITIONS")]
+    partitions: Option<u32>,
+    /// Replication factor; fixed when the cluster is created. [default: 3]
+    #[arg(long, env = "MEMO_REPLICATION")]
+    replication: Option<u32>,
     /// Creation token folded into the cluster id, so two clusters with the same
-    /// members never talk to each other.
-    #[arg(long, env = "MEMO_CLUSTER_TOKEN", default_value = "memo")]
-    cluster_token: String,
+    /// members never talk to each other. [default: memo]
+    #[arg(long, env = "MEMO_CLUSTER_TOKEN")]
+    cluster_token: Option<String>,
     /// Directory of the node's durable data (created on first start; later starts check
     /// that the flags above still match it). Without it, data lives in memory only.
     #[arg(long, env = "MEMO_DATA_DIR")]
     data_dir: Option<PathBuf>,
-    /// Size of the database's page cache, in MiB.
-    #[arg(long, env = "MEMO_CACHE_MIB", default_value_t = 64)]
-    cache_mib: usize,
+    /// Size of the database's page cache, in MiB. [default: 64]
+    #[arg(long, env = "MEMO_CACHE_MIB")]
+    cache_mib: Option<usize>,
     /// Skip verifying every page checksum of the database at start (faster start for a
-    /// big database; a damaged file may then go unnoticed).
-    #[arg(long, env = "MEMO_SKIP_INTEGRITY_CHECK", value_parser = BoolishValueParser::new())]
+    /// big database; a damaged file may then go unnoticed). =false undoes a config file's
+    /// true.
+    #[arg(
+        long,
+        env = "MEMO_SKIP_INTEGRITY_CHECK",
+        value_parser = BoolishValueParser::new(),
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true"
+    )]
+    skip_integrity_check: Option<bool>,
+}
+
+/// Partition count when neither a flag nor the file sets it.
+const PARTITIONS_DEFAULT: u32 = 256;
+/// Replication factor when neither a flag nor the file sets it.
+const REPLICATION_DEFAULT: u32 = 3;
+/// Cluster token when neither a flag nor the file sets it.
+const CLUSTER_TOKEN_DEFAULT: &str = "memo";
+/// redb's page cache, in MiB, when neither a flag nor the file sets it.
+const CACHE_MIB_DEFAULT: usize = 64;
+
+/// The `--config` file: every setting of `memo node run`, under its flag's name in
+/// snake_case, all optional. Unknown keys are an error, so a typo never goes unnoticed.
+/// Addresses and `initial_nodes` entries are written as on the command line.
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+struct FileSettings {
+    id: Option<String>,
+    listen: Option<String>,
+    metrics_addr: Option<String>,
+    initial_nodes: Option<Vec<String>>,
+    partitions: Option<u32>,
+    replication: Option<u32>,
+    cluster_token: Option<String>,
+    data_dir: Option<PathBuf>,
+    cache_mib: Option<usize>,
+    skip_integrity_check: Option<bool>,
+    log_format: Option<LogFormat>,
+}
+
+impl FileSettings {
+    /// Reads and parses `path`; every error names the file (and the line, for syntax
+    /// errors and unknown keys) on one line.
+    fn read(path: &Path) -> Result<Self, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read the config file {}: {e}", path.display()))?;
+        Self::parse(&text).map_err(|why| format!("config file {}{why}", path.display()))
+    }
+
+    /// Parses the text of a config file; an error reads `, line N: what`.
+    fn parse(text: &str) -> Result<Self, String> {
+        toml::from_str(text).map_err(|e| {
+            let message = e.message().trim_end().replace('\n', " ");
+            let Some(span) = e.span() else { return format!(": {message}") };
+            let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
+            let key = text.get(span.clone()).unwrap_or_default();
+            let hint = if message.starts_with("unknown field") && key.contains('-') {
+                " (keys are snake_case, e.g. initial_nodes)"
+            } else {
+                ""
+            };
+            format!(", line {line}: {message}{hint}")
+        })
+    }
+}
+
+/// The settings a node runs with, once flags, variables, file and defaults are merged.
+#[derive(Debug, PartialEq)]
+pub struct Settings {
+    id: String,
+    listen: SocketAddr,
+    metrics_addr: Option<SocketAddr>,
+    initial_nodes: Vec<(String, SocketAddr)>,
+    partitions: u32,
+    replication: u32,
+    cluster_token: String,
+    data_dir: Option<PathBuf>,
+    cache_mib: usize,
     skip_integrity_check: bool,
+    /// From the file only: `--log-format` and `MEMO_LOG_FORMAT` belong to `memo` itself
+    /// and override this.
+    pub log_format: Option<LogFormat>,
+}
+
+impl Settings {
+    /// Merges `args` over the `--config` file, if any, over the defaults.
+    pub fn load(args: RunArgs) -> Result<Self, String> {
+        let (file, file_name) = match &args.config {
+            Some(path) => (FileSettings::read(path)?, path.display().to_string()),
+            None => (FileSettings::default(), String::new()),
+        };
+        Self::merge(args, file, &file_name)
+    }
+
+    /// Merges `args` over `file` (read from `file_name`) over the defaults.
+    fn merge(args: RunArgs, file: FileSettings, file_name: &str) -> Result<Self, String> {
+        let missing = |what: &str, flag: &str, var: &str, key: &str| {
+            format!("missing {what}: give {flag}, set {var}, or set {key} in the --config file")
+        };
+        let in_file = |key: &str, why: String| format!("config file {file_name}: {key}: {why}");
+        let listen = match (args.listen, &file.listen) {
+            (Some(addr), _) => addr,
+            (None, Some(text)) => parse_addr(text).map_err(|why| in_file("listen", why))?,
+            (None, None) => return Err(missing("the address to listen on", "--listen", "MEMO_LISTEN", "listen")),
+        };
+        let metrics_addr = match (args.metrics_addr, &file.metrics_addr) {
+            (Some(addr), _) => Some(addr),
+            (None, Some(text)) => Some(parse_addr(text).map_err(|why| in_file("metrics_addr", why))?),
+            (None, None) => None,
+        };
+        let initial_nodes = match (args.initial_nodes.is_empty(), &file.initial_nodes) {
+            (false, _) => args.initial_nodes,
+            (true, Some(members)) => (members.iter())
+                .map(|text| parse_member(text))
+                .collect::<Result<_, _>>()
+                .map_err(|why| in_file("initial_nodes", why))?,
+            (true, None) => {
+                return Err(missing("the initial nodes", "--initial-nodes", "MEMO_INITIAL_NODES", "initial_nodes"));
+            }
+        };
+        Ok(Settings {
+            id: (args.id.or(file.id)).ok_or_else(|| missing("the node's name", "--id", "MEMO_ID", "id"))?,
+            listen,
+            metrics_addr,
+            initial_nodes,
+            partitions: args.partitions.or(file.partitions).unwrap_or(PARTITIONS_DEFAULT),
+            replication: args.replication.or(file.replication).unwrap_or(REPLICATION_DEFAULT),
+            cluster_token: (args.cluster_token.or(file.cluster_token))
+                .unwrap_or_else(|| CLUSTER_TOKEN_DEFAULT.to_string()),
+            data_dir: args.data_dir.or(file.data_dir),
+            cache_mib: args.cache_mib.or(file.cache_mib).unwrap_or(CACHE_MIB_DEFAULT),
+            skip_integrity_check: args.skip_integrity_check.or(file.skip_integrity_check).unwrap_or(false),
+            log_format: file.log_format,
+        })
+    }
 }
 
 fn parse_addr(text: &str) -> Result<SocketAddr, String> {
@@ -66,8 +209,7 @@ fn parse_member(text: &str) -> Result<(String, SocketAddr), String> {
     Ok((name.to_string(), parse_addr(addr)?))
 }
 
-pub async fn run(command: NodeCommand) -> Result<(), String> {
-    let NodeCommand::Run(args) = command;
+pub async fn run(args: Settings) -> Result<(), String> {
     if let Some(addr) = args.metrics_addr {
         memo_node::install_prometheus(addr).map_err(|e| e.to_string())?;
     }
@@ -112,4 +254,132 @@ pub async fn run(command: NodeCommand) -> Result<(), String> {
     }
     tracing::info!("stopping");
     node.shutdown().await.map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    /// `memo node run`'s flags alone, to parse test command lines.
+    #[derive(Debug, Parser)]
+    struct Run {
+        #[command(flatten)]
+        args: RunArgs,
+    }
+
+    fn args(flags: &[&str]) -> RunArgs {
+        let argv = std::iter::once("run").chain(flags.iter().copied());
+        Run::try_parse_from(argv).expect("the flags parse").args
+    }
+
+    fn repo_file(path: &str) -> String {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(path);
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    }
+
+    const FILE: &str = r#"
+id = "n1"
+listen = "127.0.0.1:7001"
+initial_nodes = ["n1=127.0.0.1:7001", "n2=127.0.0.1:7002"]
+partitions = 16
+cluster_token = "from-the-file"
+skip_integrity_check = true
+log_format = "json"
+"#;
+
+    #[test]
+    fn the_example_config_sets_every_key_and_the_docs_describe_each() {
+        let file = FileSettings::parse(&repo_file("docs/memo.example.toml")).expect("the example parses");
+        // Exhaustive: a new setting does not compile here until the example has it.
+        let FileSettings {
+            id,
+            listen,
+            metrics_addr,
+            initial_nodes,
+            partitions,
+            replication,
+            cluster_token,
+            data_dir,
+            cache_mib,
+            skip_integrity_check,
+            log_format,
+        } = &file;
+        assert!(id.is_some() && listen.is_some() && metrics_addr.is_some() && initial_nodes.is_some());
+        assert!(partitions.is_some() && replication.is_some() && cluster_token.is_some() && data_dir.is_some());
+        assert!(cache_mib.is_some() && skip_integrity_check.is_some() && log_format.is_some());
+
+        let keys = toml::Table::try_from(&file).expect("the settings serialize");
+        let operations = repo_file("docs/OPERATIONS.md");
+        for key in keys.keys() {
+            assert!(operations.contains(&format!("`{key}`")), "docs/OPERATIONS.md does not describe `{key}`");
+        }
+        let settings = Settings::merge(args(&[]), file, "example").expect("the example is complete");
+        assert_eq!(settings.initial_nodes.len(), 3);
+    }
+
+    #[test]
+    fn flags_override_the_file_which_overrides_the_defaults() {
+        let file = FileSettings::parse(FILE).expect("parses");
+        let flags = args(&["--partitions", "32", "--listen", "127.0.0.1:7101", "--skip-integrity-check=false"]);
+        let settings = Settings::merge(flags, file, "test.toml").expect("complete");
+        assert_eq!(settings.id, "n1");
+        assert_eq!(settings.partitions, 32);
+        assert_eq!(settings.listen, "127.0.0.1:7101".parse().expect("an address"));
+        assert!(!settings.skip_integrity_check);
+        assert_eq!(settings.cluster_token, "from-the-file");
+        assert_eq!(settings.initial_nodes.len(), 2);
+        assert_eq!(settings.log_format, Some(LogFormat::Json));
+        assert_eq!(settings.replication, REPLICATION_DEFAULT);
+        assert_eq!(settings.cache_mib, CACHE_MIB_DEFAULT);
+        assert_eq!(settings.data_dir, None);
+
+        let flags = args(&["--skip-integrity-check", "--initial-nodes", "n1=127.0.0.1:1"]);
+        let settings = Settings::merge(flags, FileSettings::default(), "").expect_err("no id, no listen");
+        assert!(settings.contains("--listen"), "{settings}");
+    }
+
+    #[test]
+    fn a_bare_skip_integrity_check_flag_means_true() {
+        assert_eq!(args(&["--skip-integrity-check"]).skip_integrity_check, Some(true));
+        assert_eq!(args(&[]).skip_integrity_check, None);
+    }
+
+    #[test]
+    fn missing_settings_name_the_flag_the_variable_and_the_key() {
+        let flags = args(&["--listen", "127.0.0.1:7001", "--initial-nodes", "n1=127.0.0.1:7001"]);
+        let error = Settings::merge(flags, FileSettings::default(), "").expect_err("no id");
+        assert_eq!(error, "missing the node's name: give --id, set MEMO_ID, or set id in the --config file");
+    }
+
+    #[test]
+    fn config_file_errors_are_one_line_with_the_line_number() {
+        let table = [
+            ("id = \"n1\"\nlisten_addr = \"x\"\n", ", line 2: unknown field `listen_addr`, expected one of"),
+            ("initial-nodes = []\n", ", line 1: unknown field `initial-nodes`"),
+            ("id = \"n1\"\npartitions = \"many\"\n", ", line 2: invalid type: string \"many\", expected u32"),
+            ("id = \"n1\"\nlisten = \n", ", line 2: "),
+            ("log_format = \"xml\"\n", ", line 1: unknown variant `xml`"),
+        ];
+        for (text, expected) in table {
+            let error = FileSettings::parse(text).expect_err(text);
+            assert!(error.starts_with(expected), "{text:?}: {error}");
+            assert!(!error.contains('\n'), "{text:?}: {error}");
+        }
+        let kebab = FileSettings::parse("cache-mib = 1\n").expect_err("kebab-case");
+        assert!(kebab.ends_with("(keys are snake_case, e.g. initial_nodes)"), "{kebab}");
+    }
+
+    #[test]
+    fn a_bad_address_in_the_file_names_the_file_and_the_key() {
+        let file = FileSettings::parse("id = \"n1\"\nlisten = \"nowhere\"\n").expect("parses");
+        let error = Settings::merge(args(&[]), file, "/etc/memo.toml").expect_err("a bad address");
+        assert!(error.starts_with("config file /etc/memo.toml: listen: nowhere: "), "{error}");
+    }
+
+    #[test]
+    fn an_unreadable_config_file_is_an_error_naming_it() {
+        let error = FileSettings::read(Path::new("/nonexistent/memo.toml")).expect_err("no such file");
+        assert!(error.starts_with("cannot read the config file /nonexistent/memo.toml: "), "{error}");
+    }
 }
