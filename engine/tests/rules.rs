@@ -339,6 +339,16 @@ fn assert_every_quorum_reads(sim: &mut Sim, key: &str, v: &str) {
     sim.heal();
 }
 
+/// Delivers every held message, then checks that the primary refused the one late
+/// write and that every quorum reads `v`.
+fn release_the_late_write_and_assert_it_is_refused(sim: &mut Sim, answers: &ForwardAnswers, key: &str, v: &str) {
+    sim.release_held(|_, _, _| true);
+    sim.run_for(Duration::from_secs(1));
+    let late = answers.borrow().to_late();
+    assert!(late.len() == 1 && is_unavailable(&late[0]), "p answered the late write {late:?}");
+    assert_every_quorum_reads(sim, key, v);
+}
+
 fn is_unavailable(r: &Result<Answer, KvError>) -> bool {
     matches!(r, Err(KvError::Unavailable(_)))
 }
@@ -383,11 +393,7 @@ fn an_aborted_write_stays_refused_after_its_key_is_collected() {
     let dropped: u64 = (0..3).map(|i| sim.node(i).unwrap().stats().keys_dropped).sum();
     assert_eq!(dropped, 3, "the tombstone was collected on every member");
     assert_eq!(call(&mut sim, p, Request::upsert(key, "v3")), Ok(Response::Done));
-    sim.release_held(|_, _, _| true);
-    sim.run_for(Duration::from_secs(1));
-    let late = answers.borrow().to_late();
-    assert!(late.len() == 1 && is_unavailable(&late[0]), "p answered the late write {late:?}");
-    assert_every_quorum_reads(&mut sim, key, "v3");
+    release_the_late_write_and_assert_it_is_refused(&mut sim, &answers, key, "v3");
 }
 
 #[test]
@@ -484,11 +490,7 @@ fn a_primarys_retry_never_applies_a_write_its_forwarder_answered_unavailable() {
     assert!(matches!(answer, Some(Err(KvError::Unavailable(_)))), "a answered {answer:?}");
     assert_eq!(call(&mut sim, a, Request::upsert(key, "v3")), Ok(Response::Done));
     sim.heal();
-    sim.release_held(|_, _, _| true);
-    sim.run_for(Duration::from_secs(1));
-    let late = answers.borrow().to_late();
-    assert!(late.len() == 1 && is_unavailable(&late[0]), "p answered the late write {late:?}");
-    assert_every_quorum_reads(&mut sim, key, "v3");
+    release_the_late_write_and_assert_it_is_refused(&mut sim, &answers, key, "v3");
 }
 
 #[test]
@@ -508,11 +510,7 @@ fn the_abort_marker_survives_restarts_of_every_node() {
         sim.restart(i);
     }
     sim.run_for(Duration::from_millis(100));
-    sim.release_held(|_, _, _| true);
-    sim.run_for(Duration::from_secs(1));
-    let late = answers.borrow().to_late();
-    assert!(late.len() == 1 && is_unavailable(&late[0]), "p answered the late write {late:?}");
-    assert_every_quorum_reads(&mut sim, key, "v3");
+    release_the_late_write_and_assert_it_is_refused(&mut sim, &answers, key, "v3");
 }
 
 #[test]

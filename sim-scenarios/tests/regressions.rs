@@ -1,6 +1,6 @@
-//! Seeds that found bugs in memo. Ignored until the bug is fixed; then remove the
-//! `#[ignore]` so the seed guards the fix. Run them with
-//! `cargo simtest -p memo-sim-scenarios --test regressions -- --ignored`.
+//! Seeds that found bugs in memo, each replayed so it guards its fix. A seed of a bug not
+//! fixed yet is added `#[ignore]`d (run those with
+//! `cargo simtest -p memo-sim-scenarios --test regressions -- --ignored`); none is now.
 #![cfg(madsim)]
 
 use memo_sim::{RunReport, Scenario, catalog, run_seed};
