@@ -417,8 +417,8 @@ impl Link {
 }
 
 /// An error with its causes: a transport error keeps the useful part ("connection
-/// refused") in its sources.
-fn error_chain(error: &dyn std::error::Error) -> String {
+/// refused") in its sources. (`memo`'s client commands use it too.)
+pub fn error_chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(cause) = source {

@@ -37,24 +37,12 @@ pub async fn connect(endpoint: &str) -> Result<Channel, String> {
         .timeout(CALL_TIMEOUT)
         .connect()
         .await
-        .map_err(|e| format!("cannot connect to {endpoint}: {}", source_chain(&e)))
+        .map_err(|e| format!("cannot connect to {endpoint}: {}", memo_node::peer::error_chain(&e)))
 }
 
 /// `CODE: message`, e.g. `NOT_FOUND: key not found`.
 pub fn describe(status: Status) -> String {
     format!("{}: {}", code_name(status.code()), status.message())
-}
-
-/// An error with its causes, which is where transport errors keep the useful part.
-fn source_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 /// Writes `text` to stdout. A failed write (a closed pipe) is an error: the output of a
