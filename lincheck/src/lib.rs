@@ -88,6 +88,17 @@
 //! (optional operations not yet used only widen the future). Candidates with
 //! observed outcomes are tried before unknown ones.
 //!
+//! ## Fenced and aborted outcomes
+//!
+//! An operation whose outcome is [`Outcome::Fenced`] is an unknown one with a
+//! return event that bounds it: it may be linearized anywhere in its interval,
+//! or not at all. It never blocks the search either; it is admitted only while
+//! every operation already linearized was invoked no later than its
+//! completion (an operation invoked after the fenced one returned cannot
+//! precede it). An [`Outcome::Aborted`] operation never took effect: it
+//! constrains nothing and writes nothing, so a Fetch that returns its value
+//! has no linearization.
+//!
 //! ## Budget
 //!
 //! Linearizability checking is NP-complete in general (Gibbons & Korach, 1997).
@@ -167,6 +178,23 @@ pub enum Outcome {
     /// The client does not know whether the operation took effect (timeout,
     /// unavailable, crash). If it did, it took effect after its invocation.
     Unknown,
+    /// The client does not know whether the operation took effect, but knows
+    /// that it will not take effect after the answer: if it did, it took effect
+    /// within `[invoked_at, completed_at]`. memo answers this way when a
+    /// recovery *fenced* a write whose outcome it could not establish (R6).
+    Fenced,
+    /// The operation never took effect and never will (a definite failure that
+    /// changed nothing, such as an aborted transaction).
+    Aborted,
+}
+
+impl Outcome {
+    /// Whether the client observed what the operation did (success, a value, a
+    /// failed precondition): the operation has a return event the search must
+    /// place.
+    pub fn is_observed(&self) -> bool {
+        !matches!(self, Outcome::Unknown | Outcome::Fenced | Outcome::Aborted)
+    }
 }
 
 /// One operation of a history.
@@ -183,8 +211,34 @@ pub struct Operation {
     /// When the operation was invoked, in any monotone time unit.
     pub invoked_at: u64,
     /// When the outcome was observed, in the same unit; ignored when the outcome
-    /// is [`Outcome::Unknown`], clamped to `invoked_at` if smaller.
+    /// is [`Outcome::Unknown`] or [`Outcome::Aborted`], clamped to `invoked_at`
+    /// if smaller.
     pub completed_at: u64,
+}
+
+/// How memo's *fenced* UNAVAILABLE messages begin. It is memo's wire contract, kept
+/// here so the checker states independently what it holds a server to; memo-engine's
+/// `FENCED_PREFIX` must equal it (a test there checks).
+pub const FENCED_PREFIX: &str = "fenced: ";
+
+/// What an UNAVAILABLE answer's message promises about its write; a checker must hold
+/// every promise a message makes (a promise filed under "unknown" can never be seen
+/// broken):
+///
+/// - a message that begins with [`FENCED_PREFIX`]: if the write took effect, it did so
+///   before the answer, and it never will after it ([`Outcome::Fenced`]);
+/// - a message that says the write never took or will never take effect: it never
+///   happened ([`Outcome::Aborted`]). memo sends none (issue 9: the one it sent could not
+///   be proven), but a message that says so is held to it;
+/// - anything else: it may or may not have happened, at any time ([`Outcome::Unknown`]).
+pub fn promise_of_unavailable(message: &str) -> Outcome {
+    if message.starts_with(FENCED_PREFIX) {
+        Outcome::Fenced
+    } else if message.contains("never take effect") || message.contains("never took effect") {
+        Outcome::Aborted
+    } else {
+        Outcome::Unknown
+    }
 }
 
 /// Handle to an operation recorded in a [`History`].
@@ -337,7 +391,13 @@ impl Checker {
             .zip(&compiled.rules)
             .enumerate()
             .filter_map(|(label, (op, rule))| {
-                rule.map(|rule| Prepared { rule, call: op.invoked_at, ret: op.completed_at.max(op.invoked_at), label })
+                rule.map(|rule| Prepared {
+                    rule,
+                    call: op.invoked_at,
+                    ret: op.completed_at.max(op.invoked_at),
+                    fenced: op.outcome == Outcome::Fenced,
+                    label,
+                })
             })
             .collect();
         match Problem::new(prepared).search(self.states_max) {
@@ -360,7 +420,7 @@ fn explain(deepest: Option<&DeadEnd>, ops: &[&Operation], values: &[Option<&[u8]
     let Some(end) = deepest else {
         return "no order of the operations is consistent with their outcomes.".to_string();
     };
-    let completed = ops.iter().filter(|op| op.outcome != Outcome::Unknown).count();
+    let completed = ops.iter().filter(|op| op.outcome.is_observed()).count();
     let mut tail: Vec<String> = end.tail.iter().map(|label| format!("#{label}")).collect();
     if end.prefix_len > tail.len() {
         tail.insert(0, format!("... ({} earlier)", end.prefix_len - tail.len()));
@@ -428,7 +488,8 @@ impl fmt::Display for Command {
 }
 
 impl fmt::Display for Outcome {
-    /// `Ok`, `Value("v")`, `AlreadyExists`, `NotFound`, `Unknown`.
+    /// `Ok`, `Value("v")`, `AlreadyExists`, `NotFound`, `Unknown`, `Fenced`,
+    /// `Aborted`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Outcome::Ok => write!(f, "Ok"),
@@ -436,6 +497,8 @@ impl fmt::Display for Outcome {
             Outcome::AlreadyExists => write!(f, "AlreadyExists"),
             Outcome::NotFound => write!(f, "NotFound"),
             Outcome::Unknown => write!(f, "Unknown"),
+            Outcome::Fenced => write!(f, "Fenced"),
+            Outcome::Aborted => write!(f, "Aborted"),
         }
     }
 }
@@ -455,7 +518,7 @@ impl fmt::Display for Operation {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "[{}, ", self.invoked_at)?;
         match self.outcome {
-            Outcome::Unknown => write!(f, "?]")?,
+            Outcome::Unknown | Outcome::Aborted => write!(f, "?]")?,
             _ => write!(f, "{}]", self.completed_at)?,
         }
         write!(f, " client {} {:?}: {}", self.client, self.key, Brief(self))

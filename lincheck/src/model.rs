@@ -132,9 +132,10 @@ pub(crate) fn compile<'a>(ops: &[&'a Operation]) -> Result<Compiled<'a>, Rejecti
 /// The value an operation may store, if it can change the register to a value.
 fn written_value(op: &Operation) -> Option<&Vec<u8>> {
     match (&op.command, &op.outcome) {
-        (Command::Insert(value) | Command::Update(value) | Command::Upsert(value), Outcome::Ok | Outcome::Unknown) => {
-            Some(value)
-        }
+        (
+            Command::Insert(value) | Command::Update(value) | Command::Upsert(value),
+            Outcome::Ok | Outcome::Unknown | Outcome::Fenced,
+        ) => Some(value),
         _ => None,
     }
 }
@@ -145,22 +146,22 @@ fn compile_one(op: &Operation, ids: &HashMap<&[u8], State>) -> Result<Option<Rul
     // Every written value was interned by `compile`; a miss means "never written".
     let id = |value: &Vec<u8>| ids.get(value.as_slice()).copied();
     match (&op.command, &op.outcome) {
-        (Command::Fetch, Outcome::Unknown) => Ok(None),
+        (Command::Fetch, Outcome::Unknown | Outcome::Fenced) | (_, Outcome::Aborted) => Ok(None),
         (Command::Fetch, Outcome::Value(value)) => match id(value) {
             Some(state) => certain(Guard::Holds(state), None),
             None => Err(format!("{} returned a value that no operation on this key writes", op.command)),
         },
         (Command::Fetch, Outcome::NotFound) => certain(Guard::Absent, None),
         (Command::Insert(v), Outcome::Ok) => certain(Guard::Absent, id(v)),
-        (Command::Insert(v), Outcome::Unknown) => maybe(Guard::Absent, id(v)),
+        (Command::Insert(v), Outcome::Unknown | Outcome::Fenced) => maybe(Guard::Absent, id(v)),
         (Command::Insert(_), Outcome::AlreadyExists) => certain(Guard::Present, None),
         (Command::Update(v), Outcome::Ok) => certain(Guard::Present, id(v)),
-        (Command::Update(v), Outcome::Unknown) => maybe(Guard::Present, id(v)),
+        (Command::Update(v), Outcome::Unknown | Outcome::Fenced) => maybe(Guard::Present, id(v)),
         (Command::Update(_), Outcome::NotFound) => certain(Guard::Absent, None),
         (Command::Upsert(v), Outcome::Ok) => certain(Guard::Any, id(v)),
-        (Command::Upsert(v), Outcome::Unknown) => maybe(Guard::Any, id(v)),
+        (Command::Upsert(v), Outcome::Unknown | Outcome::Fenced) => maybe(Guard::Any, id(v)),
         (Command::Delete, Outcome::Ok) => certain(Guard::Present, Some(ABSENT)),
-        (Command::Delete, Outcome::Unknown) => maybe(Guard::Any, Some(ABSENT)),
+        (Command::Delete, Outcome::Unknown | Outcome::Fenced) => maybe(Guard::Any, Some(ABSENT)),
         (Command::Delete, Outcome::NotFound) => certain(Guard::Absent, None),
         (command, outcome) => Err(format!("outcome {outcome} is impossible for {command}")),
     }

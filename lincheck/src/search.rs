@@ -18,15 +18,21 @@ pub(crate) struct Prepared {
     /// Invocation time.
     pub call: u64,
     /// Completion time (clamped to be at least `call`); meaningless when the
-    /// rule is uncertain.
+    /// rule is uncertain, unless the operation is fenced.
     pub ret: u64,
+    /// An uncertain operation that, if it took effect, did so by `ret`.
+    pub fenced: bool,
     /// Index of the operation in the caller's list, for reports.
     pub label: usize,
 }
 
-/// Unknown-outcome operations with the same rule.
+/// Unknown-outcome operations with the same rule (and the same deadline, for
+/// fenced ones).
 struct Class {
     rule: Rule,
+    /// For fenced operations: their common completion time, after which none of
+    /// them can take effect.
+    deadline: Option<u64>,
     /// Invocation times, sorted.
     calls: Vec<u64>,
     /// Labels, in the same order.
@@ -113,6 +119,9 @@ struct Node {
     run_len: usize,
     /// The state before those unknown operations (`ABSENT` when `run_len` is 0).
     run_start: State,
+    /// The latest invocation among the operations linearized so far: a fenced
+    /// operation that completed before it can no longer be linearized.
+    max_call: u64,
     /// Which candidate to try next.
     cursor: Cursor,
     /// The step that created this node (`None` at the root).
@@ -141,11 +150,12 @@ impl Problem {
         by_call.sort_by_key(|&i| (known[i].call, i));
         unknown.sort_by_key(|op| (op.call, op.label));
         let mut classes: Vec<Class> = Vec::new();
-        let mut class_of: HashMap<Rule, usize> = HashMap::new();
+        let mut class_of: HashMap<(Rule, Option<u64>), usize> = HashMap::new();
         for op in unknown {
-            let at = *class_of.entry(op.rule).or_insert_with(|| {
+            let deadline = op.fenced.then_some(op.ret);
+            let at = *class_of.entry((op.rule, deadline)).or_insert_with(|| {
                 let (calls, labels) = (Vec::new(), Vec::new());
-                classes.push(Class { rule: op.rule, calls, labels });
+                classes.push(Class { rule: op.rule, deadline, calls, labels });
                 classes.len() - 1
             });
             classes[at].calls.push(op.call);
@@ -169,6 +179,7 @@ impl Problem {
             call_ptr: 0,
             run_len: 0,
             run_start: ABSENT,
+            max_call: 0,
             cursor: Cursor::Known(0),
             via: None,
         };
@@ -252,7 +263,10 @@ impl Problem {
                 run_needed.then_some(next)
             }
             Step::Unknown(class) => {
-                let rule = self.classes[class].rule;
+                let Class { rule, deadline, .. } = self.classes[class];
+                if deadline.is_some_and(|deadline| deadline < node.max_call) {
+                    return None;
+                }
                 let next = rule.apply(node.state)?;
                 let enabled_by_run = node.run_len == 0 || rule.apply(node.run_start) == Some(node.run_start);
                 let useful = next != node.state && node.run_len < MAX_RUN && enabled_by_run;
@@ -267,6 +281,11 @@ impl Problem {
         let mut ret_ptr = parent.ret_ptr;
         let mut extras = parent.extras.clone();
         let mut used = parent.used.clone();
+        let call = match step {
+            Step::Known(op) => self.known[op].call,
+            Step::Unknown(class) => self.classes[class].calls[count(&parent.used, class)],
+        };
+        let max_call = parent.max_call.max(call);
         let (run_len, run_start) = match step {
             Step::Known(op) => {
                 done.set(op);
@@ -296,7 +315,7 @@ impl Problem {
         }
         let cursor = Cursor::Known(call_ptr);
         let via = Some(step);
-        Node { state, ret_ptr, extras, used, call_ptr, run_len, run_start, cursor, via }
+        Node { state, ret_ptr, extras, used, call_ptr, run_len, run_start, max_call, cursor, via }
     }
 
     /// Remembers the top of `stack` (about to be abandoned) if it orders more

@@ -259,6 +259,71 @@ fn read_flip_is_rejected() {
 }
 
 #[test]
+fn fenced_and_aborted_outcomes() {
+    use Outcome::{Aborted, Fenced};
+    run_table(vec![
+        ("fenced may take effect in its interval", vec![op(ups("v"), Fenced, 0, 10), op(Fetch, val("v"), 5, 6)], true),
+        ("fenced may not take effect", vec![op(ups("v"), Fenced, 0, 10), op(Fetch, NotFound, 20, 21)], true),
+        (
+            "fenced cannot take effect after its answer",
+            vec![op(ups("v"), Fenced, 0, 10), op(Fetch, NotFound, 20, 21), op(Fetch, val("v"), 30, 31)],
+            false,
+        ),
+        ("fenced is seen only after its answer", vec![op(ups("v"), Fenced, 0, 10), op(Fetch, val("v"), 30, 31)], true),
+        (
+            "fenced: the issue-9 history (an aborted Insert took effect before its answer)",
+            vec![
+                op(ups("x"), OK, 0, 1),
+                op(Delete, OK, 1, 2),
+                op(Fetch, NotFound, 2, 3),
+                op(ins("a"), Fenced, 4, 100),
+                op(upd("b"), OK, 5, 80),
+                op(Delete, OK, 81, 82),
+            ],
+            true,
+        ),
+        (
+            "fenced Insert cannot enable an Update invoked after its answer",
+            vec![op(ins("a"), Fenced, 4, 10), op(Delete, OK, 11, 12), op(upd("b"), OK, 20, 30)],
+            false,
+        ),
+        (
+            "two fenced writes, one must precede an invocation after the other's answer",
+            vec![
+                op(ups("a"), Fenced, 0, 10),
+                op(ups("b"), Fenced, 20, 30),
+                op(Fetch, val("b"), 31, 32),
+                op(Fetch, val("a"), 40, 41),
+            ],
+            false,
+        ),
+        (
+            "aborted: the issue-9 history breaks the promise",
+            vec![
+                op(ups("x"), OK, 0, 1),
+                op(Delete, OK, 1, 2),
+                op(Fetch, NotFound, 2, 3),
+                op(ins("a"), Aborted, 4, 100),
+                op(upd("b"), OK, 5, 80),
+                op(Delete, OK, 81, 82),
+            ],
+            false,
+        ),
+        ("aborted never takes effect", vec![op(ups("v"), Aborted, 0, 10), op(Fetch, val("v"), 20, 21)], false),
+        (
+            "aborted insert never fills the key",
+            vec![op(ins("a"), Aborted, 0, 10), op(upd("b"), OK, 5, 8), op(Fetch, val("b"), 20, 21)],
+            false,
+        ),
+        (
+            "aborted changes nothing",
+            vec![op(Delete, Aborted, 0, 10), op(ups("v"), OK, 0, 1), op(Fetch, val("v"), 20, 21)],
+            true,
+        ),
+    ]);
+}
+
+#[test]
 fn unknown_outcomes() {
     run_table(vec![
         (
@@ -665,17 +730,21 @@ fn corrupted_histories_are_rejected() {
 // ---------------------------------------------------------------------------
 
 /// Linearizability by definition: try every order that respects real time,
-/// letting each unknown operation take effect once or not at all.
+/// letting each unknown operation take effect once or not at all (a fenced one
+/// only within its interval, an aborted one never).
 fn brute_force(ops: &[Operation]) -> bool {
     fn go(ops: &[Operation], used: &mut [bool], state: &Option<Value>) -> bool {
-        let known = |i: usize| ops[i].outcome != Unknown;
+        let known = |i: usize| ops[i].outcome.is_observed();
+        let bounded = |i: usize| known(i) || ops[i].outcome == Outcome::Fenced;
         let ret = |i: usize| ops[i].completed_at.max(ops[i].invoked_at);
         if (0..ops.len()).all(|i| used[i] || !known(i)) {
             return true;
         }
         for i in 0..ops.len() {
             let blocked = (0..ops.len()).any(|j| !used[j] && known(j) && ret(j) < ops[i].invoked_at);
-            if used[i] || blocked {
+            // An operation invoked after `i` returned cannot precede it.
+            let too_late = bounded(i) && (0..ops.len()).any(|j| used[j] && ops[j].invoked_at > ret(i));
+            if used[i] || blocked || too_late || ops[i].outcome == Outcome::Aborted {
                 continue;
             }
             let (next, outcome) = spec(&ops[i].command, state);
@@ -695,13 +764,15 @@ fn brute_force(ops: &[Operation]) -> bool {
 }
 
 fn random_outcome(rng: &mut Rng) -> Outcome {
-    match rng.below(7) {
+    match rng.below(9) {
         0 => OK,
         1 => AlreadyExists,
         2 => NotFound,
         3 => Unknown,
         4 => val("a"),
         5 => val("b"),
+        6 => Outcome::Fenced,
+        7 => Outcome::Aborted,
         _ => val("c"),
     }
 }
@@ -744,8 +815,12 @@ fn replay(mut ops: Vec<Operation>, rng: &mut Rng) -> Vec<Operation> {
     for (_, i) in points {
         let (next, outcome) = spec(&ops[i].command, &state);
         state = next;
-        if ops[i].outcome == Unknown && rng.below(5) != 0 {
-            ops[i].outcome = outcome;
+        if ops[i].outcome == Unknown {
+            match rng.below(6) {
+                0 => {}
+                1 => ops[i].outcome = Outcome::Fenced,
+                _ => ops[i].outcome = outcome,
+            }
         }
     }
     ops
