@@ -22,6 +22,14 @@ pub enum PlantedBug {
     ReadFromOneReplica,
     /// Acceptors accept any ballot, ignoring their promise (breaks Paxos phase 2).
     AcceptIgnoresPromise,
+    /// A recovery that cannot tell whether a write took effect answers that it never did
+    /// and never will (memo before issue 9): the write may have taken effect and been
+    /// forgotten since (breaks the promise of the answer).
+    AbortClaimsNeverHappened,
+    /// A recovery answers a write it cannot classify *fenced* without recording it as
+    /// aborted in the chosen state, so the write can still take effect after the answer
+    /// (breaks R6's fence).
+    FenceWithoutMarker,
 }
 
 /// Static parameters of a cluster, fixed at creation.

@@ -29,7 +29,7 @@ pub mod testing;
 pub mod time;
 
 pub use config::{ClusterParams, Config};
-pub use error::KvError;
+pub use error::{FENCED_PREFIX, KvError};
 pub use ids::{ClusterId, NodeId, OpId};
 pub use node::{Node, Reply, Request, RequestId, Response, StartError, Stats, Transmit};
 pub use storage::{MemoryStorage, PersistBatch, Storage};

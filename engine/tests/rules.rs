@@ -375,6 +375,47 @@ fn a_write_answered_unavailable_after_its_recovery_never_lands_later() {
 }
 
 #[test]
+fn a_write_applied_then_forgotten_is_answered_fenced_never_not_happened() {
+    // Issue 9 (a kill -9 run on real processes; madsim swarm seed 45): a forwards v1 to the
+    // primary p, which applies it, and a read sees it; p's answer to a is lost. While a is
+    // cut off, more writes than a state remembers (RECENT_OPS_MAX) push v1's op out of the
+    // key's recent writes. a's recovery then finds a state that does not remember v1: it
+    // cannot tell whether v1 took effect. memo answered "it is now aborted and will never
+    // take effect", a promise already broken, since v1 had been read. The answer must be
+    // fenced: if v1 took effect, it did so before the answer, and it never will after it.
+    let mut sim = sim(45);
+    let key = "forgotten";
+    let (p, a, b) = roles(&sim, key);
+    sim.set_filter(Box::new(move |from, to, env| {
+        let reply = from == p && to == a && matches!(env.message, Message::ForwardReply { .. });
+        if reply { Verdict::Drop } else { Verdict::Deliver }
+    }));
+    let id = sim.submit(a, Request::upsert(key, "v1"));
+    sim.run_for(Duration::from_millis(50)); // well within a's forward timeout
+    assert_eq!(call(&mut sim, b, Request::fetch(key)), value("v1"), "p applied v1");
+    sim.isolate(a);
+    let last = format!("w{}", memo_engine::kv::RECENT_OPS_MAX);
+    for i in 0..=memo_engine::kv::RECENT_OPS_MAX {
+        let w = format!("w{i}");
+        assert_eq!(call(&mut sim, p, Request::upsert(key, w.as_str())), Ok(Response::Done));
+    }
+    sim.heal();
+    let deadline = sim.now() + LIMIT;
+    let answer = loop {
+        if let Some((_, reply)) = sim.take_replies().into_iter().find(|(_, r)| r.id == id) {
+            break reply.result;
+        }
+        assert!(sim.now() < deadline && sim.step(), "a answered v1");
+    };
+    match &answer {
+        Err(e) => assert!(e.is_fenced(), "a answered v1 with {e}, not a fenced UNAVAILABLE"),
+        Ok(r) => panic!("a answered v1 with {r:?}, but its op was forgotten"),
+    }
+    sim.clear_filter();
+    assert_every_quorum_reads(&mut sim, key, &last);
+}
+
+#[test]
 fn an_aborted_write_stays_refused_after_its_key_is_collected() {
     // Madsim seed 4629 (once the promise ceiling changed its history): writes aborted by
     // their forwarder's recovery; the key deleted and garbage collected, which removed the

@@ -52,6 +52,7 @@
 use super::timers::{Timer, TimerHandle};
 use super::{Forwarded, Node, ReqKey};
 use crate::KvError;
+use crate::config::PlantedBug;
 use crate::ids::{NodeId, OpId};
 use crate::kv::{Aborted, Answer, Change, State, abort, apply};
 use crate::message::{AttemptId, Message, Rejection};
@@ -343,7 +344,8 @@ impl<S: Storage> Node<S> {
         let (ballot, phase) = match fast {
             Some(f) => {
                 let Work::Ops(ops) = &work else { unreachable!("filtered above") };
-                let Proposal { state, answers, written, refused } = propose(&f.state, None, ops, f.next);
+                let bug = self.cfg.planted_bug;
+                let Proposal { state, answers, written, refused } = propose(&f.state, None, ops, f.next, bug);
                 self.stats.aborted_refused += refused;
                 let proposal = Accepted { ballot: f.next, state };
                 let need = quorum;
@@ -481,7 +483,8 @@ impl<S: Storage> Node<S> {
                     (None, Some(aborted)) => Some(State::Tombstone { recent: Vec::new(), aborted }),
                     _ => current.clone(),
                 };
-                let Proposal { mut state, answers, written, refused } = propose(&base, Some(found), ops, a.ballot);
+                let bug = self.cfg.planted_bug;
+                let Proposal { mut state, answers, written, refused } = propose(&base, Some(found), ops, a.ballot, bug);
                 if state == base {
                     state = current.clone(); // nothing changed: no tombstone for a watermark
                 }
@@ -719,7 +722,13 @@ pub(super) fn read_rule_holds(views: &[ReadView]) -> bool {
 /// its UNAVAILABLE answer is given only once that state is chosen, and from then on every
 /// chosen state descends from it and refuses the write, wherever it is proposed (a primary
 /// executing a late Forward, on its fast path or not, or a proposer's retry).
-fn propose(current: &Option<State>, found: Option<Found>, ops: &[Queued], ballot: Ballot) -> Proposal {
+fn propose(
+    current: &Option<State>,
+    found: Option<Found>,
+    ops: &[Queued],
+    ballot: Ballot,
+    bug: Option<PlantedBug>,
+) -> Proposal {
     let mut state = current.clone();
     let mut answers = Vec::with_capacity(ops.len());
     let mut written = Vec::with_capacity(ops.len());
@@ -728,12 +737,21 @@ fn propose(current: &Option<State>, found: Option<Found>, ops: &[Queued], ballot
         let recovery = q.recover.map(|r| recovery(current.as_ref(), found, q.op, r));
         let answer = match recovery {
             Some(Recovery::Applied) => Ok(Answer::Done),
-            Some(Recovery::Unknown) => {
-                abort(&mut state, q.op);
-                Err(KvError::Unavailable(
-                    "the outcome of this write was unknown; it is now aborted and will never take effect".into(),
-                ))
-            }
+            Some(Recovery::Unknown) => match bug {
+                Some(PlantedBug::AbortClaimsNeverHappened) => {
+                    abort(&mut state, q.op);
+                    Err(KvError::Unavailable(
+                        "the outcome of this write was unknown; it is now aborted and will never take effect".into(),
+                    ))
+                }
+                Some(PlantedBug::FenceWithoutMarker) => {
+                    Err(KvError::fenced("its outcome is unknown, and this recovery aborted it"))
+                }
+                _ => {
+                    abort(&mut state, q.op);
+                    Err(KvError::fenced("its outcome is unknown, and this recovery aborted it"))
+                }
+            },
             Some(Recovery::Aborted) => {
                 refused += 1;
                 Err(aborted())
@@ -762,9 +780,11 @@ struct Proposal {
     refused: u64,
 }
 
-/// The answer to a write the state marks aborted (an unknown outcome to its client).
+/// The answer to a write the state marks aborted. It may have taken effect before the
+/// recovery that aborted it and been forgotten since (issue 9), so it is fenced, never
+/// "did not happen".
 fn aborted() -> KvError {
-    KvError::Unavailable("this write was aborted by an earlier recovery; it never took effect".into())
+    KvError::fenced("an earlier recovery aborted it")
 }
 
 /// What happened to a write that may have been applied (R6), given the state `current`
