@@ -133,6 +133,33 @@ pub fn the_simulator_finds_acceptors_that_ignore_their_promise() -> Scenario {
         .planted_bug(PlantedBug::AcceptIgnoresPromise)
 }
 
+/// Recoveries that answer "it will never take effect" for writes they cannot classify
+/// (memo before issue 9), on hot keys written faster than a state remembers, with pauses
+/// and a lossy network so forwards and their answers go astray.
+pub fn the_simulator_finds_aborts_that_claim_the_write_never_happened() -> Scenario {
+    Scenario::new("the_simulator_finds_aborts_that_claim_the_write_never_happened")
+        .nodes(4..=6)
+        .keys(1..=1)
+        .clients(10..=14)
+        .mix(Mix::WRITE_HEAVY)
+        .faults(&[FaultKind::NetworkDegrade])
+        .transport(PeerTransport::Unary)
+        .episodes(6..=10)
+        .planted_bug(PlantedBug::AbortClaimsNeverHappened)
+}
+
+/// Recoveries that answer fenced without the abort marker that enforces it, with
+/// partitions that delay forwards in blocked streams (the zombie-write setting).
+pub fn the_simulator_finds_fences_without_an_abort_marker() -> Scenario {
+    Scenario::new("the_simulator_finds_fences_without_an_abort_marker")
+        .nodes(3..=5)
+        .keys(1..=2)
+        .clients(5..=8)
+        .mix(Mix::WRITE_HEAVY)
+        .faults(&[FaultKind::Partition, FaultKind::IsolatePrimary, FaultKind::Pause])
+        .planted_bug(PlantedBug::FenceWithoutMarker)
+}
+
 /// Every scenario of the catalog.
 pub const ALL: &[fn() -> Scenario] = &[
     a_minority_partition_during_writes_keeps_the_majority_linearizable,
@@ -150,6 +177,8 @@ pub const ALL: &[fn() -> Scenario] = &[
     one_seed_replays_to_the_same_event_history,
     the_simulator_finds_reads_answered_by_one_replica,
     the_simulator_finds_acceptors_that_ignore_their_promise,
+    the_simulator_finds_aborts_that_claim_the_write_never_happened,
+    the_simulator_finds_fences_without_an_abort_marker,
 ];
 
 /// The scenario called `name`.

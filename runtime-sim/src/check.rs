@@ -2,7 +2,8 @@
 //!
 //! - **Per-key linearizability** of Insert/Update/Upsert/Delete/Fetch: memo-lincheck
 //!   (Wing–Gong with Lowe's memoization, one key at a time). Unknown outcomes may or may
-//!   not have taken effect, at any point after their invocation.
+//!   not have taken effect, at any point after their invocation; fenced ones only before
+//!   their answer; aborted ones never.
 //! - **List consistency** ([`check_lists`]), two sound per-key rules (List is not a
 //!   snapshot across keys, so nothing is checked between keys):
 //!   1. *No phantom keys*: a listed key matches the request (prefix, after the marker)
@@ -141,7 +142,7 @@ fn is_write(c: &Command) -> bool {
 
 /// A write that definitely changed nothing.
 fn definitely_failed(op: &Operation) -> bool {
-    matches!(op.outcome, Outcome::AlreadyExists | Outcome::NotFound)
+    matches!(op.outcome, Outcome::AlreadyExists | Outcome::NotFound | Outcome::Aborted)
 }
 
 /// Checks every completed List against the key operations; returns one message per
@@ -201,7 +202,7 @@ fn may_delete_after(d: &Operation, w: &Operation, list: &ListRecord) -> bool {
     d.command == Command::Delete
         && d.invoked_at <= list.completed_at
         && match d.outcome {
-            Outcome::Ok => d.completed_at >= w.invoked_at,
+            Outcome::Ok | Outcome::Fenced => d.completed_at >= w.invoked_at,
             Outcome::Unknown => true,
             _ => false,
         }

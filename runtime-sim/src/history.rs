@@ -129,7 +129,7 @@ impl Recorder {
     pub fn complete(&self, client: u64, op: OpId, outcome: Outcome, detail: &str) {
         let at = self.now();
         let mut inner = self.lock();
-        if outcome == Outcome::Unknown {
+        if !outcome.is_observed() {
             inner.counts.unknown += 1;
         } else {
             inner.counts.definite += 1;

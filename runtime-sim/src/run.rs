@@ -407,8 +407,20 @@ fn check_convergence(cluster: &Cluster, finals: &[(String, Vec<u8>)]) -> Vec<Fai
             )));
             continue;
         }
+        let ops = cluster.rec.operations();
+        if let Some(Some(v)) = state
+            && let Some((i, op)) = writer(&ops, key, v)
+            && matches!(op.outcome, memo_lincheck::Outcome::Fenced | memo_lincheck::Outcome::Aborted)
+        {
+            // Its answer promised it would not take effect after it: not a warning.
+            failures.push(Failure::NotLinearizable(format!(
+                "key {key:?}: the final write {final_value:?} was acknowledged, then replaced by {}, whose answer promised it never would:\n    {views}",
+                describe_writer(i, op)
+            )));
+            continue;
+        }
         let culprit = match state {
-            Some(Some(v)) => writer_of(&cluster.rec.operations(), key, v),
+            Some(Some(v)) => writer_of(&ops, key, v),
             Some(None) => "a Delete".to_string(),
             None => "an identity round on an absent key, or nothing".to_string(),
         };
@@ -419,21 +431,33 @@ fn check_convergence(cluster: &Cluster, finals: &[(String, Vec<u8>)]) -> Vec<Fai
     failures
 }
 
-/// Which recorded write wrote `value` to `key` (values are unique).
-fn writer_of(ops: &[memo_lincheck::Operation], key: &str, value: &[u8]) -> String {
-    let found = ops.iter().enumerate().find(|(_, op)| {
+/// The recorded write that wrote `value` to `key` (values are unique), with its index.
+fn writer<'a>(
+    ops: &'a [memo_lincheck::Operation],
+    key: &str,
+    value: &[u8],
+) -> Option<(usize, &'a memo_lincheck::Operation)> {
+    ops.iter().enumerate().find(|(_, op)| {
         op.key == key
             && matches!(&op.command, memo_lincheck::Command::Insert(v) | memo_lincheck::Command::Update(v) | memo_lincheck::Command::Upsert(v) if v == value)
-    });
-    match found {
-        Some((i, op)) => format!(
-            "#{i} {} by client c{}, invoked at {:.3}s, answered {} at {:.3}s",
-            op.command,
-            op.client,
-            op.invoked_at as f64 / 1e9,
-            op.outcome,
-            op.completed_at as f64 / 1e9,
-        ),
+    })
+}
+
+fn describe_writer(i: usize, op: &memo_lincheck::Operation) -> String {
+    format!(
+        "#{i} {} by client c{}, invoked at {:.3}s, answered {} at {:.3}s",
+        op.command,
+        op.client,
+        op.invoked_at as f64 / 1e9,
+        op.outcome,
+        op.completed_at as f64 / 1e9,
+    )
+}
+
+/// Which recorded write wrote `value` to `key`, in words.
+fn writer_of(ops: &[memo_lincheck::Operation], key: &str, value: &[u8]) -> String {
+    match writer(ops, key, value) {
+        Some((i, op)) => describe_writer(i, op),
         None => format!("{:?}, which no recorded write wrote", String::from_utf8_lossy(value)),
     }
 }

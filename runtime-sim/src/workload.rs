@@ -9,8 +9,9 @@
 //!
 //! Outcomes: OK, ALREADY_EXISTS and NOT_FOUND are definite; UNAVAILABLE,
 //! DEADLINE_EXCEEDED, INTERNAL, CANCELLED, UNKNOWN (transport errors), and
-//! RESOURCE_EXHAUSTED (overload) mean "may or may not have happened" (R6). Any other code
-//! is an anomaly.
+//! RESOURCE_EXHAUSTED (overload) mean "may or may not have happened" (R6), unless the
+//! message promises more: the checker holds every promise a message makes
+//! (`memo_lincheck::promise_of_unavailable`). Any other code is an anomaly.
 
 use crate::history::{ListResult, Recorder};
 use crate::options::{Dice, HOT_KEY, SimOptions};
@@ -195,7 +196,7 @@ impl Client {
                     Ok(outcome) => (outcome, String::new()),
                     Err(status) => self.classify(&status),
                 };
-                let definite = outcome != Outcome::Unknown;
+                let definite = outcome.is_observed();
                 self.rec.complete(client, op, outcome, &detail);
                 definite
             }
@@ -247,12 +248,10 @@ impl Client {
         match status.code() {
             Code::AlreadyExists => (Outcome::AlreadyExists, String::new()),
             Code::NotFound => (Outcome::NotFound, String::new()),
-            Code::Unavailable
-            | Code::DeadlineExceeded
-            | Code::Internal
-            | Code::Cancelled
-            | Code::Unknown
-            | Code::ResourceExhausted => (Outcome::Unknown, detail),
+            Code::Unavailable => (memo_lincheck::promise_of_unavailable(status.message()), detail),
+            Code::DeadlineExceeded | Code::Internal | Code::Cancelled | Code::Unknown | Code::ResourceExhausted => {
+                (Outcome::Unknown, detail)
+            }
             _ => {
                 self.rec.anomaly(format!("client c{} got an unexpected status: {detail}", self.index));
                 (Outcome::Unknown, detail)

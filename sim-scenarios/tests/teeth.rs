@@ -50,3 +50,22 @@ fn the_simulator_finds_reads_answered_by_one_replica() {
 fn the_simulator_finds_acceptors_that_ignore_their_promise() {
     finds_a_violation(catalog::the_simulator_finds_acceptors_that_ignore_their_promise(), 8_000);
 }
+
+/// Premise (issue 9): a recovery that cannot tell whether a write took effect answers
+/// that it never did and never will. On a hot key the write may have taken effect and
+/// been pushed out of the state's recent writes before the recovery looked, so the answer
+/// is a broken promise. The checker holds the promise (an aborted write never happened)
+/// and must prove a violation within `SEEDS_MAX` seeds.
+#[test]
+fn the_simulator_finds_aborts_that_claim_the_write_never_happened() {
+    finds_a_violation(catalog::the_simulator_finds_aborts_that_claim_the_write_never_happened(), 9_000);
+}
+
+/// Premise: a recovery answers fenced ("never after this answer") without recording the
+/// abort marker in the chosen state, so a Forward delayed in a blocked stream still lands
+/// after the answer. The checker holds the fence and must prove a violation within
+/// `SEEDS_MAX` seeds.
+#[test]
+fn the_simulator_finds_fences_without_an_abort_marker() {
+    finds_a_violation(catalog::the_simulator_finds_fences_without_an_abort_marker(), 9_500);
+}
