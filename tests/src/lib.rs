@@ -28,9 +28,14 @@ impl Drop for ChildGuard {
     }
 }
 
-/// A directory under the system temp dir, removed on drop unless the test is failing
-/// (then it is kept and its path printed, with the nodes' logs in it).
-pub struct TempDir(pub PathBuf);
+/// A directory under the system temp dir, removed on drop unless the test is failing or
+/// [`TempDir::keep`] was called (then it is kept and its path printed, with the nodes' logs
+/// in it).
+pub struct TempDir {
+    /// The directory.
+    pub path: PathBuf,
+    keep: bool,
+}
 
 impl TempDir {
     /// A fresh, empty directory whose name starts with `memo-{name}-`.
@@ -40,16 +45,21 @@ impl TempDir {
         let path = std::env::temp_dir().join(unique);
         let _ = std::fs::remove_dir_all(&path);
         std::fs::create_dir_all(&path).expect("the temp dir can be created");
-        TempDir(path)
+        TempDir { path, keep: false }
+    }
+
+    /// Keeps the directory for inspection (a failed run that goes on to the next).
+    pub fn keep(&mut self) {
+        self.keep = true;
     }
 }
 
 impl Drop for TempDir {
     fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!("kept for inspection: {}", self.0.display());
+        if self.keep || std::thread::panicking() {
+            eprintln!("kept for inspection: {}", self.path.display());
         } else {
-            let _ = std::fs::remove_dir_all(&self.0);
+            let _ = std::fs::remove_dir_all(&self.path);
         }
     }
 }
@@ -154,7 +164,7 @@ impl Cluster {
 
     /// The data directory of node `i`.
     pub fn data_dir(&self, i: usize) -> PathBuf {
-        self.root.0.join(Self::name(i))
+        self.root.path.join(Self::name(i))
     }
 
     /// `memo node run` arguments for node `i`.
@@ -182,7 +192,7 @@ impl Cluster {
     /// Starts node `i` in the background.
     pub fn start(&mut self, i: usize) {
         assert!(self.children[i].is_none(), "node {i} is already running");
-        let log_path = self.root.0.join(format!("{}.log", Self::name(i)));
+        let log_path = self.root.path.join(format!("{}.log", Self::name(i)));
         let log = File::options().create(true).append(true).open(&log_path).expect("the log opens");
         let child = Command::new(memo_bin())
             .args(self.args(i))
@@ -235,7 +245,7 @@ impl Cluster {
 
     /// The last `lines` lines of node `i`'s log.
     pub fn log_tail(&self, i: usize, lines: usize) -> String {
-        let log = std::fs::read_to_string(self.root.0.join(format!("{}.log", Self::name(i)))).unwrap_or_default();
+        let log = std::fs::read_to_string(self.root.path.join(format!("{}.log", Self::name(i)))).unwrap_or_default();
         let all: Vec<&str> = log.lines().collect();
         all[all.len().saturating_sub(lines)..].join("\n")
     }
