@@ -23,6 +23,7 @@ pub mod message;
 pub mod node;
 pub mod paxos;
 pub mod placement;
+pub mod quorum;
 pub mod storage;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;

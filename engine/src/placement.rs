@@ -96,9 +96,10 @@ impl PartitionConfig {
         &self.members[0]
     }
 
-    /// Smallest number of members that forms a quorum (a majority).
-    pub fn quorum(&self) -> usize {
-        self.members.len() / 2 + 1
+    /// The config's quorums: majorities of its members (by index in `members`). Every
+    /// quorum decision goes through it (`crate::quorum`, rule Q3).
+    pub fn quorum_set(&self) -> crate::quorum::QuorumSet {
+        crate::quorum::QuorumSet::majority(self.members.len())
     }
 
     /// Whether `node` is a member.
@@ -182,10 +183,10 @@ mod tests {
         let table = [(1, 1, 0), (2, 2, 0), (3, 2, 1), (4, 3, 1), (5, 3, 2), (6, 4, 2), (7, 4, 3)];
         for (members, quorum, tolerated) in table {
             let config = PartitionConfig { partition: 0, epoch: 1, members: nodes(members) };
-            assert_eq!(config.quorum(), quorum, "{members} members");
-            assert_eq!(members - config.quorum(), tolerated, "{members} members");
-            // Any two quorums intersect.
-            assert!(2 * config.quorum() > members);
+            let q = config.quorum_set();
+            assert!(q.is_quorum(crate::quorum::MemberSet::first(quorum)), "{members} members");
+            assert!(!q.is_quorum(crate::quorum::MemberSet::first(quorum - 1)), "{members} members");
+            assert_eq!(members - quorum, tolerated, "{members} members");
         }
     }
 

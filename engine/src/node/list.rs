@@ -24,6 +24,7 @@ use crate::list::{ListQuery, PageBuilder};
 use crate::message::{Message, Rejection, ScanEntries, ScanPart, ScanRange};
 use crate::paxos::acceptor::ReadView;
 use crate::placement::{EpochRef, PartitionId};
+use crate::quorum::{MemberSet, QuorumSet, VoteResult};
 use crate::storage::Storage;
 use crate::time::Instant;
 use std::collections::BTreeMap;
@@ -55,9 +56,17 @@ struct ListRound {
 
 struct PartScan {
     members: Vec<NodeId>,
-    quorum: usize,
+    quorum: QuorumSet,
     replies: Vec<(NodeId, ScanEntries)>,
-    refused: usize,
+    /// Members whose reply is in `replies`.
+    replied: MemberSet,
+    refused: MemberSet,
+}
+
+impl PartScan {
+    fn vote(&self) -> VoteResult {
+        self.quorum.vote(self.replied, self.refused)
+    }
 }
 
 impl Lists {
@@ -120,8 +129,13 @@ impl<S: Storage> Node<S> {
             for m in &config.members {
                 per_node.entry(m.clone()).or_default().push((p, self.map.epoch_ref(p)));
             }
-            let part =
-                PartScan { members: config.members.clone(), quorum: config.quorum(), replies: Vec::new(), refused: 0 };
+            let part = PartScan {
+                members: config.members.clone(),
+                quorum: config.quorum_set(),
+                replies: Vec::new(),
+                replied: MemberSet::EMPTY,
+                refused: MemberSet::EMPTY,
+            };
             round.parts.insert(p, part);
         }
         round.waiting = round.parts.len();
@@ -145,20 +159,23 @@ impl<S: Storage> Node<S> {
             let Some(ps) = round.parts.get_mut(&part.partition) else {
                 continue;
             };
-            let done = ps.replies.len() >= ps.quorum;
-            if done || !ps.members.contains(&from) || ps.replies.iter().any(|(n, _)| *n == from) {
+            let Some(index) = ps.members.iter().position(|m| *m == from) else {
+                continue;
+            };
+            if ps.vote() != VoteResult::Pending || ps.replied.contains(index) || ps.refused.contains(index) {
                 continue;
             }
             match part.result {
                 Ok(entries) => {
                     ps.replies.push((from.clone(), entries));
-                    if ps.replies.len() == ps.quorum {
+                    ps.replied.insert(index);
+                    if ps.vote() == VoteResult::Won {
                         round.waiting -= 1;
                     }
                 }
                 Err(rejection) => {
-                    ps.refused += 1;
-                    failed |= ps.refused > ps.members.len() - ps.quorum;
+                    ps.refused.insert(index);
+                    failed |= ps.vote() == VoteResult::Lost;
                     if let Rejection::Config(c) = rejection {
                         self.map.adopt(c);
                     }
@@ -191,9 +208,10 @@ impl<S: Storage> Node<S> {
                 }
             }
             for (key, mut vs) in views {
-                // A member that did not list the key has accepted nothing for it.
+                // A member of the quorum that did not list the key has accepted nothing
+                // for it.
                 vs.resize(
-                    ps.quorum,
+                    ps.replies.len(),
                     ReadView { accepted: None, committed: false, floor: Default::default(), aborted: Vec::new() },
                 );
                 match proven_state(&vs) {

@@ -59,6 +59,7 @@ use crate::message::{AttemptId, Message, Rejection};
 use crate::paxos::acceptor::{Accepted, ReadView, Refusal};
 use crate::paxos::ballot::Ballot;
 use crate::placement::{EpochRef, partition_of};
+use crate::quorum::{MemberSet, QuorumSet, VoteResult};
 use crate::storage::Storage;
 use crate::time::Instant;
 use rand_core::Rng;
@@ -146,15 +147,18 @@ enum Work {
 enum Phase {
     Prepare {
         views: Vec<ReadView>,
+        /// Members whose promise is in `views`.
+        promised: MemberSet,
     },
     Accept {
         proposal: Accepted,
         answers: Vec<Result<Answer, KvError>>,
         /// Per op: whether the proposal applies it (so the proposal may carry its effect).
         written: Vec<bool>,
-        acks: usize,
-        grants: usize,
-        need: usize,
+        /// Members that also granted the next ballot (R3).
+        grants: MemberSet,
+        /// Who must accept: the config's quorums, or every member for R8's collection.
+        need: QuorumSet,
     },
 }
 
@@ -163,28 +167,25 @@ struct Attempt {
     ballot: Ballot,
     epoch: EpochRef,
     members: Vec<NodeId>,
-    quorum: usize,
+    quorum: QuorumSet,
     work: Work,
     phase: Phase,
     /// Members (by index in `members`) that answered the current phase.
-    replied: u64,
+    replied: MemberSet,
     /// Members that accepted in phase 2: they hold the chosen state already.
-    acked: u64,
-    refused: usize,
+    acked: MemberSet,
+    /// Members that refused the current phase.
+    refused: MemberSet,
     timer: TimerHandle,
 }
 
 impl Attempt {
-    fn need(&self) -> usize {
+    /// The current phase's vote.
+    fn vote(&self) -> VoteResult {
         match &self.phase {
-            Phase::Prepare { .. } => self.quorum,
-            Phase::Accept { need, .. } => *need,
+            Phase::Prepare { promised, .. } => self.quorum.vote(*promised, self.refused),
+            Phase::Accept { need, .. } => need.vote(self.acked, self.refused),
         }
-    }
-
-    /// Whether enough members refused that the phase can no longer succeed.
-    fn hopeless(&self) -> bool {
-        self.refused > self.members.len() - self.need()
     }
 }
 
@@ -335,7 +336,7 @@ impl<S: Storage> Node<S> {
         let config = self.map.config(p);
         let epoch = self.map.epoch_ref(p);
         let members = config.members.clone();
-        let quorum = config.quorum();
+        let quorum = config.quorum_set();
         self.proposer.next_attempt += 1;
         let id = self.proposer.next_attempt;
         // A recovering write needs phase 1 to find what happened to it.
@@ -350,20 +351,32 @@ impl<S: Storage> Node<S> {
                 let proposal = Accepted { ballot: f.next, state };
                 let need = quorum;
                 self.stats.fast_rounds += 1;
-                (f.next, Phase::Accept { proposal, answers, written, acks: 0, grants: 0, need })
+                (f.next, Phase::Accept { proposal, answers, written, grants: MemberSet::EMPTY, need })
             }
             None => {
                 self.proposer.round += 1;
                 let ballot =
                     Ballot { epoch: epoch.epoch, round: self.proposer.round, node: self.me_tag, restart: self.restart };
                 self.stats.full_rounds += 1;
-                (ballot, Phase::Prepare { views: Vec::new() })
+                (ballot, Phase::Prepare { views: Vec::new(), promised: MemberSet::EMPTY })
             }
         };
         self.proposer.round = self.proposer.round.max(ballot.round);
         let timer = self.timers.set(now + self.cfg.round_timeout, Timer::Attempt { key: key.to_string(), attempt: id });
-        let attempt =
-            Attempt { id, ballot, epoch, members, quorum, work, phase, replied: 0, acked: 0, refused: 0, timer };
+        let none = MemberSet::EMPTY;
+        let attempt = Attempt {
+            id,
+            ballot,
+            epoch,
+            members,
+            quorum,
+            work,
+            phase,
+            replied: none,
+            acked: none,
+            refused: none,
+            timer,
+        };
         let msg = match &attempt.phase {
             Phase::Prepare { .. } => Message::Prepare { key: key.to_string(), epoch, ballot, attempt: id },
             Phase::Accept { proposal, .. } => Message::Accept {
@@ -380,10 +393,10 @@ impl<S: Storage> Node<S> {
         self.send_all(&members, msg);
     }
 
-    /// The active attempt of `key` if `(attempt, ballot)` names it and `from` is a member
-    /// that has not answered this phase yet. `accept` names the phase the reply belongs to:
-    /// a promise that arrives after phase 1 is complete must not count as the member's
-    /// phase-2 answer.
+    /// The active attempt of `key` and the index of `from` among its members, if
+    /// `(attempt, ballot)` names it and `from` is a member that has not answered this
+    /// phase yet. `accept` names the phase the reply belongs to: a promise that arrives
+    /// after phase 1 is complete must not count as the member's phase-2 answer.
     fn attempt_for(
         &mut self,
         key: &str,
@@ -391,22 +404,21 @@ impl<S: Storage> Node<S> {
         ballot: Ballot,
         from: &NodeId,
         accept: bool,
-    ) -> Option<&mut Attempt> {
+    ) -> Option<(&mut Attempt, usize)> {
         let a = self.proposer.slots.get_mut(key)?.active.as_mut()?;
         let in_phase = matches!(a.phase, Phase::Accept { .. }) == accept;
         if a.id != attempt || a.ballot != ballot || !in_phase {
             return None;
         }
-        let bit = 1u64 << a.members.iter().position(|m| m == from)?;
-        if a.replied & bit != 0 {
+        let index = a.members.iter().position(|m| m == from)?;
+        if !a.replied.insert(index) {
             return None;
         }
-        a.replied |= bit;
-        Some(a)
+        Some((a, index))
     }
 
-    /// Records a refusal; true if the phase can no longer succeed.
-    fn refused(&mut self, key: &str, rejection: Rejection) -> bool {
+    /// Records member `index`'s refusal; true if the phase can no longer succeed.
+    fn refused(&mut self, key: &str, index: usize, rejection: Rejection) -> bool {
         match rejection {
             Rejection::Refused(Refusal::Promised(b)) => self.proposer.round = self.proposer.round.max(b.round),
             Rejection::Config(c) => {
@@ -417,8 +429,8 @@ impl<S: Storage> Node<S> {
         let Some(a) = self.proposer.slots.get_mut(key).and_then(|s| s.active.as_mut()) else {
             return false;
         };
-        a.refused += 1;
-        a.hopeless()
+        a.refused.insert(index);
+        a.vote() == VoteResult::Lost
     }
 
     pub(super) fn on_promise(
@@ -430,21 +442,22 @@ impl<S: Storage> Node<S> {
         result: Result<ReadView, Rejection>,
         now: Instant,
     ) {
-        let Some(a) = self.attempt_for(&key, attempt, ballot, &from, false) else {
+        let Some((a, index)) = self.attempt_for(&key, attempt, ballot, &from, false) else {
             return;
         };
-        let Phase::Prepare { views } = &mut a.phase else {
+        let Phase::Prepare { views, promised } = &mut a.phase else {
             return;
         };
         match result {
             Ok(view) => {
                 views.push(view);
-                if views.len() == a.quorum {
+                promised.insert(index);
+                if a.vote() == VoteResult::Won {
                     self.promised_by_quorum(&key, now);
                 }
             }
             Err(rejection) => {
-                if self.refused(&key, rejection) {
+                if self.refused(&key, index, rejection) {
                     self.fail_attempt(&key, false, now);
                 }
             }
@@ -457,7 +470,7 @@ impl<S: Storage> Node<S> {
         let Some(a) = self.proposer.slots.get_mut(key).and_then(|s| s.active.as_mut()) else {
             return;
         };
-        let Phase::Prepare { views } = &a.phase else {
+        let Phase::Prepare { views, .. } = &a.phase else {
             return;
         };
         let found = Found {
@@ -473,7 +486,7 @@ impl<S: Storage> Node<S> {
                     self.abandon_gc(key, now);
                     return;
                 }
-                (current.clone(), Vec::new(), Vec::new(), a.members.len(), None)
+                (current.clone(), Vec::new(), Vec::new(), QuorumSet::unanimous(a.members.len()), None)
             }
             Work::Ops(ops) => {
                 // A key that garbage collection removed keeps its aborted writes as the
@@ -505,9 +518,9 @@ impl<S: Storage> Node<S> {
             accepted: proposal.clone(),
             next,
         };
-        a.phase = Phase::Accept { proposal, answers, written, acks: 0, grants: 0, need };
-        a.replied = 0;
-        a.refused = 0;
+        a.phase = Phase::Accept { proposal, answers, written, grants: MemberSet::EMPTY, need };
+        a.replied = MemberSet::EMPTY;
+        a.refused = MemberSet::EMPTY;
         let members = a.members.clone();
         self.send_all(&members, msg);
     }
@@ -536,24 +549,28 @@ impl<S: Storage> Node<S> {
         result: Result<bool, Rejection>,
         now: Instant,
     ) {
-        let Some(a) = self.attempt_for(&key, attempt, ballot, &from, true) else {
+        let Some((a, index)) = self.attempt_for(&key, attempt, ballot, &from, true) else {
             return;
         };
-        let Phase::Accept { acks, grants, need, .. } = &mut a.phase else {
+        let Phase::Accept { grants, .. } = &mut a.phase else {
             return;
         };
         match result {
             Ok(granted) => {
-                a.acked |= a.members.iter().position(|m| *m == from).map_or(0, |i| 1 << i);
-                *acks += 1;
-                *grants += usize::from(granted);
-                if *acks == *need {
+                if granted {
+                    grants.insert(index);
+                }
+                a.acked.insert(index);
+                if a.vote() == VoteResult::Won {
                     self.chosen(&key, now);
                 }
             }
             Err(rejection) => {
-                let all = a.refused + 1 == a.members.len();
-                if self.refused(&key, rejection) {
+                // Refused by every member: accepted nowhere, so its writes may be retried.
+                let mut refused = a.refused;
+                refused.insert(index);
+                let all = refused == MemberSet::first(a.members.len());
+                if self.refused(&key, index, rejection) {
                     self.fail_attempt(&key, !all, now);
                 }
             }
@@ -572,7 +589,7 @@ impl<S: Storage> Node<S> {
         };
         slot.failures = 0;
         let is_gc = matches!(a.work, Work::Gc);
-        if !is_gc && grants >= a.quorum {
+        if !is_gc && a.quorum.is_quorum(grants) {
             let next = a.ballot.successor();
             slot.fast = Some(FastPath { epoch: a.epoch, next, state: proposal.state.clone() });
             self.proposer.round = self.proposer.round.max(next.round);
@@ -592,7 +609,7 @@ impl<S: Storage> Node<S> {
             // flag, a read optimization that R5's same-ballot rule covers once every
             // replica holds the state.
             let laggards: Vec<NodeId> =
-                a.members.iter().enumerate().filter(|(i, _)| a.acked & (1 << i) == 0).map(|(_, m)| m.clone()).collect();
+                a.members.iter().enumerate().filter(|(i, _)| !a.acked.contains(*i)).map(|(_, m)| m.clone()).collect();
             self.send_all(&laggards, Message::Commit { key: key_s, epoch: a.epoch, accepted: proposal });
         }
         if let Work::Ops(ops) = a.work {
@@ -712,7 +729,10 @@ pub(super) fn read_rule_holds(views: &[ReadView]) -> bool {
     if views.iter().all(|v| ballot(v) == ballot(first)) {
         return true;
     }
-    views.iter().max_by_key(|v| ballot(v)).is_some_and(|v| v.committed)
+    // Any view at the highest ballot that says committed proves that ballot's state chosen
+    // (`max_by_key` alone would look at the last of several such views only).
+    let top = views.iter().map(ballot).max().flatten();
+    views.iter().any(|v| v.committed && ballot(v) == top)
 }
 
 /// The proposal for `ops` on `current` at `ballot` (see [`Proposal`]). `found` is what
@@ -833,4 +853,33 @@ struct Found {
 /// The state a quorum of read views proves chosen, if the read rule holds.
 pub(super) fn proven_state(views: &[ReadView]) -> Option<Option<State>> {
     read_rule_holds(views).then(|| highest_state(views))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn view(round: Option<u64>, committed: bool) -> ReadView {
+        let accepted = round.map(|round| Accepted {
+            ballot: Ballot { epoch: 2, round, node: Default::default(), restart: 0 },
+            state: Some(State::Tombstone { recent: Vec::new(), aborted: Default::default() }),
+        });
+        ReadView { accepted, committed, floor: Ballot::default(), aborted: Vec::new() }
+    }
+
+    /// R5 on a joint config (F2): the rule takes the views of whatever quorum the vote
+    /// declared won, and a joint quorum is a quorum of each config, so "every view of the
+    /// quorum carries ballot b" still means b is accepted by a quorum of both: chosen.
+    #[test]
+    fn the_read_rule_holds_on_the_views_of_a_joint_quorum() {
+        // Old members {0, 1, 2}, new {2, 3, 4}: {0, 2, 3} is a joint quorum, {0, 1, 2} is not.
+        let joint = QuorumSet::Joint(MemberSet::of([0, 1, 2]), MemberSet::of([2, 3, 4]));
+        assert!(joint.is_quorum(MemberSet::of([0, 2, 3])));
+        assert!(!joint.is_quorum(MemberSet::of([0, 1, 2])), "a majority of the old members alone");
+        // The joint quorum's views agree: proven.
+        assert!(read_rule_holds(&[view(Some(7), false), view(Some(7), false), view(Some(7), false)]));
+        // A new member lags behind: not proven, unless the highest view is committed.
+        assert!(!read_rule_holds(&[view(Some(7), false), view(Some(7), false), view(None, false)]));
+        assert!(read_rule_holds(&[view(Some(7), true), view(Some(7), false), view(None, false)]));
+    }
 }

@@ -27,6 +27,7 @@ use crate::kv::{Answer, Change, State};
 use crate::message::{Message, Rejection};
 use crate::paxos::acceptor::ReadView;
 use crate::placement::partition_of;
+use crate::quorum::{MemberSet, QuorumSet, VoteResult};
 use crate::storage::Storage;
 use crate::time::Instant;
 use std::collections::BTreeMap;
@@ -42,9 +43,11 @@ struct ReadRound {
     key: String,
     op: OpId,
     members: Vec<NodeId>,
-    quorum: usize,
+    quorum: QuorumSet,
     views: Vec<(NodeId, ReadView)>,
-    refused: usize,
+    /// Members whose view is in `views`.
+    viewed: MemberSet,
+    refused: MemberSet,
     timer: TimerHandle,
 }
 
@@ -67,9 +70,10 @@ impl<S: Storage> Node<S> {
             key: key.clone(),
             op,
             members: members.clone(),
-            quorum: config.quorum(),
+            quorum: config.quorum_set(),
             views: Vec::new(),
-            refused: 0,
+            viewed: MemberSet::EMPTY,
+            refused: MemberSet::EMPTY,
             timer: self.timers.set(now + self.cfg.round_timeout, Timer::Read { read: id }),
         };
         self.reads.rounds.insert(id, round);
@@ -87,21 +91,28 @@ impl<S: Storage> Node<S> {
         let Some(round) = self.reads.rounds.get_mut(&attempt) else {
             return;
         };
-        if round.key != key || !round.members.contains(&from) || round.views.iter().any(|(n, _)| *n == from) {
+        let Some(index) = round.members.iter().position(|m| *m == from) else {
+            return;
+        };
+        if round.key != key || round.viewed.contains(index) || round.refused.contains(index) {
             return;
         }
         match result {
             Ok(view) => {
                 round.views.push((from, view));
-                let quorum =
-                    if self.cfg.planted_bug == Some(PlantedBug::ReadFromOneReplica) { 1 } else { round.quorum };
-                if round.views.len() == quorum {
+                round.viewed.insert(index);
+                let won = if self.cfg.planted_bug == Some(PlantedBug::ReadFromOneReplica) {
+                    round.viewed.len() == 1 // one view is no quorum: R5 broken on purpose
+                } else {
+                    round.quorum.vote(round.viewed, round.refused) == VoteResult::Won
+                };
+                if won {
                     self.decide_read(attempt, now);
                 }
             }
             Err(rejection) => {
-                round.refused += 1;
-                let hopeless = round.refused > round.members.len() - round.quorum;
+                round.refused.insert(index);
+                let hopeless = round.quorum.vote(round.viewed, round.refused) == VoteResult::Lost;
                 if let Rejection::Config(c) = rejection {
                     self.map.adopt(c);
                 }
