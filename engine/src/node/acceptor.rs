@@ -165,9 +165,10 @@ impl<S: Storage> Node<S> {
             return;
         }
         if self.cfg.planted_bug == Some(PlantedBug::AcceptIgnoresPromise) {
-            // The planted bug: forget the promise before checking it.
+            // The planted bug: forget the promise (down to the accepted ballot, which keeps
+            // the register's own invariant) before checking it.
             let _ = self.with_register(&key, epoch, |reg, _| {
-                reg.promised = Ballot::ZERO;
+                reg.promised = reg.accepted_ballot().unwrap_or(Ballot::ZERO).min(reg.promised);
                 (Ok(()), None)
             });
         }
@@ -180,9 +181,9 @@ impl<S: Storage> Node<S> {
 
     pub(super) fn on_commit(&mut self, key: String, epoch: EpochRef, accepted: Accepted) {
         // A Commit has no reply: a refusal or storage failure just leaves the replica as is.
-        let _ = self.with_register(&key, epoch, |reg, _| {
+        let _ = self.with_register(&key, epoch, |reg, floor| {
             let before = reg.accepted_ballot();
-            if !reg.commit(accepted.ballot, accepted.state) {
+            if !reg.commit(accepted.ballot, accepted.state, floor) {
                 return (Ok(()), None);
             }
             // Installing a missed state is reported state (R7); a flag alone is not.

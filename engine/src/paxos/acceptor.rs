@@ -88,7 +88,21 @@ impl Register {
             return Err(Refusal::Promised(self.promised));
         }
         self.promised = ballot;
+        self.assert_invariants();
         Ok(self.view())
+    }
+
+    /// What every transition keeps (asserted where it is kept): nothing is accepted above
+    /// the promise (an acceptor never reports a state it would refuse to accept), and a
+    /// committed register has an accepted state.
+    fn assert_invariants(&self) {
+        assert!(
+            self.accepted_ballot().is_none_or(|b| b <= self.promised),
+            "accepted {:?} above promised {:?}",
+            self.accepted_ballot(),
+            self.promised
+        );
+        assert!(!self.committed || self.accepted.is_some(), "committed with nothing accepted");
     }
 
     /// Phase 2, with the fast path's piggybacked promise of `next`. Returns whether `next`
@@ -112,15 +126,23 @@ impl Register {
         let Some(next) = next else { return Ok(false) };
         let well_formed =
             next > ballot && next.node == ballot.node && next.restart == ballot.restart && next.epoch == ballot.epoch;
-        if well_formed && next > self.promised {
+        let granted = well_formed && next > self.promised;
+        if granted {
             self.promised = next;
-            return Ok(true);
         }
-        Ok(false)
+        self.assert_invariants();
+        Ok(granted)
     }
 
     /// Learns that `(ballot, state)` is chosen (R7). Returns whether the register changed.
-    pub fn commit(&mut self, ballot: Ballot, state: Option<State>) -> bool {
+    ///
+    /// `floor` is the partition's GC floor (R8). An absent key with a Commit below the floor
+    /// was dropped after that state: the Commit is ignored, or it would resurrect a
+    /// collected value. Only the floor says so: an absent key also *promises* the previous
+    /// life's promise ceiling after a restart, and a Commit below that is a state chosen
+    /// by the others while this replica could not vote; it must be installed, or the
+    /// replica never converges (simulator swarm seed 4804).
+    pub fn commit(&mut self, ballot: Ballot, state: Option<State>, floor: Ballot) -> bool {
         match self.accepted_ballot() {
             Some(b) if b == ballot => {
                 let changed = !self.committed;
@@ -128,7 +150,7 @@ impl Register {
                 changed
             }
             Some(b) if b > ballot => false,
-            _ if ballot < self.promised && self.accepted.is_none() => {
+            _ if ballot < floor && self.accepted.is_none() => {
                 // Absent below the floor: the key was dropped after this state; ignore.
                 false
             }
@@ -136,6 +158,7 @@ impl Register {
                 self.accepted = Some(Accepted { ballot, state });
                 self.committed = true;
                 self.promised = self.promised.max(ballot);
+                self.assert_invariants();
                 true
             }
         }
@@ -229,7 +252,7 @@ mod tests {
         // R7: a replica that missed a write converges from the Commit.
         let mut r = Register::absent(Ballot::ZERO);
         r.accept(b(1, 1), val("old"), None).unwrap();
-        assert!(r.commit(b(3, 1), val("new")));
+        assert!(r.commit(b(3, 1), val("new"), Ballot::ZERO));
         assert_eq!(
             r.view(),
             ReadView {
@@ -240,7 +263,7 @@ mod tests {
             }
         );
         // An older commit changes nothing.
-        assert!(!r.commit(b(2, 1), val("older")));
+        assert!(!r.commit(b(2, 1), val("older"), Ballot::ZERO));
         assert_eq!(r.accepted_ballot(), Some(b(3, 1)));
         // A higher accept clears the flag.
         r.accept(b(4, 1), val("newer"), None).unwrap();
@@ -259,6 +282,21 @@ mod tests {
         let mut absent = Register::absent(floor);
         assert!(absent.accept(b(8, 2), val("late"), None).is_err());
         assert!(absent.prepare(b(9, 2)).is_err());
-        assert!(!absent.commit(b(5, 1), val("late")));
+        assert!(!absent.commit(b(5, 1), val("late"), floor));
+    }
+
+    #[test]
+    fn an_absent_key_above_its_floor_installs_a_commit_below_its_promise() {
+        // Swarm seed 4804: after a restart an absent key promises the previous life's
+        // promise ceiling, far above the ballots of the others' rounds. Those rounds are
+        // chosen without this replica; their Commit must still be installed (R7).
+        let floor = b(2, 1);
+        let mut absent = Register::absent(floor);
+        absent.promised = b(1 << 21, 3); // the life floor
+        assert!(absent.accept(b(40, 1), val("v"), None).is_err(), "the promise still refuses Accepts");
+        assert!(absent.commit(b(40, 1), val("v"), floor), "the chosen state is installed");
+        assert_eq!(absent.accepted_ballot(), Some(b(40, 1)));
+        assert_eq!(absent.promised, b(1 << 21, 3), "the promise is kept");
+        assert!(absent.view().committed);
     }
 }
