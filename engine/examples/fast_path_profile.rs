@@ -6,7 +6,11 @@
 //! ```sh
 //! cargo build --release -p memo-engine --example fast_path_profile
 //! valgrind --tool=callgrind target/release/examples/fast_path_profile 20000
+//! valgrind --tool=callgrind target/release/examples/fast_path_profile 20000 read
 //! ```
+//!
+//! With `read`, every operation after the first write of each key is a linearizable
+//! Fetch (one round trip) coordinated by the key's primary instead of a write.
 
 use memo_engine::message::Envelope;
 use memo_engine::{ClusterParams, Config, Instant, MemoryStorage, Node, NodeId, Request, RequestId, Storage};
@@ -17,6 +21,7 @@ type N = Node<Arc<MemoryStorage>>;
 
 fn main() {
     let writes: u64 = std::env::args().nth(1).and_then(|s| s.parse().ok()).unwrap_or(20_000);
+    let reads = std::env::args().nth(2).is_some_and(|m| m == "read");
     let ids: Vec<NodeId> = (0..3).map(|i| NodeId::initial(format!("n{i}"))).collect();
     let params = ClusterParams { partitions: 256, replication: 3, initial_nodes: ids.clone(), token: "p".into() };
     let storages: Vec<Arc<MemoryStorage>> = (0..3).map(|_| Arc::new(MemoryStorage::new())).collect();
@@ -38,11 +43,12 @@ fn main() {
         let k = (i % 1024) as usize;
         now += 5_000;
         let p = primaries[k];
-        nodes[p].handle_request(
-            RequestId(i),
-            Request::upsert(keys[k].clone(), vec![7u8; 100]),
-            Instant::from_nanos(now),
-        );
+        let request = if reads && i >= 1024 {
+            Request::fetch(keys[k].clone())
+        } else {
+            Request::upsert(keys[k].clone(), vec![7u8; 100])
+        };
+        nodes[p].handle_request(RequestId(i), request, Instant::from_nanos(now));
         let mut pending = vec![p];
         while let Some(n) = pending.pop() {
             loop {

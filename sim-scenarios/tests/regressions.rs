@@ -75,3 +75,14 @@ fn an_aborted_write_is_answered_fenced_because_it_may_have_taken_effect() {
         assert!(report.warnings.is_empty(), "{}\n{}", report.replay_command(), report.warnings[0]);
     }
 }
+
+/// A replica that missed a write never converged: swarm seed 4804 (found by the 10,000-seed
+/// sweep of issue 9) ended with the final value on two members and the key absent on the
+/// third. That member had restarted, so its absent key promised the previous life's
+/// promise ceiling; the final write was chosen by the other two at a lower ballot, and its
+/// Commit was ignored as if the key had been collected after that state. Fixed: only the
+/// partition's GC floor makes a Commit to an absent key stale (`Register::commit`, R7).
+#[test]
+fn a_replica_that_restarted_installs_the_commits_it_missed() {
+    replay(catalog::swarm_any_seed_picks_the_cluster_faults_and_workload(), 4804);
+}
