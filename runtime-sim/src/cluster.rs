@@ -209,7 +209,7 @@ impl Cluster {
         if life.down_by.is_some() || life.paused_by.is_some() {
             return false;
         }
-        let draw = lock(&self.draws).next();
+        let draw = lock(&self.draws).draw();
         let pending = server.disk.pending_batches();
         server.disk.crash(draw);
         Handle::current().kill(server.host.id());

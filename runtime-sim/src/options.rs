@@ -427,14 +427,14 @@ impl Dice {
     }
 
     /// A raw draw.
-    pub fn next(&mut self) -> u64 {
+    pub fn draw(&mut self) -> u64 {
         self.0.next_u64()
     }
 
     /// Uniform in `0..n` (`n > 0`).
     pub fn below(&mut self, n: u64) -> u64 {
         assert!(n > 0);
-        self.next() % n
+        self.draw() % n
     }
 
     /// Uniform in the range.
