@@ -57,12 +57,16 @@ fn is_accept_of(msg: &Message, key: &str) -> bool {
 }
 
 /// Makes node `p` write `v` to `key` so that only its own acceptor accepts it: every
-/// Accept `p` sends about `key` is lost. The client learns nothing (UNAVAILABLE).
+/// Accept `p` sends about `key` is lost. The client learns nothing (UNAVAILABLE). Then `p`
+/// restarts, so no recovery of its own (it would fence the write after the answer, R6)
+/// resolves the minority state the caller wants to test.
 fn write_on_minority(sim: &mut Sim, p: usize, key: &'static str, v: &str) {
     sim.set_filter(Box::new(move |from, _, env| {
         if from == p && is_accept_of(&env.message, key) { Verdict::Drop } else { Verdict::Deliver }
     }));
     assert!(matches!(call(sim, p, Request::upsert(key, v)), Err(KvError::Unavailable(_))));
+    sim.crash(p);
+    sim.restart(p);
     sim.clear_filter();
     sim.run_for(Duration::from_secs(1));
     let reg = register(sim, p, key).expect("accepted by its own acceptor");
@@ -413,6 +417,41 @@ fn a_write_applied_then_forgotten_is_answered_fenced_never_not_happened() {
     }
     sim.clear_filter();
     assert_every_quorum_reads(&mut sim, key, &last);
+}
+
+#[test]
+fn a_write_answered_by_its_deadline_is_fenced_afterwards_and_never_lands_later() {
+    // The zombie writes still left after issue 9 (swarm seeds 873, 1429, 3467, 9966): a
+    // forwards v2 to the primary p, and the Forward is delayed in the network; a is cut
+    // off, so its recovery reaches no quorum and the request deadline answers plain
+    // UNAVAILABLE, with no marker. Then a keeps recovering the write after its answer and
+    // fences it once it can; the delayed Forward, released after v3 is acknowledged, is
+    // refused.
+    let mut sim = sim(31);
+    let key = "late-zombie";
+    let (p, a, _) = roles(&sim, key);
+    let answers = hold_forward_of(&mut sim, key, "v2");
+    let id = sim.submit(a, Request::upsert(key, "v2"));
+    while sim.held().is_empty() {
+        assert!(sim.step(), "the Forward of v2 is sent");
+    }
+    sim.isolate(a);
+    let deadline = sim.now() + LIMIT;
+    let answer = loop {
+        if let Some((_, reply)) = sim.take_replies().into_iter().find(|(_, r)| r.id == id) {
+            break reply.result;
+        }
+        assert!(sim.now() < deadline && sim.step(), "a answered v2");
+    };
+    match answer {
+        Err(e @ KvError::Unavailable(_)) => assert!(!e.is_fenced(), "no recovery completed before the deadline: {e}"),
+        other => panic!("a answered v2 with {other:?}"),
+    }
+    sim.heal();
+    sim.run_for(Duration::from_secs(1));
+    assert_eq!(sim.node(a).unwrap().stats().fenced_after_answer, 1, "a fenced v2 after answering");
+    assert_eq!(call(&mut sim, p, Request::upsert(key, "v3")), Ok(Response::Done));
+    release_the_late_write_and_assert_it_is_refused(&mut sim, &answers, key, "v3");
 }
 
 #[test]

@@ -239,7 +239,7 @@ impl<S: Storage> Node<S> {
             round.resolving.insert(req, key.clone());
         }
         self.stats.read_fallbacks += 1;
-        self.enqueue(key, Queued { req, change: Change::Fetch, op, recover: None }, now);
+        self.enqueue(key, Queued { req, change: Change::Fetch, op, recover: None, orphan_until: None }, now);
     }
 
     pub(super) fn list_key_resolved(&mut self, id: u64, req: ReqKey, result: Result<Answer, KvError>) {

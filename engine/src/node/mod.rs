@@ -153,6 +153,9 @@ pub struct Stats {
     /// Writes refused because the state marks them aborted: an earlier recovery answered
     /// UNAVAILABLE for them (R6), typically a late Forward or a stale retry.
     pub aborted_refused: u64,
+    /// Writes answered by their request deadline while in doubt, then aborted by a later
+    /// recovery so that they cannot land long after their answer (R6).
+    pub fenced_after_answer: u64,
 }
 
 /// Where an in-flight request came from.
@@ -616,8 +619,19 @@ impl<S: Storage> Node<S> {
         use timers::Timer;
         match timer {
             Timer::Request { req } => {
+                // A write still forwarded to a primary that has not answered may yet run
+                // there: after answering, fence it (R6, `Queued::orphan_until`).
+                let forwarded = self.requests.get_mut(&req).and_then(|p| p.forwarded.take());
                 let e = KvError::Unavailable("no quorum answered before the request deadline".into());
                 self.finish(req, Err(e));
+                if let Some(f) = forwarded {
+                    self.timers.cancel(f.timer);
+                    let until = now + self.cfg.request_timeout.saturating_mul(proposer::ORPHAN_FENCE_DEADLINES);
+                    let recover = Some(proposer::Recover::Forwarded);
+                    let fence =
+                        proposer::Queued { req, change: f.change, op: f.op, recover, orphan_until: Some(until) };
+                    self.enqueue(f.key, fence, now);
+                }
             }
             Timer::Forward { req } => self.on_forward_timeout(req, now),
             Timer::Attempt { key, attempt } => self.on_attempt_timeout(key, attempt, now),

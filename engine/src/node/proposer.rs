@@ -80,6 +80,10 @@ pub(super) struct Proposer {
 /// Slots an eviction looks at before giving up (the bound is then exceeded briefly).
 const EVICTION_SCAN_MAX: usize = 16;
 
+/// How long, in request timeouts, a write in doubt whose request was answered by its
+/// deadline is still recovered to fence it.
+pub(super) const ORPHAN_FENCE_DEADLINES: u32 = 4;
+
 #[derive(Default)]
 struct Slot {
     fast: Option<FastPath>,
@@ -112,6 +116,10 @@ pub(super) struct Queued {
     pub(super) op: OpId,
     /// Set when an earlier attempt may have applied this write (R6).
     pub(super) recover: Option<Recover>,
+    /// Set once the request was answered (by its deadline) while the write was still in
+    /// doubt: the proposer goes on recovering it until then, to *fence* it (abort it in
+    /// the chosen state) rather than apply it, so it cannot land long after its answer.
+    pub(super) orphan_until: Option<Instant>,
 }
 
 /// Why a write may already have taken effect, and what that allows a retry to prove.
@@ -284,7 +292,7 @@ impl<S: Storage> Node<S> {
             self.start_read(req, key, op, now);
             return;
         }
-        self.enqueue(key, Queued { req, change, op, recover }, now);
+        self.enqueue(key, Queued { req, change, op, recover, orphan_until: None }, now);
     }
 
     pub(super) fn enqueue(&mut self, key: String, queued: Queued, now: Instant) {
@@ -310,9 +318,19 @@ impl<S: Storage> Node<S> {
         if slot.active.is_some() || slot.backing_off {
             return;
         }
-        // Requests that already got their answer (deadline) need no round.
+        // Requests that already got their answer (deadline) need no round, unless their
+        // write is in doubt: then it is fenced for a while (see `Queued::orphan_until`).
         let requests = &self.requests;
-        slot.queue.retain(|q| requests.contains_key(&q.req));
+        let window = self.cfg.request_timeout.saturating_mul(ORPHAN_FENCE_DEADLINES);
+        slot.queue.retain_mut(|q| {
+            if requests.contains_key(&q.req) {
+                return true;
+            }
+            if q.recover.is_none() {
+                return false;
+            }
+            now < *q.orphan_until.get_or_insert(now + window)
+        });
         let work = if let Some(front) = slot.queue.front() {
             let _ = front;
             let n = slot.queue.len().min(self.cfg.fold_max);
@@ -346,7 +364,7 @@ impl<S: Storage> Node<S> {
             Some(f) => {
                 let Work::Ops(ops) = &work else { unreachable!("filtered above") };
                 let bug = self.cfg.planted_bug;
-                let Proposal { state, answers, written, refused } = propose(&f.state, None, ops, f.next, bug);
+                let Proposal { state, answers, written, refused, .. } = propose(&f.state, None, ops, f.next, bug);
                 self.stats.aborted_refused += refused;
                 let proposal = Accepted { ballot: f.next, state };
                 let need = quorum;
@@ -497,7 +515,9 @@ impl<S: Storage> Node<S> {
                     _ => current.clone(),
                 };
                 let bug = self.cfg.planted_bug;
-                let Proposal { mut state, answers, written, refused } = propose(&base, Some(found), ops, a.ballot, bug);
+                let Proposal { mut state, answers, written, refused, fenced } =
+                    propose(&base, Some(found), ops, a.ballot, bug);
+                self.stats.fenced_after_answer += fenced;
                 if state == base {
                     state = current.clone(); // nothing changed: no tombstone for a watermark
                 }
@@ -753,8 +773,19 @@ fn propose(
     let mut answers = Vec::with_capacity(ops.len());
     let mut written = Vec::with_capacity(ops.len());
     let mut refused = 0;
+    let mut fenced = 0;
     for q in ops {
         let recovery = q.recover.map(|r| recovery(current.as_ref(), found, q.op, r));
+        if q.orphan_until.is_some() {
+            // Answered already: never apply it now, fence it unless it is known applied.
+            if matches!(recovery, Some(Recovery::NotApplied | Recovery::Unknown)) {
+                abort(&mut state, q.op);
+                fenced += 1;
+            }
+            answers.push(Err(KvError::fenced("it was answered by its deadline, then aborted")));
+            written.push(false);
+            continue;
+        }
         let answer = match recovery {
             Some(Recovery::Applied) => Ok(Answer::Done),
             Some(Recovery::Unknown) => match bug {
@@ -785,7 +816,7 @@ fn propose(
         written.push(applied_now && answer == Ok(Answer::Done) && q.change.is_write());
         answers.push(answer);
     }
-    Proposal { state, answers, written, refused }
+    Proposal { state, answers, written, refused, fenced }
 }
 
 /// What [`propose`] computed.
@@ -798,6 +829,8 @@ struct Proposal {
     written: Vec<bool>,
     /// Ops refused because the state marks them aborted.
     refused: u64,
+    /// Ops answered by their deadline and aborted by this proposal.
+    fenced: u64,
 }
 
 /// The answer to a write the state marks aborted. It may have taken effect before the

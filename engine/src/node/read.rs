@@ -146,7 +146,7 @@ impl<S: Storage> Node<S> {
             return;
         };
         self.stats.read_fallbacks += 1;
-        let queued = Queued { req: round.req, change: Change::Fetch, op: round.op, recover: None };
+        let queued = Queued { req: round.req, change: Change::Fetch, op: round.op, recover: None, orphan_until: None };
         self.enqueue(round.key, queued, now);
     }
 
