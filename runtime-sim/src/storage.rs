@@ -14,7 +14,7 @@
 //! one, and the disk's *generation* is bumped. Every handle of an older generation then
 //! fails every call, which fences the killed incarnation: madsim drops a killed node's
 //! futures lazily, so without the fence a dead node could still write after its crash
-//! (notes/redb-in-simulation.md, pitfall 2). Call `crash` right before `Handle::kill`.
+//! (docs/CALIBRATION.md, "madsim"). Call `crash` right before `Handle::kill`.
 //!
 //! [`SimDisk::arm`] schedules a power cut *inside* a commit: after a given number of
 //! further mutating calls, the disk crashes by itself and the call fails. The committer

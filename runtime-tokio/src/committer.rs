@@ -6,7 +6,7 @@
 //! together: for redb, one log record and one transaction), and publishes the highest
 //! durable batch id on a `watch` channel. The loop turns that into
 //! `Node::handle_persisted`. One sync covers many batches, which is where the throughput
-//! of a disk-backed silo comes from (see notes/grpc-cost.md, test 4).
+//! of a disk-backed silo comes from (docs/CALIBRATION.md, "fdatasync group commit").
 //!
 //! The report travels on a `watch` rather than a queue so the committer never waits for
 //! the loop: the loop may be blocked sending the next batch here (backpressure from a

@@ -6,7 +6,7 @@
 //! drops: the protocol tolerates loss, and rounds time out and retry). The link connects
 //! lazily, reconnects with exponential backoff, and packs everything queued into one
 //! `Batch` per send, because per-message costs dominate gRPC on this hardware
-//! (notes/grpc-cost.md, test 3: batching cut the cost per message 5–20×).
+//! (docs/CALIBRATION.md: batching cut the cost per message 5–20×).
 //!
 //! By default a link keeps one long-lived `Stream` call open and the receiver answers
 //! each batch with a cumulative `Ack`; [`PeerTransport::Unary`] sends one `Send` call per

@@ -161,8 +161,7 @@ async fn client_loop(index: usize, seed: u64, endpoints: Vec<SocketAddr>, rec: R
         let node = dice.below(stubs.len() as u64) as usize;
         let op = rec.invoke(index as u64, &key, command.clone());
         let result = call(&mut stubs[node], &key, &command).await;
-        let failed_fast =
-            matches!(&result, Err(s) if s.code() == Code::Unavailable && !s.message().starts_with("fenced"));
+        let failed_fast = matches!(&result, Err(s) if s.code() == Code::Unavailable && !s.message().starts_with(memo_lincheck::FENCED_PREFIX));
         rec.complete(op, outcome(result, &rec.anomalies));
         if failed_fast {
             // A node that is down refuses at once: do not spin.

@@ -137,14 +137,6 @@ impl QuorumSet {
         QuorumSet::Unanimous(MemberSet::first(n))
     }
 
-    /// Every member that takes part in a vote.
-    pub fn voters(self) -> MemberSet {
-        match self {
-            QuorumSet::Majority(s) | QuorumSet::Unanimous(s) => s,
-            QuorumSet::Joint(a, b) => a.union(b),
-        }
-    }
-
     /// The vote, given the members that said yes and those that said no (a member in both
     /// counts as yes; members outside the set are ignored).
     pub fn vote(self, yes: MemberSet, no: MemberSet) -> VoteResult {

@@ -73,7 +73,7 @@ pub const WAL_CHECKPOINT_BYTES_DEFAULT: u64 = 16 * 1024 * 1024;
 /// The log file is grown by writing this many zeros at a time, ahead of the records, so
 /// that an append overwrites allocated blocks and its `fdatasync` has no file size to
 /// update (appending to the end of a file cost about 35% more per sync here, see
-/// notes/grpc-cost.md). Zeros are also what a torn append leaves (see `wal`).
+/// docs/CALIBRATION.md). Zeros are also what a torn append leaves (see `wal`).
 const WAL_ZEROS_AHEAD_BYTES: u64 = 1024 * 1024;
 
 /// The write-ahead log's path: beside the database, `.wal` for its extension.
