@@ -30,6 +30,15 @@ pub enum PlantedBug {
     /// aborted in the chosen state, so the write can still take effect after the answer
     /// (breaks R6's fence).
     FenceWithoutMarker,
+    /// The copier's scan is answered by a member that did not adopt the joint config, so
+    /// it may still accept writes of the old epoch after it answered (breaks F3).
+    CopierReadsUnfenced,
+    /// A member added to a partition keeps the data it held from an earlier spell
+    /// (breaks F5).
+    NoWipeOnAdd,
+    /// The rebalancer proposes the final config of a joint epoch without copying it
+    /// (breaks F4).
+    FinalWithoutCopy,
 }
 
 /// Static parameters of a cluster, fixed at creation.
@@ -96,6 +105,18 @@ pub struct Config {
     pub gc_pending_max: usize,
     /// Keys one List scan returns per partition and round.
     pub list_scan_keys_max: usize,
+    /// This node joins an existing cluster: it may be absent from the initial node list,
+    /// and learns its partitions from the cluster.
+    pub join: bool,
+    /// How often the node checks the partitions it rebalances.
+    pub rebalance_interval: Duration,
+    /// How long a partition's desired members must differ from its config before a move
+    /// starts.
+    pub rebalance_delay: Duration,
+    /// Partitions this node moves at once.
+    pub moves_max: usize,
+    /// Keys one copy scan asks each old member for.
+    pub copy_page_keys: u32,
     /// A protocol bug to plant, for testing the testers only. `None` in production.
     pub planted_bug: Option<PlantedBug>,
 }
@@ -122,6 +143,11 @@ impl Config {
             register_cache_bytes_max: 64 * 1024 * 1024,
             gc_pending_max: 100_000,
             list_scan_keys_max: 1024,
+            join: false,
+            rebalance_interval: Duration::from_secs(1),
+            rebalance_delay: Duration::from_secs(10),
+            moves_max: 4,
+            copy_page_keys: 256,
             planted_bug: None,
         }
     }

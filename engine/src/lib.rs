@@ -9,7 +9,8 @@
 //! Modules: [`placement`] (where keys live), [`paxos`] (ballots and the acceptor),
 //! [`node`] (the proposer, reads, List, persistence and routing), [`kv`] (the KV
 //! functions), [`list`] (S3 page semantics), [`message`] (the peer protocol),
-//! [`storage`] (the silo boundary).
+//! [`storage`] (the silo boundary), [`quorum`] (majority and joint quorums),
+//! [`reconfig`] (moving partitions between members).
 
 #![warn(missing_docs)]
 
@@ -24,6 +25,7 @@ pub mod node;
 pub mod paxos;
 pub mod placement;
 pub mod quorum;
+pub mod reconfig;
 pub mod storage;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;

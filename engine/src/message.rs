@@ -9,6 +9,7 @@ use crate::kv::{Answer, Change};
 use crate::paxos::acceptor::{Accepted, ReadView, Refusal};
 use crate::paxos::ballot::Ballot;
 use crate::placement::{EpochRef, PartitionConfig, PartitionId};
+use crate::reconfig::decree::AcceptedDecree;
 use serde::{Deserialize, Serialize};
 
 /// Largest encoded envelope accepted from the network, in bytes (a value at the largest
@@ -37,6 +38,9 @@ pub enum Rejection {
     Config(PartitionConfig),
     /// The acceptor could not read its storage.
     Storage,
+    /// The acceptor accepted a decree for the next epoch (F1): the partition is moving,
+    /// and it takes no more data operations of this epoch. Retry once the move settles.
+    Moving,
 }
 
 /// Identifies one attempt of a proposer (R1): replies echo it and only matching replies
@@ -84,6 +88,30 @@ pub enum Message {
     Scan { id: u64, partitions: Vec<(PartitionId, EpochRef)>, range: ScanRange },
     /// Scan reply, one entry per requested partition in the same order.
     ScanReply { id: u64, partitions: Vec<ScanPart> },
+    /// Phase 1 of the decree that decides the config after `epoch` (F1).
+    ConfigPrepare { partition: PartitionId, epoch: EpochRef, ballot: Ballot },
+    /// Its reply: what the acceptor accepted in that instance.
+    ConfigPromise { partition: PartitionId, ballot: Ballot, result: Result<Option<AcceptedDecree>, Rejection> },
+    /// Phase 2 of a decree.
+    ConfigAccept { partition: PartitionId, epoch: EpochRef, ballot: Ballot, proposal: PartitionConfig },
+    /// Its reply.
+    ConfigAccepted { partition: PartitionId, ballot: Ballot, result: Result<(), Rejection> },
+    /// A chosen config: adopt it if it is newer (F1, F5, F6).
+    ConfigCommit { config: PartitionConfig },
+    /// The copier's fenced scan (F3): adopt the joint `config`, then report the keys with
+    /// any accepted state from `start` on.
+    CopyScan { id: u64, config: PartitionConfig, start: String, exclusive: bool, limit: u32 },
+    /// Its reply: the keys, and the partition's abort watermarks (R6) on the first page.
+    CopyScanReply { id: u64, result: Result<(ScanEntries, Vec<OpId>), Rejection> },
+    /// The copier's last step (F3): merge these abort watermarks of collected keys into
+    /// the partition's, at the joint `epoch`.
+    CopyAborts { id: u64, partition: PartitionId, epoch: EpochRef, aborted: Vec<OpId> },
+    /// Its reply.
+    CopyAbortsAck { id: u64, result: Result<(), Rejection> },
+    /// Anti-entropy of the partition map: the sender's epoch of every partition. The
+    /// receiver sends back the configs it holds newer, and its own digest (with `reply`
+    /// set) if the sender holds some newer.
+    MapDigest { epochs: Vec<u64>, reply: bool },
 }
 
 /// Which keys a scan covers: `start <= key` (or `start < key` when `exclusive`), keys

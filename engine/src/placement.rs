@@ -63,14 +63,26 @@ pub struct EpochRef {
 }
 
 /// The chosen config of one partition.
+///
+/// A *settled* config has `next` empty: its acceptors are `members` and its quorums are
+/// their majorities. A *joint* config (F2) moves the partition from `members` to `next`:
+/// its acceptors are both lists (see [`PartitionConfig::acceptors`]) and its quorums hold
+/// a majority of each.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PartitionConfig {
     /// The partition.
     pub partition: PartitionId,
     /// Epoch, starting at 1 for a static initial cluster.
     pub epoch: u64,
-    /// The acceptors, primary first.
+    /// The acceptors, primary first; in a joint config, the members it moves away from.
     pub members: Vec<NodeId>,
+    /// In a joint config, the members it moves to; empty when settled.
+    pub next: Vec<NodeId>,
+    /// For every acceptor, the epoch its current spell as an acceptor of this partition
+    /// began: 1 for the founders, the joint epoch that added it otherwise. A node that
+    /// adopts this config wipes the partition unless the config it held is inside that
+    /// spell (F5).
+    pub spells: Vec<(NodeId, u64)>,
 }
 
 impl PartitionConfig {
@@ -84,6 +96,19 @@ impl PartitionConfig {
             h.update(m.name.as_bytes());
             h.update(&m.generation.to_le_bytes());
         }
+        h.update(b"next");
+        for m in &self.next {
+            h.update(&(m.name.len() as u64).to_le_bytes());
+            h.update(m.name.as_bytes());
+            h.update(&m.generation.to_le_bytes());
+        }
+        h.update(b"spells");
+        for (m, since) in &self.spells {
+            h.update(&(m.name.len() as u64).to_le_bytes());
+            h.update(m.name.as_bytes());
+            h.update(&m.generation.to_le_bytes());
+            h.update(&since.to_le_bytes());
+        }
         let mut first = [0u8; 8];
         first.copy_from_slice(&h.finalize().as_bytes()[..8]);
         EpochRef { epoch: self.epoch, hash: u64::from_le_bytes(first) }
@@ -96,15 +121,106 @@ impl PartitionConfig {
         &self.members[0]
     }
 
-    /// The config's quorums: majorities of its members (by index in `members`). Every
-    /// quorum decision goes through it (`crate::quorum`, rule Q3).
-    pub fn quorum_set(&self) -> crate::quorum::QuorumSet {
-        crate::quorum::QuorumSet::majority(self.members.len())
+    /// A settled config whose members all began their spell at epoch 1 (a founding
+    /// config).
+    pub fn founding(partition: PartitionId, members: Vec<NodeId>) -> Self {
+        let spells = members.iter().map(|m| (m.clone(), 1)).collect();
+        PartitionConfig { partition, epoch: 1, members, next: Vec::new(), spells }
     }
 
-    /// Whether `node` is a member.
+    /// The joint config that moves this settled config to `next` (F2); nodes of `next`
+    /// that are not members begin their spell at the joint epoch.
+    pub fn joint_to(&self, next: Vec<NodeId>) -> PartitionConfig {
+        let epoch = self.epoch + 1;
+        let mut spells = self.spells.clone();
+        spells.extend(next.iter().filter(|n| !self.members.contains(n)).map(|n| (n.clone(), epoch)));
+        PartitionConfig { partition: self.partition, epoch, members: self.members.clone(), next, spells }
+    }
+
+    /// The settled config that ends this joint config with `members` (its `next` to finish,
+    /// its `members` to abort), keeping each member's spell.
+    pub fn settle_to(&self, members: Vec<NodeId>) -> PartitionConfig {
+        let spells = self.spells.iter().filter(|(n, _)| members.contains(n)).cloned().collect();
+        PartitionConfig { partition: self.partition, epoch: self.epoch + 1, members, next: Vec::new(), spells }
+    }
+
+    /// The epoch at which `node`'s current spell as an acceptor began.
+    pub fn since(&self, node: &NodeId) -> Option<u64> {
+        self.spells.iter().find(|(n, _)| n == node).map(|(_, s)| *s)
+    }
+
+    /// Whether the config is joint (moving from `members` to `next`).
+    pub fn is_joint(&self) -> bool {
+        !self.next.is_empty()
+    }
+
+    /// Every acceptor, each once: `members`, then the members of `next` not among them.
+    /// Quorum sets and [`crate::quorum::MemberSet`]s index this list.
+    pub fn acceptors(&self) -> Vec<NodeId> {
+        let mut all = self.members.clone();
+        all.extend(self.next.iter().filter(|n| !self.members.contains(n)).cloned());
+        all
+    }
+
+    /// The config's quorums over [`PartitionConfig::acceptors`]: majorities of `members`,
+    /// or in a joint config a majority of `members` and one of `next` (F2). Every quorum
+    /// decision goes through it (`crate::quorum`, rule Q3).
+    pub fn quorum_set(&self) -> crate::quorum::QuorumSet {
+        use crate::quorum::{MemberSet, QuorumSet};
+        if !self.is_joint() {
+            return QuorumSet::majority(self.members.len());
+        }
+        let all = self.acceptors();
+        let new = MemberSet::of(all.iter().enumerate().filter(|(_, a)| self.next.contains(a)).map(|(i, _)| i));
+        QuorumSet::Joint(MemberSet::first(self.members.len()), new)
+    }
+
+    /// Whether `node` is an acceptor.
     pub fn contains(&self, node: &NodeId) -> bool {
-        self.members.iter().any(|m| m == node)
+        self.members.iter().chain(&self.next).any(|m| m == node)
+    }
+
+    /// The members this config's epoch added: in a joint config, the members of `next`
+    /// that are not in `members`. They hold no state of the partition that this epoch may
+    /// rely on (F5).
+    pub fn added(&self) -> impl Iterator<Item = &NodeId> {
+        self.next.iter().filter(|n| !self.members.contains(n))
+    }
+
+    /// Checks a config that came from the network: members present, distinct, within the
+    /// replication bound.
+    pub fn validate(&self, partitions: u32) -> Result<(), String> {
+        if self.partition >= partitions {
+            return Err(format!("partition {} of {partitions}", self.partition));
+        }
+        let max = crate::config::REPLICATION_MAX as usize;
+        if self.members.is_empty() || self.members.len() > max || self.next.len() > max {
+            return Err("a config needs 1 to 64 members".into());
+        }
+        let all = self.acceptors();
+        if all.len() > max {
+            return Err("a joint config has at most 64 acceptors".into());
+        }
+        for list in [&self.members, &self.next] {
+            let mut sorted = list.clone();
+            sorted.sort();
+            sorted.dedup();
+            if sorted.len() != list.len() {
+                return Err("a member is listed twice".into());
+            }
+        }
+        let mut spelled: Vec<&NodeId> = self.spells.iter().map(|(n, _)| n).collect();
+        spelled.sort();
+        spelled.dedup();
+        let mut sorted: Vec<&NodeId> = all.iter().collect();
+        sorted.sort();
+        if spelled != sorted || self.spells.len() != all.len() {
+            return Err("every acceptor needs exactly one spell".into());
+        }
+        if self.spells.iter().any(|(_, s)| *s == 0 || *s > self.epoch) {
+            return Err("a spell begins between epoch 1 and the config's epoch".into());
+        }
+        Ok(())
     }
 }
 
@@ -122,9 +238,8 @@ impl PartitionMap {
         assert!(!nodes.is_empty(), "a cluster needs at least one node");
         assert!(partitions.is_power_of_two(), "P must be a power of two");
         let k = (replication.max(1) as usize).min(nodes.len());
-        let configs = (0..partitions)
-            .map(|p| PartitionConfig { partition: p, epoch: 1, members: desired_members(p, nodes, k) })
-            .collect::<Vec<_>>();
+        let configs =
+            (0..partitions).map(|p| PartitionConfig::founding(p, desired_members(p, nodes, k))).collect::<Vec<_>>();
         let refs = configs.iter().map(PartitionConfig::epoch_ref).collect();
         PartitionMap { configs, refs }
     }
@@ -154,18 +269,16 @@ impl PartitionMap {
         self.configs.iter()
     }
 
-    /// Adopts `config` if it is newer than the one held. Returns whether it changed.
-    pub fn adopt(&mut self, config: PartitionConfig) -> bool {
-        let Some(slot) = self.configs.get_mut(config.partition as usize) else {
-            return false;
-        };
-        let too_many = config.members.len() > crate::config::REPLICATION_MAX as usize;
-        if config.epoch <= slot.epoch || config.members.is_empty() || too_many {
-            return false;
+    /// Adopts `config` if it is newer than the one held and well formed. Returns the
+    /// config it replaced, if it changed.
+    pub fn adopt(&mut self, config: PartitionConfig) -> Option<PartitionConfig> {
+        let partitions = self.partitions();
+        let slot = self.configs.get_mut(config.partition as usize)?;
+        if config.epoch <= slot.epoch || config.validate(partitions).is_err() {
+            return None;
         }
         self.refs[config.partition as usize] = config.epoch_ref();
-        *slot = config;
-        true
+        Some(std::mem::replace(slot, config))
     }
 }
 
@@ -182,7 +295,7 @@ mod tests {
         // (members, quorum, failures tolerated)
         let table = [(1, 1, 0), (2, 2, 0), (3, 2, 1), (4, 3, 1), (5, 3, 2), (6, 4, 2), (7, 4, 3)];
         for (members, quorum, tolerated) in table {
-            let config = PartitionConfig { partition: 0, epoch: 1, members: nodes(members) };
+            let config = PartitionConfig::founding(0, nodes(members));
             let q = config.quorum_set();
             assert!(q.is_quorum(crate::quorum::MemberSet::first(quorum)), "{members} members");
             assert!(!q.is_quorum(crate::quorum::MemberSet::first(quorum - 1)), "{members} members");
@@ -266,13 +379,21 @@ mod tests {
         let mut newer = map.config(1).clone();
         newer.epoch = 2;
         newer.members.reverse();
-        assert!(map.adopt(newer.clone()));
+        assert!(map.adopt(newer.clone()).is_some());
+        let founding = |p, members| PartitionConfig { epoch: 9, ..PartitionConfig::founding(p, members) };
         assert_eq!(map.config(1), &newer);
         assert_eq!(map.epoch_ref(1), newer.epoch_ref());
         let mut older = newer.clone();
         older.epoch = 1;
-        assert!(!map.adopt(older));
-        assert!(!map.adopt(PartitionConfig { partition: 2, epoch: 9, members: vec![] }));
-        assert!(!map.adopt(PartitionConfig { partition: 99, epoch: 9, members: nodes(1) }));
+        assert!(map.adopt(older).is_none());
+        assert!(map.adopt(founding(2, vec![])).is_none());
+        assert!(map.adopt(founding(99, nodes(1))).is_none());
+        let mut twice = nodes(2);
+        twice.push(twice[0].clone());
+        assert!(map.adopt(founding(2, twice)).is_none());
+        let mut unspelled = founding(2, nodes(2));
+        unspelled.spells.pop();
+        assert!(map.adopt(unspelled).is_none());
+        assert!(map.adopt(founding(2, nodes(2))).is_some());
     }
 }

@@ -10,6 +10,9 @@
 //! - `f` + partition (4 bytes, big-endian) → the partition's GC floor ballot (R8)
 //! - `a` + partition (4 bytes, big-endian) → the abort watermarks of the keys GC removed
 //!   from it (R6, R8)
+//! - `c` + partition (4 bytes, big-endian) → the partition's chosen config, once it
+//!   changed from the founding one (F6)
+//! - `d` + partition (4 bytes, big-endian) → the partition's decree instance state (F1)
 //! - `m/restart` → the node's restart counter (R1)
 //! - `m/promise-ceiling` → a ballot at or above every promise the node sent (R4)
 
@@ -153,6 +156,20 @@ pub fn register_key_into(out: &mut Vec<u8>, partition: PartitionId, key: &[u8]) 
 /// that garbage collection removed from it (a postcard `Vec<OpId>`, one per node).
 pub fn aborts_key(partition: PartitionId) -> Vec<u8> {
     let mut k = vec![b'a'];
+    k.extend_from_slice(&partition.to_be_bytes());
+    k
+}
+
+/// The silo key of a partition's chosen config.
+pub fn config_key(partition: PartitionId) -> Vec<u8> {
+    let mut k = vec![b'c'];
+    k.extend_from_slice(&partition.to_be_bytes());
+    k
+}
+
+/// The silo key of a partition's decree instance state.
+pub fn decree_key(partition: PartitionId) -> Vec<u8> {
+    let mut k = vec![b'd'];
     k.extend_from_slice(&partition.to_be_bytes());
     k
 }

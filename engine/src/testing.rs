@@ -84,6 +84,8 @@ struct Slot {
     durable_at: Instant,
     /// Client requests submitted here and not yet answered.
     in_flight: BTreeSet<RequestId>,
+    /// A bug planted in this node from its next start on.
+    bug: Option<crate::config::PlantedBug>,
 }
 
 /// The harness. See the module docs.
@@ -104,6 +106,10 @@ pub struct Sim {
     lost: Vec<(usize, RequestId)>,
     next_request: u64,
     tune: fn(&mut Config),
+    /// The live nodes every node is told about (`None`: membership never reported).
+    membership: Option<Vec<NodeId>>,
+    /// Nodes of the initial list; later ones joined.
+    founders: usize,
     /// Messages delivered so far.
     pub delivered: u64,
     /// Persist batches emitted so far, all nodes together.
@@ -129,6 +135,7 @@ impl Sim {
                 skew: Duration::from_micros(rng.next_u64() % 1_000_000),
                 durable_at: Instant::ZERO,
                 in_flight: BTreeSet::new(),
+                bug: None,
             })
             .collect();
         let mut sim = Sim {
@@ -147,6 +154,8 @@ impl Sim {
             lost: Vec::new(),
             next_request: 0,
             tune,
+            membership: None,
+            founders: n,
             delivered: 0,
             batches: 0,
         };
@@ -158,13 +167,57 @@ impl Sim {
 
     fn start(&mut self, i: usize) {
         let mut cfg = Config::new(self.ids[i].clone(), self.params.clone());
+        cfg.join = i >= self.founders;
         (self.tune)(&mut cfg);
+        if let Some(bug) = self.slots[i].bug {
+            cfg.planted_bug = Some(bug);
+        }
         let seed = self.rng.next_u64();
         let now = self.local_now(i);
         // The harness only builds valid configs over readable memory storage.
-        let node = Node::new(cfg, self.slots[i].storage.clone(), seed, now).expect("node starts");
+        let mut node = Node::new(cfg, self.slots[i].storage.clone(), seed, now).expect("node starts");
+        if let Some(live) = &self.membership {
+            node.handle_membership(live.clone(), now);
+        }
         self.slots[i].node = Some(node);
         self.drain(i);
+    }
+
+    /// Starts a new node `n<len>` with an empty silo that joins the cluster; it takes
+    /// partitions once it is in the membership ([`Sim::set_membership`]). Returns its index.
+    pub fn add_node(&mut self) -> usize {
+        let i = self.slots.len();
+        self.ids.push(NodeId::initial(format!("n{i}")));
+        self.slots.push(Slot {
+            node: None,
+            storage: Arc::new(MemoryStorage::new()),
+            life: 0,
+            skew: Duration::from_micros(self.rng.next_u64() % 1_000_000),
+            durable_at: Instant::ZERO,
+            in_flight: BTreeSet::new(),
+            bug: None,
+        });
+        self.start(i);
+        i
+    }
+
+    /// Plants `bug` in node `i` from its next start on (crash and restart it to plant it now).
+    pub fn plant(&mut self, i: usize, bug: crate::config::PlantedBug) {
+        self.slots[i].bug = Some(bug);
+    }
+
+    /// Tells every running node (and every node that starts later) that the nodes
+    /// `live` are the membership: what a membership service would report.
+    pub fn set_membership(&mut self, live: &[usize]) {
+        let ids: Vec<NodeId> = live.iter().map(|&i| self.ids[i].clone()).collect();
+        self.membership = Some(ids.clone());
+        for i in 0..self.slots.len() {
+            let now = self.local_now(i);
+            if let Some(node) = self.slots[i].node.as_mut() {
+                node.handle_membership(ids.clone(), now);
+            }
+            self.drain(i);
+        }
     }
 
     fn local_now(&self, i: usize) -> Instant {
@@ -328,8 +381,12 @@ impl Sim {
                     return;
                 };
                 self.delivered += 1;
-                // Messages between nodes of one sim are well formed.
-                node.handle_envelope(*envelope, now).expect("valid envelope");
+                // Messages between nodes of one sim are well formed; a node that restarted
+                // since another left the membership may not know it any more, and refuses
+                // its messages as the runtime would (they are lost).
+                if let Err(e) = node.handle_envelope(*envelope, now) {
+                    assert!(matches!(e, crate::message::PeerError::UnknownSender(_)), "invalid envelope: {e}");
+                }
                 self.drain(to);
             }
             Event::Durable { node: i, life, batch } => {

@@ -46,6 +46,13 @@ fn tune(cfg: &mut memo_engine::Config) {
     cfg.register_cache_bytes_max = 2048;
 }
 
+fn tune_elastic(cfg: &mut memo_engine::Config) {
+    tune(cfg);
+    cfg.rebalance_interval = Duration::from_millis(20);
+    cfg.rebalance_delay = Duration::from_millis(100);
+    cfg.copy_page_keys = 2;
+}
+
 fn tune_stale_reads(cfg: &mut memo_engine::Config) {
     tune(cfg);
     cfg.planted_bug = Some(memo_engine::config::PlantedBug::ReadFromOneReplica);
@@ -173,11 +180,53 @@ impl Run {
         }
     }
 
-    fn liveness_phase(&mut self, rounds: usize) {
+    /// Lets the clients finish, deletes every key through node 1 and waits until the
+    /// tombstones are collected (with no faults), so a member that comes back holds the
+    /// only copies of values deleted since (F5's counterexample).
+    fn delete_all_and_collect(&mut self) {
+        self.sim.run_for(Duration::from_secs(2));
+        self.collect();
+        for key in KEYS {
+            let op = self.history.invoke(1000, key, Command::Delete, self.now());
+            let reply = self.sim.call(1, Request::delete(key), Duration::from_secs(5));
+            let outcome = match reply.map(|r| r.result) {
+                Some(Ok(Response::Done)) => Outcome::Ok,
+                Some(Err(KvError::NotFound)) => Outcome::NotFound,
+                Some(Err(KvError::Unavailable(message))) => memo_lincheck::promise_of_unavailable(&message),
+                _ => Outcome::Unknown,
+            };
+            self.history.complete(op, outcome, self.now());
+        }
+        self.sim.run_for(Duration::from_secs(1));
+        self.collect();
+    }
+
+    /// Reads every key through every node, one at a time, into the history.
+    fn fetch_all(&mut self) {
+        for node in 0..self.sim.len() {
+            for key in KEYS {
+                let op = self.history.invoke(1001, key, Command::Fetch, self.now());
+                let reply = self.sim.call(node, Request::fetch(key), Duration::from_secs(5));
+                let outcome = match reply.map(|r| r.result) {
+                    Some(Ok(Response::Value(v))) => Outcome::Value(v),
+                    Some(Err(KvError::NotFound)) => Outcome::NotFound,
+                    _ => Outcome::Unknown,
+                };
+                self.history.complete(op, outcome, self.now());
+            }
+        }
+    }
+
+    /// Heals every link and restarts every crashed node.
+    fn heal(&mut self) {
         self.sim.heal();
         for i in 0..self.sim.len() {
             self.sim.restart(i);
         }
+    }
+
+    fn liveness_phase(&mut self, rounds: usize) {
+        self.heal();
         self.sim.faults = Faults::none();
         // Let in-flight requests drain (their outcome may be unknown).
         self.sim.run_for(Duration::from_secs(3));
@@ -196,9 +245,62 @@ impl Run {
         assert!(self.clients.iter().all(|c| c.in_flight.is_none()), "every request got an answer");
     }
 
+    /// The newest config of partition `p` that any of the `live` nodes holds.
+    fn newest_config(&self, live: &[usize], p: u32) -> Option<memo_engine::placement::PartitionConfig> {
+        live.iter().filter_map(|&i| self.sim.node(i)).map(|n| n.map().config(p).clone()).max_by_key(|c| c.epoch)
+    }
+
+    /// Runs until every live node holds, for every partition, the settled config of its
+    /// desired members (at most `limit` of simulated time).
+    fn settle(&mut self, live: &[usize], k: usize, limit: Duration) {
+        let ids: Vec<_> = live.iter().map(|&i| self.sim.ids()[i].clone()).collect();
+        let until = self.sim.now() + limit;
+        loop {
+            // Per partition: the newest config any live node holds must be settled on the
+            // desired members, and every one of them must hold it (a node that is no
+            // member may hold an older one: it learns when it next routes to the key).
+            let newest = |p: u32| self.newest_config(live, p);
+            let settled = (0..8).all(|p| {
+                let Some(c) = newest(p) else { return true };
+                let desired = memo_engine::placement::desired_members(c.partition, &ids, k);
+                !c.is_joint()
+                    && c.members == desired
+                    && c.members
+                        .iter()
+                        .all(|m| self.sim.node(self.sim.index_of(m)).is_none_or(|n| n.map().config(p).epoch == c.epoch))
+            });
+            if settled {
+                return;
+            }
+            if self.sim.now() >= until {
+                for &i in live {
+                    let Some(node) = self.sim.node(i) else { continue };
+                    eprintln!("node {i}: {:?} {:?}\n  {}", node.move_stats(), node.moves(), node.moves_debug());
+                    for c in node.map().iter() {
+                        let desired = memo_engine::placement::desired_members(c.partition, &ids, k);
+                        if c.is_joint() || c.members != desired {
+                            eprintln!(
+                                "  p{} e{} {:?} -> {:?} (desired {:?})",
+                                c.partition, c.epoch, c.members, c.next, desired
+                            );
+                        }
+                    }
+                }
+                panic!("the partitions did not settle in time");
+            }
+            self.sim.run_for(Duration::from_millis(100));
+            self.collect();
+        }
+    }
+
     fn converge(&mut self) {
+        self.converge_at(0)
+    }
+
+    /// A final write to every key through node `at`, then every replica must hold it.
+    fn converge_at(&mut self, at: usize) {
         for key in KEYS {
-            let reply = self.sim.call(0, Request::upsert(key, "final"), Duration::from_secs(5));
+            let reply = self.sim.call(at, Request::upsert(key, "final"), Duration::from_secs(5));
             if !matches!(reply.as_ref().map(|r| &r.result), Some(Ok(Response::Done))) {
                 for i in 0..self.sim.len() {
                     eprintln!("node {i}: {:?}", self.sim.node(i).map(|n| n.stats().clone()));
@@ -209,7 +311,7 @@ impl Run {
         self.sim.run_for(Duration::from_secs(2));
         for key in KEYS {
             let p = partition_of(key.as_bytes(), 8);
-            let members = self.sim.node(0).unwrap().map().config(p).members.clone();
+            let members = self.sim.node(at).unwrap().map().config(p).members.clone();
             let regs: Vec<Option<Register>> = members
                 .iter()
                 .map(|m| {
@@ -256,8 +358,11 @@ fn run_seed(nodes: usize, k: u32, seed: u64) {
 /// The seeds to run: `MEMO_SEEDS` of them (default 12) from `base`.
 #[allow(clippy::disallowed_methods)] // the seed count is test configuration, not engine input
 fn seeds(base: u64) -> impl Iterator<Item = u64> {
-    let n: u64 = std::env::var("MEMO_SEEDS").ok().and_then(|s| s.parse().ok()).unwrap_or(12);
-    base..base + n
+    let var = |name: &str| std::env::var(name).ok().and_then(|s| s.parse::<u64>().ok());
+    let n = var("MEMO_SEEDS").unwrap_or(12);
+    // `MEMO_SEED=s` replays one seed of every test, `s` counted from the test's base.
+    let base = base + var("MEMO_SEED").unwrap_or(0);
+    base..base + if var("MEMO_SEED").is_some() { 1 } else { n }
 }
 
 #[test]
@@ -279,6 +384,88 @@ fn five_nodes_with_five_replicas_stay_linearizable() {
     for seed in seeds(3000) {
         run_seed(5, 5, seed);
     }
+}
+
+/// Elasticity under faults: three nodes serve clients; two nodes join; one of them (n3, a
+/// member of the keys' partitions) leaves, and once the partitions moved off it, every key
+/// is deleted and its tombstone collected, then n3 comes back with the data it held.
+/// Meanwhile messages are lost, links cut and nodes (the new ones included) crash and
+/// restart. Every history is linearizable, every partition ends on its desired members,
+/// and every replica holds the final writes.
+fn run_elastic(seed: u64, tune: fn(&mut memo_engine::Config)) -> Run {
+    eprintln!("elastic run, seed {seed}");
+    let mut run = Run::tuned(3, 3, 6, seed, tune);
+    run.sim.set_membership(&[0, 1, 2]);
+    run.safety_phase(60);
+    run.sim.add_node();
+    run.sim.add_node();
+    run.sim.set_membership(&[0, 1, 2, 3, 4]);
+    run.safety_phase(300);
+    run.sim.set_membership(&[0, 1, 2, 4]);
+    run.safety_phase(200);
+    // Let the leave finish: n3 holds no partition any more.
+    run.heal();
+    run.settle(&[0, 1, 2, 4], 3, Duration::from_secs(60));
+    let configs: Vec<_> = (0..8).filter_map(|p| run.newest_config(&[0, 1, 2, 4], p)).collect();
+    let n3 = run.sim.ids()[3].clone();
+    assert!(configs.iter().all(|c| !c.contains(&n3)), "seed {seed}: the node that left holds no partition");
+    run.safety_phase(200);
+    run.delete_all_and_collect();
+    // It returns, with its old data: the partitions it gets back are wiped first (F5).
+    run.sim.set_membership(&[0, 1, 2, 3, 4]);
+    run.heal();
+    run.settle(&[0, 1, 2, 3, 4], 3, Duration::from_secs(60));
+    run.fetch_all();
+    run.safety_phase(300);
+    run
+}
+
+#[test]
+fn nodes_join_leave_and_return_under_faults_and_every_history_stays_linearizable() {
+    for seed in seeds(4000) {
+        let mut run = run_elastic(seed, tune_elastic);
+        run.liveness_phase(40);
+        run.settle(&[0, 1, 2, 3, 4], 3, Duration::from_secs(60));
+        run.check(seed);
+        run.converge_at(1);
+        let configs: Vec<_> = (0..8).filter_map(|p| run.newest_config(&[0, 1, 2, 3, 4], p)).collect();
+        for joined in &run.sim.ids()[3..] {
+            assert!(configs.iter().any(|c| c.contains(joined)), "seed {seed}: {joined} holds partitions");
+        }
+    }
+}
+
+fn tune_final_without_copy(cfg: &mut memo_engine::Config) {
+    tune_elastic(cfg);
+    cfg.planted_bug = Some(memo_engine::config::PlantedBug::FinalWithoutCopy);
+}
+
+fn tune_no_wipe(cfg: &mut memo_engine::Config) {
+    tune_elastic(cfg);
+    cfg.planted_bug = Some(memo_engine::config::PlantedBug::NoWipeOnAdd);
+}
+
+/// The elastic runs have teeth: with a reconfiguration rule broken in every node, some
+/// seed's history is not linearizable.
+fn finds_planted_elastic_bug(tune: fn(&mut memo_engine::Config), seeds: u64) -> u64 {
+    for seed in 0..seeds {
+        let run = run_elastic(9000 + seed, tune);
+        if run.violated() {
+            eprintln!("found at seed {seed}");
+            return seed;
+        }
+    }
+    panic!("no violation found in {seeds} seeds: the elastic runs lost their teeth");
+}
+
+#[test]
+fn the_elastic_runs_find_a_final_config_proposed_without_a_copy() {
+    finds_planted_elastic_bug(tune_final_without_copy, 30);
+}
+
+#[test]
+fn the_elastic_runs_find_a_returning_member_that_does_not_wipe() {
+    finds_planted_elastic_bug(tune_no_wipe, 100);
 }
 
 /// The checker has teeth: with a known bug planted in every node, the same fault runs

@@ -92,10 +92,22 @@ impl<S: Storage> Node<S> {
     /// The partition of `key` if `epoch` is its current config, else the refusal to send.
     fn fence(&self, key: &str, epoch: EpochRef) -> Result<PartitionId, Rejection> {
         let p = partition_of(key.as_bytes(), self.map.partitions());
-        if self.map.epoch_ref(p) != epoch {
-            return Err(Rejection::Config(self.map.config(p).clone()));
-        }
+        self.fence_partition(p, epoch)?;
         Ok(p)
+    }
+
+    /// Whether data operations of `partition` at `epoch` may run here: `epoch` must be the
+    /// config this node holds, this node one of its acceptors, and no decree for the next
+    /// epoch accepted here (F1).
+    pub(super) fn fence_partition(&self, p: PartitionId, epoch: EpochRef) -> Result<(), Rejection> {
+        let config = self.map.config(p);
+        if self.map.epoch_ref(p) != epoch || !config.contains(&self.cfg.me) {
+            return Err(Rejection::Config(config.clone()));
+        }
+        if self.reconfig.fenced(p, config.epoch) {
+            return Err(Rejection::Moving);
+        }
+        Ok(())
     }
 
     fn load(&mut self, partition: PartitionId, key: &str) -> Result<Register, Rejection> {
@@ -239,8 +251,8 @@ impl<S: Storage> Node<S> {
         let mut parts = Vec::with_capacity(partitions.len());
         let mut gate = None;
         for (p, epoch) in partitions {
-            let result = if self.map.epoch_ref(p) != epoch {
-                Err(Rejection::Config(self.map.config(p).clone()))
+            let result = if let Err(rejection) = self.fence_partition(p, epoch) {
+                Err(rejection)
             } else {
                 self.scan_partition(p, &range).inspect(|entries| {
                     for (k, _) in &entries.entries {
@@ -254,7 +266,7 @@ impl<S: Storage> Node<S> {
     }
 
     /// Keys of one partition in `range`, with their views, merging the overlay over the silo.
-    fn scan_partition(&mut self, p: PartitionId, range: &ScanRange) -> Result<ScanEntries, Rejection> {
+    pub(super) fn scan_partition(&mut self, p: PartitionId, range: &ScanRange) -> Result<ScanEntries, Rejection> {
         let limit = range.limit.clamp(1, 100_000) as usize;
         let from =
             if range.start.as_str() > range.prefix.as_str() { range.start.as_str() } else { range.prefix.as_str() };

@@ -126,11 +126,12 @@ impl<S: Storage> Node<S> {
         round.parts.clear();
         for config in self.map.iter() {
             let p = config.partition;
-            for m in &config.members {
+            let acceptors = config.acceptors();
+            for m in &acceptors {
                 per_node.entry(m.clone()).or_default().push((p, self.map.epoch_ref(p)));
             }
             let part = PartScan {
-                members: config.members.clone(),
+                members: acceptors,
                 quorum: config.quorum_set(),
                 replies: Vec::new(),
                 replied: MemberSet::EMPTY,
@@ -155,6 +156,7 @@ impl<S: Storage> Node<S> {
             return;
         }
         let mut failed = false;
+        let mut learned = Vec::new();
         for part in parts {
             let Some(ps) = round.parts.get_mut(&part.partition) else {
                 continue;
@@ -177,14 +179,18 @@ impl<S: Storage> Node<S> {
                     ps.refused.insert(index);
                     failed |= ps.vote() == VoteResult::Lost;
                     if let Rejection::Config(c) = rejection {
-                        self.map.adopt(c);
+                        learned.push(c);
                     }
                 }
             }
         }
+        let waiting = round.waiting;
+        for c in learned {
+            self.learn_config(&from, c);
+        }
         if failed {
             self.fail_list(id, "a partition refused the scan");
-        } else if round.waiting == 0 {
+        } else if waiting == 0 {
             self.lists.scans.remove(&scan);
             self.merge_scan(id, now);
         }

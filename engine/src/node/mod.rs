@@ -36,6 +36,7 @@ mod list;
 mod persist;
 mod proposer;
 mod read;
+mod reconfig;
 mod timers;
 
 use crate::KvError;
@@ -51,6 +52,7 @@ use rand_chacha::ChaCha8Rng;
 use rand_core::SeedableRng;
 use std::collections::{BTreeMap, VecDeque};
 
+pub use reconfig::{MoveStats, Moves};
 pub use timers::TimerReason;
 
 /// The runtime's name for a client request, echoed in its [`Reply`].
@@ -218,6 +220,7 @@ pub struct Node<S: Storage> {
     suspected: BTreeMap<NodeId, Instant>,
     /// Next sequence number of forwards to each primary.
     forward_seq: BTreeMap<NodeId, u64>,
+    reconfig: reconfig::Reconfig,
     stats: Stats,
 }
 
@@ -254,7 +257,7 @@ impl<S: Storage> Node<S> {
                 crate::config::REPLICATION_MAX
             )));
         }
-        if !params.initial_nodes.contains(&cfg.me) {
+        if !params.initial_nodes.contains(&cfg.me) && !cfg.join {
             return Err(StartError::Config(format!("{} is not in the initial node list", cfg.me)));
         }
         let mut nodes = BTreeMap::new();
@@ -267,8 +270,9 @@ impl<S: Storage> Node<S> {
         let map = PartitionMap::initial(params.partitions, params.replication, &params.initial_nodes);
         let mut persist = persist::Persist::default();
         let restart = persist.bump_restart(&storage, cfg.batch_writes_max, cfg.register_cache_bytes_max)?;
+        nodes.entry(cfg.me.clone()).or_insert_with(|| cfg.me.tag());
         let _ = now;
-        Ok(Node {
+        let mut node = Node {
             me_tag: cfg.me.tag(),
             cluster: params.cluster_id(),
             restart,
@@ -290,9 +294,12 @@ impl<S: Storage> Node<S> {
             forwards: acceptor::ForwardWindows::default(),
             suspected: BTreeMap::new(),
             forward_seq: BTreeMap::new(),
+            reconfig: reconfig::Reconfig::default(),
             stats: Stats::default(),
             cfg,
-        })
+        };
+        node.load_reconfig()?;
+        Ok(node)
     }
 
     // ----- getters -----
@@ -565,6 +572,28 @@ impl<S: Storage> Node<S> {
             Message::ScanReply { id, partitions } => self.on_scan_reply(from, id, partitions, now),
             Message::Forward { id, seq, op, key, change } => self.on_forward(from, id, seq, op, key, change, now),
             Message::ForwardReply { id, result } => self.on_forward_reply(from, id, result),
+            Message::ConfigPrepare { partition, epoch, ballot } => {
+                self.on_config_prepare(from, partition, epoch, ballot)
+            }
+            Message::ConfigPromise { partition, ballot, result } => {
+                self.on_config_promise(from, partition, ballot, result, now)
+            }
+            Message::ConfigAccept { partition, epoch, ballot, proposal } => {
+                self.on_config_accept(from, partition, epoch, ballot, proposal, now)
+            }
+            Message::ConfigAccepted { partition, ballot, result } => {
+                self.on_config_accepted(from, partition, ballot, result, now)
+            }
+            Message::ConfigCommit { config } => self.on_config_commit(config),
+            Message::CopyScan { id, config, start, exclusive, limit } => {
+                self.on_copy_scan(from, id, config, start, exclusive, limit)
+            }
+            Message::CopyScanReply { id, result } => self.on_copy_scan_reply(from, id, result, now),
+            Message::MapDigest { epochs, reply } => self.on_map_digest(from, epochs, reply),
+            Message::CopyAborts { id, partition, epoch, aborted } => {
+                self.on_copy_aborts(from, id, partition, epoch, aborted)
+            }
+            Message::CopyAbortsAck { id, result } => self.on_copy_aborts_ack(from, id, result, now),
         }
     }
 
@@ -604,7 +633,51 @@ impl<S: Storage> Node<S> {
                 }
                 None
             }
-            Message::ScanReply { .. } | Message::ForwardReply { .. } => None,
+            Message::ConfigPrepare { partition, .. }
+            | Message::ConfigPromise { partition, .. }
+            | Message::ConfigAccepted { partition, .. } => {
+                if *partition >= self.map.partitions() {
+                    return Err(PeerError::Invalid("config message for an unknown partition".into()));
+                }
+                None
+            }
+            Message::ConfigAccept { partition, proposal: config, .. } => {
+                if *partition >= self.map.partitions() || config.partition != *partition {
+                    return Err(PeerError::Invalid("config message for an unknown partition".into()));
+                }
+                config.validate(self.map.partitions()).map_err(PeerError::Invalid)?;
+                None
+            }
+            Message::ConfigCommit { config } => {
+                config.validate(self.map.partitions()).map_err(PeerError::Invalid)?;
+                None
+            }
+            Message::CopyScan { config, start, .. } => {
+                config.validate(self.map.partitions()).map_err(PeerError::Invalid)?;
+                if !config.is_joint() {
+                    return Err(PeerError::Invalid("a copy scan names a joint config".into()));
+                }
+                if start.len() > KEY_BYTES_MAX {
+                    return Err(PeerError::Invalid("scan bound longer than a key".into()));
+                }
+                None
+            }
+            Message::CopyAborts { partition, aborted, .. } => {
+                if *partition >= self.map.partitions() || aborted.len() > 4096 {
+                    return Err(PeerError::Invalid("abort watermarks of an unknown partition, or too many".into()));
+                }
+                None
+            }
+            Message::MapDigest { epochs, .. } => {
+                if epochs.len() != self.map.partitions() as usize {
+                    return Err(PeerError::Invalid("a map digest has one epoch per partition".into()));
+                }
+                None
+            }
+            Message::ScanReply { .. }
+            | Message::ForwardReply { .. }
+            | Message::CopyScanReply { .. }
+            | Message::CopyAbortsAck { .. } => None,
         };
         if let Some(key) = key {
             validate_key(key).map_err(|e| PeerError::Invalid(e.to_string()))?;
@@ -639,6 +712,9 @@ impl<S: Storage> Node<S> {
             Timer::Read { read } => self.on_read_timeout(read, now),
             Timer::Gc { key } => self.on_gc_due(key, now),
             Timer::List { list } => self.on_list_timeout(list, now),
+            Timer::Rebalance => self.on_rebalance_tick(now),
+            Timer::Decree { partition, round } => self.on_decree_timeout(partition, round),
+            Timer::CopyScan { id } => self.on_copy_scan_timeout(id),
         }
     }
 }

@@ -25,8 +25,8 @@
 //! and its Promise is held only for the key's earlier reported writes (the view it
 //! carries); a Prepare above it raises the ceiling by [`PROMISE_CEILING_ROUNDS`] rounds, in
 //! the open batch, and its Promise waits for that batch. After a restart, every register
-//! this life loads promises at least the previous life's ceiling (`life_floor`), so a
-//! promise lost in the crash is still kept. A volatile promise is written with the key's
+//! this life loads promises at least the previous life's ceiling round at its partition's
+//! current epoch (`life_floor_at`), so a promise lost in the crash is still kept. A volatile promise is written with the key's
 //! next reported write (an Accept, usually a round trip later) or, if the entry is
 //! evicted first, by the eviction itself, so it is never forgotten within a life either.
 //! The price: after a restart, each proposer's first ballot on this node is refused once
@@ -109,9 +109,11 @@ pub(super) struct Persist {
     aborts: Vec<Option<Vec<OpId>>>,
     /// A reused buffer for silo keys.
     scratch: Vec<u8>,
-    /// The previous life's promise ceiling: every register loaded in this life promises at
-    /// least this.
+    /// The previous life's promise ceiling: every register promises at least its round in
+    /// this life (`life_floor_at`).
     life_floor: Ballot,
+    /// Each partition's config epoch (`set_epoch`; 1 until set).
+    epochs: Vec<u64>,
     /// At or above every promise sent in this life (durable once `ceiling_batch` is).
     ceiling: Ballot,
     /// The batch that writes `ceiling`.
@@ -161,19 +163,46 @@ impl Persist {
     /// Makes the promise ceiling cover a promise of `ballot`, raising it (in the open
     /// batch) if needed. Returns the batch a Promise of `ballot` must wait for.
     pub(super) fn cover_promise(&mut self, ballot: Ballot) -> Option<BatchId> {
-        if ballot > self.ceiling {
+        // Rounds, not ballots: the ceiling covers every partition whatever its epoch (see
+        // `life_floor_at`).
+        if ballot.round > self.ceiling.round {
             self.ceiling = ceiling_above(ballot);
+            self.ceiling.epoch = self.ceiling.epoch.max(self.life_floor.epoch);
             self.open.push((storage::PROMISE_CEILING_KEY.to_vec(), Some(storage::encode_ballot(&self.ceiling))));
             self.ceiling_batch = self.open_id;
         }
         (self.ceiling_batch > self.durable).then_some(self.ceiling_batch)
     }
 
-    /// A register read from the silo, or the absent one: promises at least `life_floor`.
-    fn loaded(&self, register: Option<Register>, floor: Ballot) -> Register {
+    /// A register read from the silo, or the absent one: promises at least the life floor.
+    fn loaded(&self, partition: PartitionId, register: Option<Register>, floor: Ballot) -> Register {
         let mut register = register.unwrap_or_else(|| Register::absent(floor));
-        register.promised = register.promised.max(self.life_floor);
+        register.promised = register.promised.max(self.life_floor_at(partition));
         register
+    }
+
+    /// The partition's config epoch changed: its registers promise at least the life
+    /// floor at that epoch from now on.
+    pub(super) fn set_epoch(&mut self, partition: PartitionId, epoch: u64) {
+        let i = partition as usize;
+        if self.epochs.len() <= i {
+            self.epochs.resize(i + 1, 1);
+        }
+        self.epochs[i] = epoch;
+    }
+
+    /// What every register of `partition` promises at least in this life: the previous
+    /// life's ceiling round, at the partition's current epoch. A promise sent in an earlier
+    /// life was at some epoch `e` and a round at or below the ceiling's; at the epoch the
+    /// partition has now (never below `e`: a promise is only released once its config is
+    /// durable or covered by a higher one) this floor is above it. Promises of older
+    /// epochs need no floor: their messages are refused by the epoch fence.
+    fn life_floor_at(&self, partition: PartitionId) -> Ballot {
+        if self.life_floor == Ballot::ZERO {
+            return Ballot::ZERO;
+        }
+        let epoch = self.epochs.get(partition as usize).copied().unwrap_or(1);
+        Ballot { epoch, round: self.life_floor.round, node: crate::ids::NodeTag(u64::MAX), restart: u64::MAX }
     }
 
     /// Entries in the register cache, and their approximate bytes.
@@ -191,13 +220,15 @@ impl Persist {
         let sk = storage::register_key(partition, key.as_bytes());
         if let Some(e) = self.cache.get(&sk) {
             if let Some(r) = &e.register {
-                return Ok(r.clone());
+                let mut r = r.clone();
+                r.promised = r.promised.max(self.life_floor_at(partition));
+                return Ok(r);
             }
             let floor = self.floor(silo, partition)?;
-            return Ok(self.loaded(None, floor));
+            return Ok(self.loaded(partition, None, floor));
         }
         let register = match silo.get(&sk)? {
-            Some(bytes) => Some(self.loaded(Some(storage::decode_register(&bytes)?), Ballot::ZERO)),
+            Some(bytes) => Some(self.loaded(partition, Some(storage::decode_register(&bytes)?), Ballot::ZERO)),
             None => None,
         };
         let bytes = entry_bytes(&sk, register.as_ref());
@@ -206,7 +237,7 @@ impl Persist {
             Some(r) => r.clone(),
             None => {
                 let floor = self.floor(silo, partition)?;
-                self.loaded(None, floor)
+                self.loaded(partition, None, floor)
             }
         };
         self.cache.insert(sk, Entry { batch: 0, gate: 0, register, bytes, volatile: false });
@@ -226,6 +257,7 @@ impl Persist {
         f: impl FnOnce(&mut Register, Ballot) -> (R, Option<Write>),
     ) -> Result<(R, Option<BatchId>), StorageError> {
         let floor = self.floor(silo, partition)?;
+        let life_floor = self.life_floor_at(partition);
         if self.open.len() >= self.batch_writes_max {
             self.close();
         }
@@ -237,11 +269,7 @@ impl Persist {
             std::collections::btree_map::Entry::Vacant(e) => {
                 // On an error the buffer is dropped; the next call allocates a new one.
                 let register = match silo.get(&sk)? {
-                    Some(bytes) => {
-                        let mut register = storage::decode_register(&bytes)?;
-                        register.promised = register.promised.max(self.life_floor);
-                        Some(register)
-                    }
+                    Some(bytes) => Some(storage::decode_register(&bytes)?),
                     None => None,
                 };
                 let bytes = entry_bytes(&sk, register.as_ref());
@@ -250,8 +278,9 @@ impl Persist {
             }
         };
         let was_absent = entry.register.is_none();
-        let absent = Register { promised: floor.max(self.life_floor), accepted: None, committed: false };
+        let absent = Register { promised: floor, accepted: None, committed: false };
         let mut register = entry.register.take().unwrap_or(absent);
+        register.promised = register.promised.max(life_floor);
         let (result, write) = f(&mut register, floor);
         match write {
             None if was_absent => {}
@@ -393,7 +422,7 @@ impl Persist {
     }
 
     /// Replaces a partition's abort watermarks, in the open batch.
-    pub(super) fn put_partition_aborts(&mut self, partition: PartitionId, aborts: Vec<OpId>) {
+    pub(super) fn put_partition_aborts(&mut self, partition: PartitionId, aborts: Vec<OpId>) -> BatchId {
         let i = partition as usize;
         if self.aborts.len() <= i {
             self.aborts.resize(i + 1, None);
@@ -401,6 +430,17 @@ impl Persist {
         let bytes = postcard::to_stdvec(&aborts).expect("op ids encode");
         self.aborts[i] = Some(aborts);
         self.open.push((storage::aborts_key(partition), Some(bytes)));
+        self.open_id
+    }
+
+    /// Writes (`None`: deletes) a silo key outside the register space, in the open batch;
+    /// returns that batch.
+    pub(super) fn put_raw(&mut self, key: Vec<u8>, value: Option<Vec<u8>>) -> BatchId {
+        if self.open.len() >= self.batch_writes_max {
+            self.close();
+        }
+        self.open.push((key, value));
+        self.open_id
     }
 
     /// Raises a partition's floor, in the open batch.

@@ -92,13 +92,20 @@ struct Slot {
     backing_off: bool,
     failures: u32,
     gc_due: bool,
+    /// A copier wants the key copied under this joint epoch (F3).
+    copy_due: Option<EpochRef>,
     /// The key's partition, computed once.
     partition: Option<crate::placement::PartitionId>,
 }
 
 impl Slot {
     fn idle(&self) -> bool {
-        self.fast.is_none() && self.active.is_none() && self.queue.is_empty() && !self.backing_off && !self.gc_due
+        self.fast.is_none()
+            && self.active.is_none()
+            && self.queue.is_empty()
+            && !self.backing_off
+            && !self.gc_due
+            && self.copy_due.is_none()
     }
 }
 
@@ -150,6 +157,8 @@ enum Recovery {
 enum Work {
     Ops(Vec<Queued>),
     Gc,
+    /// The copier's identity round (F3): write the chosen state back to a joint quorum.
+    Copy,
 }
 
 enum Phase {
@@ -188,6 +197,10 @@ struct Attempt {
 }
 
 impl Attempt {
+    fn quorum_is_joint(&self) -> bool {
+        matches!(self.quorum, QuorumSet::Joint(..))
+    }
+
     /// The current phase's vote.
     fn vote(&self) -> VoteResult {
         match &self.phase {
@@ -217,7 +230,12 @@ impl Proposer {
         let victim = candidates
             .take(EVICTION_SCAN_MAX)
             .find(|(k, s)| {
-                k.as_str() != keep && s.active.is_none() && s.queue.is_empty() && !s.backing_off && !s.gc_due
+                k.as_str() != keep
+                    && s.active.is_none()
+                    && s.queue.is_empty()
+                    && !s.backing_off
+                    && !s.gc_due
+                    && s.copy_due.is_none()
             })
             .map(|(k, _)| k.clone());
         if let Some(victim) = victim {
@@ -331,7 +349,13 @@ impl<S: Storage> Node<S> {
             }
             now < *q.orphan_until.get_or_insert(now + window)
         });
-        let work = if let Some(front) = slot.queue.front() {
+        // A copy goes first: under steady writes to the key it would never run otherwise
+        // (a write chosen at the joint epoch also counts as the copy, see `chosen`).
+        let p = *slot.partition.get_or_insert_with(|| partition_of(key.as_bytes(), self.map.partitions()));
+        let copy = slot.copy_due.take().filter(|epoch| self.map.epoch_ref(p) == *epoch);
+        let work = if copy.is_some() {
+            Work::Copy
+        } else if let Some(front) = slot.queue.front() {
             let _ = front;
             let n = slot.queue.len().min(self.cfg.fold_max);
             Work::Ops(slot.queue.drain(..n).collect())
@@ -353,7 +377,7 @@ impl<S: Storage> Node<S> {
         let p = *slot.partition.get_or_insert_with(|| partition_of(key.as_bytes(), self.map.partitions()));
         let config = self.map.config(p);
         let epoch = self.map.epoch_ref(p);
-        let members = config.members.clone();
+        let members = config.acceptors();
         let quorum = config.quorum_set();
         self.proposer.next_attempt += 1;
         let id = self.proposer.next_attempt;
@@ -436,13 +460,11 @@ impl<S: Storage> Node<S> {
     }
 
     /// Records member `index`'s refusal; true if the phase can no longer succeed.
-    fn refused(&mut self, key: &str, index: usize, rejection: Rejection) -> bool {
+    fn refused(&mut self, key: &str, from: &NodeId, index: usize, rejection: Rejection) -> bool {
         match rejection {
             Rejection::Refused(Refusal::Promised(b)) => self.proposer.round = self.proposer.round.max(b.round),
-            Rejection::Config(c) => {
-                self.map.adopt(c);
-            }
-            Rejection::Refused(Refusal::BallotReused) | Rejection::Storage => {}
+            Rejection::Config(c) => self.learn_config(from, c),
+            Rejection::Refused(Refusal::BallotReused) | Rejection::Storage | Rejection::Moving => {}
         }
         let Some(a) = self.proposer.slots.get_mut(key).and_then(|s| s.active.as_mut()) else {
             return false;
@@ -475,7 +497,7 @@ impl<S: Storage> Node<S> {
                 }
             }
             Err(rejection) => {
-                if self.refused(&key, index, rejection) {
+                if self.refused(&key, &from, index, rejection) {
                     self.fail_attempt(&key, false, now);
                 }
             }
@@ -498,7 +520,22 @@ impl<S: Storage> Node<S> {
         let current = highest_state(views);
         let proven = read_rule_holds(views);
         let (state, answers, written, need, next) = match &a.work {
+            Work::Copy => {
+                if current.is_none() {
+                    // Nothing was ever chosen that a quorum remembers: nothing to copy.
+                    let epoch = a.epoch;
+                    self.answer_without_write(key, Vec::new(), now);
+                    self.copy_key_done(key, epoch, now);
+                    return;
+                }
+                (current.clone(), Vec::new(), Vec::new(), a.quorum, None)
+            }
             Work::Gc => {
+                if a.quorum_is_joint() {
+                    // R8: no collection while the partition moves; try again later.
+                    self.fail_attempt(key, false, now);
+                    return;
+                }
                 if !matches!(current, Some(State::Tombstone { .. })) {
                     // Reinserted since the Delete: nothing to collect.
                     self.abandon_gc(key, now);
@@ -590,7 +627,7 @@ impl<S: Storage> Node<S> {
                 let mut refused = a.refused;
                 refused.insert(index);
                 let all = refused == MemberSet::first(a.members.len());
-                if self.refused(&key, index, rejection) {
+                if self.refused(&key, &from, index, rejection) {
                     self.fail_attempt(&key, !all, now);
                 }
             }
@@ -631,6 +668,10 @@ impl<S: Storage> Node<S> {
             let laggards: Vec<NodeId> =
                 a.members.iter().enumerate().filter(|(i, _)| !a.acked.contains(*i)).map(|(_, m)| m.clone()).collect();
             self.send_all(&laggards, Message::Commit { key: key_s, epoch: a.epoch, accepted: proposal });
+        }
+        // Any state chosen at a joint epoch sits on a joint quorum: the key is copied.
+        if matches!(a.quorum, QuorumSet::Joint(..)) {
+            self.copy_key_done(key, a.epoch, now);
         }
         if let Work::Ops(ops) = a.work {
             let wrote_delete =
@@ -675,6 +716,7 @@ impl<S: Storage> Node<S> {
                     slot.queue.push_front(q);
                 }
             }
+            Work::Copy => slot.copy_due = Some(a.epoch),
             Work::Gc => {
                 // Some member is unreachable or busy: try again after another delay.
                 self.timers.set(now + self.cfg.gc_delay, Timer::Gc { key: key.to_string() });
@@ -708,6 +750,14 @@ impl<S: Storage> Node<S> {
         }
         self.proposer.gc_pending += 1;
         self.timers.set(now + self.cfg.gc_delay, Timer::Gc { key: key.to_string() });
+    }
+
+    /// Queues the copier's identity round of `key` under the key's current (joint) epoch.
+    pub(super) fn enqueue_copy(&mut self, key: String, now: Instant) {
+        let p = partition_of(key.as_bytes(), self.map.partitions());
+        let epoch = self.map.epoch_ref(p);
+        self.proposer.slots.entry(key.clone()).or_default().copy_due = Some(epoch);
+        self.pump(&key, now);
     }
 
     pub(super) fn on_gc_due(&mut self, key: String, now: Instant) {

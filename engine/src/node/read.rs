@@ -64,7 +64,7 @@ impl<S: Storage> Node<S> {
         let epoch = self.map.epoch_ref(p);
         self.reads.next += 1;
         let id = self.reads.next;
-        let members = config.members.clone();
+        let members = config.acceptors();
         let round = ReadRound {
             req,
             key: key.clone(),
@@ -114,7 +114,7 @@ impl<S: Storage> Node<S> {
                 round.refused.insert(index);
                 let hopeless = round.quorum.vote(round.viewed, round.refused) == VoteResult::Lost;
                 if let Rejection::Config(c) = rejection {
-                    self.map.adopt(c);
+                    self.learn_config(&from, c);
                 }
                 if hopeless {
                     self.read_fallback(attempt, now);

@@ -25,6 +25,12 @@ pub enum TimerReason {
     GarbageCollection,
     /// A List round did not complete.
     ListTimeout,
+    /// The rebalancer looks at its partitions.
+    Rebalance,
+    /// A config decree round did not complete.
+    DecreeTimeout,
+    /// A copy scan did not complete.
+    CopyScanTimeout,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -36,6 +42,9 @@ pub(super) enum Timer {
     Read { read: u64 },
     Gc { key: String },
     List { list: u64 },
+    Rebalance,
+    Decree { partition: crate::placement::PartitionId, round: u64 },
+    CopyScan { id: u64 },
 }
 
 impl Timer {
@@ -48,6 +57,9 @@ impl Timer {
             Timer::Read { .. } => TimerReason::ReadTimeout,
             Timer::Gc { .. } => TimerReason::GarbageCollection,
             Timer::List { .. } => TimerReason::ListTimeout,
+            Timer::Rebalance => TimerReason::Rebalance,
+            Timer::Decree { .. } => TimerReason::DecreeTimeout,
+            Timer::CopyScan { .. } => TimerReason::CopyScanTimeout,
         }
     }
 }

@@ -1,0 +1,184 @@
+//! One test per reconfiguration rule (docs/PROTOCOL.md, F3–F5), each built from the
+//! counterexample the rule prevents, and each run twice: as memo is, where the history is
+//! correct, and with the rule broken on purpose (`PlantedBug`), where the same schedule
+//! must produce the wrong answer. A test whose bug twin passes proves nothing.
+//!
+//! One partition (`P = 1`) keeps the schedules readable: founders `n0..n2` hold it as
+//! `[n1, n2, n0]`; with `n3` live instead of `n0`, its desired members are `n1, n3, n2`;
+//! without `n1`, `n0, n2, n3`.
+
+use memo_engine::config::PlantedBug;
+use memo_engine::message::Message;
+use memo_engine::testing::{Faults, Sim, Verdict};
+use memo_engine::{Config, KvError, Request, Response};
+use std::cell::Cell;
+use std::rc::Rc;
+use std::time::Duration;
+
+const LIMIT: Duration = Duration::from_secs(10);
+
+fn tune(cfg: &mut Config) {
+    cfg.round_timeout = Duration::from_millis(50);
+    cfg.request_timeout = Duration::from_millis(600);
+    cfg.forward_timeout = Duration::from_millis(200);
+    cfg.gc_delay = Duration::from_millis(100);
+    cfg.backoff_max = Duration::from_millis(5);
+    cfg.rebalance_interval = Duration::from_millis(20);
+    cfg.rebalance_delay = Duration::ZERO;
+}
+
+fn call(sim: &mut Sim, node: usize, req: Request) -> Result<Response, KvError> {
+    sim.call(node, req, LIMIT).expect("a reply within the limit").result
+}
+
+/// Runs until every live node's partition 0 is settled on `members` (as a set).
+fn settle_on(sim: &mut Sim, members: &[usize]) {
+    let want: Vec<_> = members.iter().map(|&i| sim.ids()[i].clone()).collect();
+    for _ in 0..200 {
+        let settled = members.iter().all(|&i| {
+            let c = sim.node(i).unwrap().map().config(0).clone();
+            !c.is_joint() && c.members.len() == want.len() && want.iter().all(|m| c.members.contains(m))
+        });
+        if settled {
+            return;
+        }
+        sim.run_for(Duration::from_millis(50));
+    }
+    panic!("partition 0 did not settle on {want:?}");
+}
+
+/// F5's counterexample: `n0` holds `k = old`, leaves the partition, `k` is deleted and its
+/// tombstone collected everywhere else, then `n0` is added back. Keeping its old register,
+/// it would answer a read quorum with `old` at the highest accepted ballot: the deleted
+/// value comes back. Returns what a read through `{n0, n1}` answers.
+fn returning_member_read(bug: Option<PlantedBug>, seed: u64) -> Result<Response, KvError> {
+    let mut sim = Sim::with_config(3, 1, 3, seed, Faults::none(), tune);
+    sim.set_membership(&[0, 1, 2]);
+    assert_eq!(call(&mut sim, 1, Request::upsert("k", "old")), Ok(Response::Done));
+    sim.run_for(Duration::from_millis(200));
+    let n3 = sim.add_node();
+    sim.set_membership(&[0, 1, 2, n3]);
+    settle_on(&mut sim, &[1, 2, n3]);
+    assert_eq!(call(&mut sim, 1, Request::delete("k")), Ok(Response::Done));
+    sim.run_for(Duration::from_secs(1)); // the tombstone is collected on n1, n2, n3
+    let collected = [1, 2, n3].iter().all(|&i| sim.node(i).unwrap().stats().keys_dropped > 0);
+    assert!(collected, "the tombstone was collected while n0 was away");
+    if let Some(bug) = bug {
+        // Planted only now: the move away from n0 above ran with the rule intact.
+        sim.crash(0);
+        sim.plant(0, bug);
+        sim.restart(0);
+    }
+    sim.set_membership(&[0, 1, 2]);
+    settle_on(&mut sim, &[0, 1, 2]);
+    sim.isolate(2); // the read quorum is {n0, n1}
+    call(&mut sim, 1, Request::fetch("k"))
+}
+
+#[test]
+fn f5_a_member_added_back_wipes_what_it_held_before() {
+    for seed in 0..4 {
+        assert_eq!(returning_member_read(None, seed), Err(KvError::NotFound), "seed {seed}");
+    }
+}
+
+#[test]
+fn f5_without_the_wipe_a_collected_value_comes_back() {
+    let read = returning_member_read(Some(PlantedBug::NoWipeOnAdd), 0);
+    assert_eq!(read, Ok(Response::Value(b"old".to_vec())), "the planted bug must resurrect the value");
+}
+
+fn is_config_message(msg: &Message) -> bool {
+    matches!(
+        msg,
+        Message::ConfigPrepare { .. }
+            | Message::ConfigAccept { .. }
+            | Message::ConfigCommit { .. }
+            | Message::MapDigest { .. }
+    )
+}
+
+/// F3's counterexample. The partition moves from `[n1, n2, n0]` to `{n0, n2, n3}` (n1 is
+/// no longer live; n2 rebalances). A write W of a new key, coordinated by n1, is accepted
+/// by n1 itself; its Accept to n2 is lost and its Accept to n0 delayed. The decree is
+/// chosen by n1 and n2 without n0 hearing of it, and the copier's scan reaches n2 and n0
+/// only. If n0 answers the scan without adopting the joint config, the scan misses W,
+/// and n0 then accepts the delayed Accept at the old epoch: W is chosen on {n1, n0} and
+/// acknowledged, but never copied, and the final members {n0, n2, n3} answer a read
+/// through {n2, n3} with NOT_FOUND. Returns W's answer and that read.
+fn unfenced_copier_run(bug: Option<PlantedBug>, seed: u64) -> (Result<Response, KvError>, Result<Response, KvError>) {
+    fn slow(cfg: &mut Config) {
+        tune(cfg);
+        cfg.round_timeout = Duration::from_secs(2); // W's attempt waits for its Accept
+        cfg.request_timeout = Duration::from_secs(8);
+    }
+    let mut sim = Sim::with_config(3, 1, 3, seed, Faults::none(), slow);
+    let n3 = sim.add_node();
+    if let Some(bug) = bug {
+        for i in 0..4 {
+            sim.crash(i);
+            sim.plant(i, bug);
+            sim.restart(i);
+        }
+    }
+    let config = sim.node(0).unwrap().map().config(0).clone();
+    let [a, b, c] = [0, 1, 2].map(|i| sim.index_of(&config.members[i]));
+    assert_eq!((a, b, c), (1, 2, 0), "placement of the founding config");
+    let scanned = Rc::new(Cell::new(false));
+    let seen = scanned.clone();
+    sim.set_filter(Box::new(move |from, to, env| {
+        let accept_of_w = matches!(&env.message, Message::Accept { key, .. } if key == "w");
+        match &env.message {
+            _ if accept_of_w && from == a && to == b => Verdict::Drop,
+            _ if accept_of_w && from == a && to == c && !seen.get() => Verdict::Hold,
+            m if to == c && is_config_message(m) => Verdict::Drop,
+            Message::CopyScan { .. } if to == a => Verdict::Drop,
+            Message::CopyScanReply { .. } if from == c => {
+                seen.set(true);
+                Verdict::Deliver
+            }
+            _ => Verdict::Deliver,
+        }
+    }));
+    let w = sim.submit(a, Request::insert("w", "v"));
+    sim.run_for(Duration::from_millis(20)); // n1 accepted W itself; its Accept to n0 waits
+    sim.set_membership(&[c, b, n3]);
+    for _ in 0..100 {
+        if scanned.get() {
+            break;
+        }
+        sim.run_for(Duration::from_millis(10));
+    }
+    assert!(scanned.get(), "the copier scanned n0");
+    sim.release_held(|_, _, _| true);
+    let mut answer = None;
+    for _ in 0..200 {
+        if let Some((_, r)) = sim.take_replies().into_iter().find(|(_, r)| r.id == w) {
+            answer = Some(r.result);
+            break;
+        }
+        sim.run_for(Duration::from_millis(50));
+    }
+    sim.clear_filter();
+    settle_on(&mut sim, &[c, b, n3]);
+    sim.isolate(c); // the read quorum is {n2, n3}
+    let read = call(&mut sim, b, Request::fetch("w"));
+    (answer.expect("W was answered"), read)
+}
+
+#[test]
+fn f3_the_copier_only_counts_members_fenced_at_the_joint_epoch() {
+    for seed in 0..4 {
+        let (w, read) = unfenced_copier_run(None, seed);
+        match w {
+            Ok(_) => assert_eq!(read, Ok(Response::Value(b"v".to_vec())), "seed {seed}: an acknowledged write"),
+            Err(e) => assert!(e.is_unknown_outcome(), "seed {seed}: {e}"),
+        }
+    }
+}
+
+#[test]
+fn f3_a_copier_that_reads_an_unfenced_member_loses_an_acknowledged_write() {
+    let (w, read) = unfenced_copier_run(Some(PlantedBug::CopierReadsUnfenced), 0);
+    assert_eq!((w, read), (Ok(Response::Done), Err(KvError::NotFound)), "the planted bug must lose W");
+}
