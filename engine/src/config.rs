@@ -108,6 +108,9 @@ pub struct Config {
     /// This node joins an existing cluster: it may be absent from the initial node list,
     /// and learns its partitions from the cluster.
     pub join: bool,
+    /// SWIM membership and failure detection (`crate::membership`). `None`: the live set
+    /// comes from `Node::handle_membership`, or never, for a static cluster.
+    pub membership: Option<crate::membership::MembershipConfig>,
     /// How often the node checks the partitions it rebalances.
     pub rebalance_interval: Duration,
     /// How long a partition's desired members must differ from its config before a move
@@ -144,6 +147,7 @@ impl Config {
             gc_pending_max: 100_000,
             list_scan_keys_max: 1024,
             join: false,
+            membership: None,
             rebalance_interval: Duration::from_secs(1),
             rebalance_delay: Duration::from_secs(10),
             moves_max: 4,

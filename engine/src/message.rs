@@ -110,8 +110,12 @@ pub enum Message {
     CopyAbortsAck { id: u64, result: Result<(), Rejection> },
     /// Anti-entropy of the partition map: the sender's epoch of every partition. The
     /// receiver sends back the configs it holds newer, and its own digest (with `reply`
-    /// set) if the sender holds some newer.
-    MapDigest { epochs: Vec<u64>, reply: bool },
+    /// set) if the sender holds some newer. `retired` are the members the sender knows
+    /// left or were removed (`crate::membership`, M2).
+    MapDigest { epochs: Vec<u64>, reply: bool, retired: Vec<crate::membership::Member> },
+    /// A SWIM datagram (`crate::membership`); accepted from nodes not known yet, since
+    /// that is how joining nodes introduce themselves.
+    Swim { data: Vec<u8> },
 }
 
 /// Which keys a scan covers: `start <= key` (or `start < key` when `exclusive`), keys

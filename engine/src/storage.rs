@@ -13,6 +13,8 @@
 //! - `c` + partition (4 bytes, big-endian) → the partition's chosen config, once it
 //!   changed from the founding one (F6)
 //! - `d` + partition (4 bytes, big-endian) → the partition's decree instance state (F1)
+//! - `n/` + node name → a member of the cluster as this node knows it: its SWIM identity and
+//!   whether it is up (M3)
 //! - `m/restart` → the node's restart counter (R1)
 //! - `m/promise-ceiling` → a ballot at or above every promise the node sent (R4)
 
@@ -171,6 +173,13 @@ pub fn config_key(partition: PartitionId) -> Vec<u8> {
 pub fn decree_key(partition: PartitionId) -> Vec<u8> {
     let mut k = vec![b'd'];
     k.extend_from_slice(&partition.to_be_bytes());
+    k
+}
+
+/// The silo key of a member record.
+pub fn member_key(name: &str) -> Vec<u8> {
+    let mut k = b"n/".to_vec();
+    k.extend_from_slice(name.as_bytes());
     k
 }
 

@@ -86,6 +86,8 @@ struct Slot {
     in_flight: BTreeSet<RequestId>,
     /// A bug planted in this node from its next start on.
     bug: Option<crate::config::PlantedBug>,
+    /// Killed for good: [`Sim::restart`] leaves it down.
+    gone: bool,
 }
 
 /// The harness. See the module docs.
@@ -110,6 +112,8 @@ pub struct Sim {
     membership: Option<Vec<NodeId>>,
     /// Nodes of the initial list; later ones joined.
     founders: usize,
+    /// SWIM runs on every node, with this eviction delay ([`Sim::with_swim`]).
+    swim: Option<Duration>,
     /// Messages delivered so far.
     pub delivered: u64,
     /// Persist batches emitted so far, all nodes together.
@@ -136,6 +140,7 @@ impl Sim {
                 durable_at: Instant::ZERO,
                 in_flight: BTreeSet::new(),
                 bug: None,
+                gone: false,
             })
             .collect();
         let mut sim = Sim {
@@ -156,6 +161,7 @@ impl Sim {
             tune,
             membership: None,
             founders: n,
+            swim: None,
             delivered: 0,
             batches: 0,
         };
@@ -168,6 +174,15 @@ impl Sim {
     fn start(&mut self, i: usize) {
         let mut cfg = Config::new(self.ids[i].clone(), self.params.clone());
         cfg.join = i >= self.founders;
+        if let Some(eviction_delay) = self.swim {
+            // Founders know each other; a node that joins knows node 0 only.
+            let seeds = if i < self.founders { (0..self.founders).collect() } else { vec![0] };
+            let seeds = seeds.into_iter().filter(|&j| j != i).map(|j| self.swim_member(j)).collect();
+            let mut m = crate::membership::MembershipConfig::new(format!("sim:{i}"), seeds);
+            m.eviction_delay = eviction_delay;
+            m.probe_period = Duration::from_millis(100);
+            cfg.membership = Some(m);
+        }
         (self.tune)(&mut cfg);
         if let Some(bug) = self.slots[i].bug {
             cfg.planted_bug = Some(bug);
@@ -183,6 +198,54 @@ impl Sim {
         self.drain(i);
     }
 
+    /// Like [`Sim::with_config`], with SWIM on every node (probes every 100 ms) and this
+    /// eviction delay: the live set comes from failure detection, not from
+    /// [`Sim::set_membership`].
+    pub fn with_swim(
+        n: usize,
+        partitions: u32,
+        k: u32,
+        seed: u64,
+        faults: Faults,
+        tune: fn(&mut Config),
+        eviction_delay: Duration,
+    ) -> Self {
+        let mut sim = Self::with_config(0, partitions, k, seed, faults, tune);
+        sim.swim = Some(eviction_delay);
+        sim.founders = n;
+        sim.ids = (0..n).map(|i| NodeId::initial(format!("n{i}"))).collect();
+        sim.params.initial_nodes = sim.ids.clone();
+        for _ in 0..n {
+            let skew = Duration::from_micros(sim.rng.next_u64() % 1_000_000);
+            sim.slots.push(Slot {
+                node: None,
+                storage: Arc::new(MemoryStorage::new()),
+                life: 0,
+                skew,
+                durable_at: Instant::ZERO,
+                in_flight: BTreeSet::new(),
+                bug: None,
+                gone: false,
+            });
+        }
+        for i in 0..n {
+            sim.start(i);
+        }
+        sim
+    }
+
+    fn swim_member(&self, j: usize) -> crate::membership::Member {
+        crate::membership::Member { node: self.ids[j].clone(), addr: format!("sim:{j}"), bump: 0, retired: false }
+    }
+
+    /// Runs `f` on node `i` (unless crashed) and sends what it emitted.
+    pub fn with_node<R>(&mut self, i: usize, f: impl FnOnce(&mut Node<Arc<MemoryStorage>>, Instant) -> R) -> Option<R> {
+        let now = self.local_now(i);
+        let r = f(self.slots[i].node.as_mut()?, now);
+        self.drain(i);
+        Some(r)
+    }
+
     /// Starts a new node `n<len>` with an empty silo that joins the cluster; it takes
     /// partitions once it is in the membership ([`Sim::set_membership`]). Returns its index.
     pub fn add_node(&mut self) -> usize {
@@ -196,6 +259,7 @@ impl Sim {
             durable_at: Instant::ZERO,
             in_flight: BTreeSet::new(),
             bug: None,
+            gone: false,
         });
         self.start(i);
         i
@@ -461,9 +525,15 @@ impl Sim {
         }
     }
 
-    /// Restarts a crashed node from its durable state.
+    /// Crashes node `i` for good: it never restarts (a machine that died).
+    pub fn kill(&mut self, i: usize) {
+        self.crash(i);
+        self.slots[i].gone = true;
+    }
+
+    /// Restarts a crashed node from its durable state (unless it was killed).
     pub fn restart(&mut self, i: usize) {
-        if self.slots[i].node.is_none() {
+        if self.slots[i].node.is_none() && !self.slots[i].gone {
             self.start(i);
         }
     }

@@ -33,6 +33,7 @@
 
 mod acceptor;
 mod list;
+mod members;
 mod persist;
 mod proposer;
 mod read;
@@ -52,6 +53,7 @@ use rand_chacha::ChaCha8Rng;
 use rand_core::SeedableRng;
 use std::collections::{BTreeMap, VecDeque};
 
+pub use members::MemberInfo;
 pub use reconfig::{MoveStats, Moves};
 pub use timers::TimerReason;
 
@@ -221,6 +223,8 @@ pub struct Node<S: Storage> {
     /// Next sequence number of forwards to each primary.
     forward_seq: BTreeMap<NodeId, u64>,
     reconfig: reconfig::Reconfig,
+    /// SWIM, when configured (`Config::membership`).
+    membership: Option<crate::membership::Membership>,
     stats: Stats,
 }
 
@@ -295,10 +299,12 @@ impl<S: Storage> Node<S> {
             suspected: BTreeMap::new(),
             forward_seq: BTreeMap::new(),
             reconfig: reconfig::Reconfig::default(),
+            membership: None,
             stats: Stats::default(),
             cfg,
         };
         node.load_reconfig()?;
+        node.start_membership(seed, now)?;
         Ok(node)
     }
 
@@ -589,11 +595,15 @@ impl<S: Storage> Node<S> {
                 self.on_copy_scan(from, id, config, start, exclusive, limit)
             }
             Message::CopyScanReply { id, result } => self.on_copy_scan_reply(from, id, result, now),
-            Message::MapDigest { epochs, reply } => self.on_map_digest(from, epochs, reply),
+            Message::MapDigest { epochs, reply, retired } => {
+                self.on_map_digest(from, epochs, reply);
+                self.on_retired(retired, now);
+            }
             Message::CopyAborts { id, partition, epoch, aborted } => {
                 self.on_copy_aborts(from, id, partition, epoch, aborted)
             }
             Message::CopyAbortsAck { id, result } => self.on_copy_aborts_ack(from, id, result, now),
+            Message::Swim { data } => self.on_swim(data, now),
         }
     }
 
@@ -604,7 +614,8 @@ impl<S: Storage> Node<S> {
         if envelope.to != self.cfg.me {
             return Err(PeerError::WrongReceiver(envelope.to.clone()));
         }
-        if !self.nodes.contains_key(&envelope.from) {
+        let introduces = matches!(envelope.message, Message::Swim { .. }) && self.membership.is_some();
+        if !self.nodes.contains_key(&envelope.from) && !introduces {
             return Err(PeerError::UnknownSender(envelope.from.clone()));
         }
         if envelope.from == self.cfg.me {
@@ -668,7 +679,16 @@ impl<S: Storage> Node<S> {
                 }
                 None
             }
-            Message::MapDigest { epochs, .. } => {
+            Message::Swim { data } => {
+                if data.len() > crate::membership::SWIM_BYTES_MAX {
+                    return Err(PeerError::TooLarge(data.len()));
+                }
+                None
+            }
+            Message::MapDigest { epochs, retired, .. } => {
+                if retired.len() > RETIRED_GOSSIP_MAX {
+                    return Err(PeerError::Invalid("too many retired members in a digest".into()));
+                }
                 if epochs.len() != self.map.partitions() as usize {
                     return Err(PeerError::Invalid("a map digest has one epoch per partition".into()));
                 }
@@ -715,9 +735,13 @@ impl<S: Storage> Node<S> {
             Timer::Rebalance => self.on_rebalance_tick(now),
             Timer::Decree { partition, round } => self.on_decree_timeout(partition, round),
             Timer::CopyScan { id } => self.on_copy_scan_timeout(id),
+            Timer::Swim(t) => self.on_swim_timer(*t, now),
         }
     }
 }
+
+/// Retired members one map digest carries at most.
+pub(crate) const RETIRED_GOSSIP_MAX: usize = 4096;
 
 /// The first id of this life's request, attempt, read and scan counters. Replies echo
 /// these ids, and a reply sent to an earlier life of this node may arrive after a restart:

@@ -132,6 +132,12 @@ impl<S: Storage> Node<S> {
     /// The membership changed: `live` are the nodes placement may use. Partitions whose
     /// desired members differ move after the rebalance delay.
     pub fn handle_membership(&mut self, live: Vec<NodeId>, now: Instant) {
+        self.set_live(live, now);
+        self.drive(now);
+    }
+
+    /// The live set changed (from `handle_membership` or SWIM).
+    pub(super) fn set_live(&mut self, live: Vec<NodeId>, now: Instant) {
         let mut live = live;
         live.sort();
         live.dedup();
@@ -143,7 +149,15 @@ impl<S: Storage> Node<S> {
             let at = now + self.cfg.rebalance_interval;
             self.reconfig.tick = Some(self.timers.set(at, Timer::Rebalance));
         }
-        self.drive(now);
+    }
+
+    /// The live set as the rebalancer sees it.
+    pub fn live(&self) -> &[NodeId] {
+        &self.reconfig.live
+    }
+
+    pub(super) fn reconfig_live(&self) -> &[NodeId] {
+        &self.reconfig.live
     }
 
     /// The rebalancing in progress on this node.
@@ -196,7 +210,7 @@ impl<S: Storage> Node<S> {
     }
 
     /// Adds a node to the table of known senders, unless its tag collides with another's.
-    fn learn_node(&mut self, node: NodeId) {
+    pub(super) fn learn_node(&mut self, node: NodeId) {
         if self.nodes.contains_key(&node) {
             return;
         }
@@ -427,7 +441,8 @@ impl<S: Storage> Node<S> {
         }
         if behind && !reply {
             let epochs = self.digest();
-            self.send(from, Message::MapDigest { epochs, reply: true }, None);
+            let retired = self.retired_gossip();
+            self.send(from, Message::MapDigest { epochs, reply: true, retired }, None);
         }
     }
 
@@ -435,6 +450,9 @@ impl<S: Storage> Node<S> {
 
     pub(super) fn on_rebalance_tick(&mut self, now: Instant) {
         self.reconfig.tick = Some(self.timers.set(now + self.cfg.rebalance_interval, Timer::Rebalance));
+        // Announce again if alone; a down member's eviction delay may have passed.
+        self.membership_tick(now);
+        self.refresh_live(now);
         let live = self.reconfig.live.clone();
         if live.is_empty() {
             return;
@@ -445,7 +463,8 @@ impl<S: Storage> Node<S> {
         if !peers.is_empty() {
             let peer = peers[(rand_core::Rng::next_u64(&mut self.rng) % peers.len() as u64) as usize].clone();
             let epochs = self.digest();
-            self.send(peer, Message::MapDigest { epochs, reply: false }, None);
+            let retired = self.retired_gossip();
+            self.send(peer, Message::MapDigest { epochs, reply: false, retired }, None);
         }
         let k = self.cfg.cluster.replication as usize;
         let me = self.cfg.me.clone();
@@ -785,11 +804,19 @@ fn d_epoch_is(d: Option<&DecreeAcceptor>, epoch: u64) -> bool {
     d.is_some_and(|d| d.epoch == epoch)
 }
 
-/// Every silo entry whose key starts with `prefix`.
+/// Every silo entry whose key starts with the byte `prefix`.
 fn scan_all(silo: &impl Storage, prefix: u8) -> Result<crate::storage::Entries, StorageError> {
+    scan_prefix(silo, &[prefix])
+}
+
+/// Every silo entry whose key starts with `prefix` (which must not end in 0xff).
+pub(super) fn scan_prefix(silo: &impl Storage, prefix: &[u8]) -> Result<crate::storage::Entries, StorageError> {
     let mut out = Vec::new();
-    let mut from = vec![prefix];
-    let end = vec![prefix + 1];
+    let mut from = prefix.to_vec();
+    let mut end = prefix.to_vec();
+    if let Some(last) = end.last_mut() {
+        *last += 1;
+    }
     loop {
         let rows = silo.scan(&from, &end, 1024)?;
         let full = rows.len() == 1024;

@@ -31,6 +31,8 @@ pub enum TimerReason {
     DecreeTimeout,
     /// A copy scan did not complete.
     CopyScanTimeout,
+    /// A SWIM timer (probe, suspicion, gossip).
+    Membership,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -45,6 +47,7 @@ pub(super) enum Timer {
     Rebalance,
     Decree { partition: crate::placement::PartitionId, round: u64 },
     CopyScan { id: u64 },
+    Swim(Box<crate::membership::SwimTimer>),
 }
 
 impl Timer {
@@ -60,6 +63,7 @@ impl Timer {
             Timer::Rebalance => TimerReason::Rebalance,
             Timer::Decree { .. } => TimerReason::DecreeTimeout,
             Timer::CopyScan { .. } => TimerReason::CopyScanTimeout,
+            Timer::Swim(_) => TimerReason::Membership,
         }
     }
 }
