@@ -183,7 +183,15 @@ fn admin_schema() {
     let service = &file.service[0];
     assert_eq!(service.name(), "Admin");
     let methods: Vec<_> = service.method.iter().map(|m| (m.name(), m.input_type(), m.output_type())).collect();
-    assert_eq!(methods, [("Status", ".memo.admin.StatusRequest", ".memo.admin.StatusResponse")]);
+    assert_eq!(
+        methods,
+        [
+            ("Status", ".memo.admin.StatusRequest", ".memo.admin.StatusResponse"),
+            ("Members", ".memo.admin.MembersRequest", ".memo.admin.MembersResponse"),
+            ("Leave", ".memo.admin.LeaveRequest", ".memo.admin.LeaveResponse"),
+            ("Remove", ".memo.admin.RemoveRequest", ".memo.admin.RemoveResponse"),
+        ]
+    );
 }
 
 /// Encodes `msg`, checks the bytes, and decodes them back to `msg`.

@@ -16,7 +16,10 @@ use crate::service::status_from;
 use memo_engine::placement::PartitionConfig;
 use memo_engine::{ClusterId, KvError, NodeId};
 use memo_proto::admin::admin_server::Admin;
-use memo_proto::admin::{ClusterInfo, LinkState, NodeInfo, NodeStats, PartitionInfo, StatusRequest, StatusResponse};
+use memo_proto::admin::{
+    ClusterInfo, LeaveRequest, LeaveResponse, LinkState, MemberInfo, MembersRequest, MembersResponse, Moves, NodeInfo,
+    NodeStats, PartitionInfo, RemoveRequest, RemoveResponse, StatusRequest, StatusResponse,
+};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -45,6 +48,9 @@ pub(crate) struct AdminService {
     pub listen: SocketAddr,
     pub cluster: ClusterId,
     pub replication: u32,
+    /// The names of the cluster's founding nodes, sorted (a joining node derives the
+    /// cluster id from them and its token).
+    pub initial_nodes: Vec<String>,
     pub peers: Arc<BTreeMap<NodeId, PeerView>>,
 }
 
@@ -87,14 +93,44 @@ impl AdminService {
             generation: self.me.generation,
             listen_address: self.listen.to_string(),
             version: env!("CARGO_PKG_VERSION").into(),
-            cluster: Some(ClusterInfo {
-                id: crate::datadir::hex(&self.cluster.0),
-                partitions: status.partitions,
-                replication: self.replication,
-            }),
+            cluster: Some(self.cluster_info(status.partitions)),
             nodes: self.nodes(&shares, &status),
             partitions,
             stats: Some(node_stats(&status)),
+        })
+    }
+
+    fn cluster_info(&self, partitions: u32) -> ClusterInfo {
+        ClusterInfo {
+            id: crate::datadir::hex(&self.cluster.0),
+            partitions,
+            replication: self.replication,
+            initial_nodes: self.initial_nodes.clone(),
+        }
+    }
+
+    async fn members(&self) -> Result<MembersResponse, Status> {
+        let answer = self.ask(Control::Members).await?;
+        let members = (answer.members.into_iter())
+            .map(|m| MemberInfo {
+                name: m.id.name,
+                generation: m.id.generation,
+                address: m.addr,
+                state: member_state(m.state).into(),
+                partitions: m.partitions,
+            })
+            .collect();
+        let moves = Moves {
+            in_flight: answer.moves.in_flight as u32,
+            queued: answer.moves.queued as u32,
+            keys_copied: answer.moves.keys_copied,
+        };
+        Ok(MembersResponse {
+            node: self.me.name.clone(),
+            generation: self.me.generation,
+            cluster: Some(self.cluster_info(answer.partitions)),
+            members,
+            moves: Some(moves),
         })
     }
 
@@ -193,8 +229,47 @@ fn node_stats(status: &LoopStatus) -> NodeStats {
     }
 }
 
+/// The name `memo cluster members` shows for a member state.
+pub fn member_state(state: memo_engine::membership::MemberState) -> &'static str {
+    use memo_engine::membership::MemberState;
+    match state {
+        MemberState::Alive => "alive",
+        MemberState::Suspect => "suspect",
+        MemberState::Dead => "dead",
+        MemberState::Evicted => "evicted",
+        MemberState::Left => "left",
+    }
+}
+
+/// A refused leave or remove, as a status: NOT_FOUND for an unknown node,
+/// FAILED_PRECONDITION otherwise.
+fn refused(why: String) -> Status {
+    if why.starts_with("no member") { Status::not_found(why) } else { Status::failed_precondition(why) }
+}
+
 #[tonic::async_trait]
 impl Admin for AdminService {
+    async fn members(&self, _: tonic::Request<MembersRequest>) -> Result<tonic::Response<MembersResponse>, Status> {
+        match tokio::time::timeout(STATUS_TIMEOUT, AdminService::members(self)).await {
+            Ok(answer) => answer.map(tonic::Response::new),
+            Err(_) => Err(status_from(KvError::Unavailable("the node did not answer in time".into()))),
+        }
+    }
+
+    async fn leave(&self, _: tonic::Request<LeaveRequest>) -> Result<tonic::Response<LeaveResponse>, Status> {
+        let answer = self.ask(Control::Leave).await?;
+        answer.map(|()| tonic::Response::new(LeaveResponse {})).map_err(refused)
+    }
+
+    async fn remove(&self, request: tonic::Request<RemoveRequest>) -> Result<tonic::Response<RemoveResponse>, Status> {
+        let name = request.into_inner().node;
+        if name.is_empty() {
+            return Err(Status::invalid_argument("which node? the request names none"));
+        }
+        let answer = self.ask(|reply| Control::Remove { name, reply }).await?;
+        answer.map(|()| tonic::Response::new(RemoveResponse {})).map_err(refused)
+    }
+
     async fn status(&self, request: tonic::Request<StatusRequest>) -> Result<tonic::Response<StatusResponse>, Status> {
         let request = request.into_inner();
         match tokio::time::timeout(STATUS_TIMEOUT, AdminService::status(self, request)).await {

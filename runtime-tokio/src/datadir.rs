@@ -23,7 +23,10 @@
 //! acknowledged, which Paxos cannot tolerate).
 //!
 //! **Generation.** A node of the initial list gets generation 0 when its directory is
-//! created (DESIGN §3); later generations come with dynamic membership.
+//! created. A node that joins a running cluster ([`open_joining`]) gets a fresh random
+//! generation, recorded with the cluster parameters it learned (`joined = true`), so a
+//! node whose directory was wiped rejoins as a new node, never as its old self, and a
+//! restart needs no `--join`.
 
 use crate::silo::redb::OpenError;
 use crate::silo::{RedbOptions, RedbStorage};
@@ -108,6 +111,10 @@ struct Marker {
     created_by: String,
     /// Hex of the cluster id the parameters below derive (a consistency check).
     cluster_id: String,
+    /// The node joined a running cluster (it is not one of the initial nodes). Absent in
+    /// directories of founders, and in every directory written before joins existed.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    joined: bool,
     node: MarkerNode,
     cluster: MarkerCluster,
 }
@@ -130,11 +137,12 @@ struct MarkerCluster {
 }
 
 impl Marker {
-    fn new(me: &NodeId, params: &ClusterParams) -> Self {
+    fn new(me: &NodeId, params: &ClusterParams, joined: bool) -> Self {
         Marker {
             format: DATA_DIR_FORMAT,
             created_by: format!("memo {}", env!("CARGO_PKG_VERSION")),
             cluster_id: hex(&params.cluster_id().0),
+            joined,
             node: MarkerNode { name: me.name.clone(), generation: me.generation },
             cluster: MarkerCluster {
                 partitions: params.partitions,
@@ -161,6 +169,53 @@ pub struct DataDir {
     path: PathBuf,
     node: NodeId,
     created: bool,
+    params: ClusterParams,
+    joined: bool,
+}
+
+/// What a data directory's marker records, read before opening it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Recorded {
+    /// The node (name and generation).
+    pub node: NodeId,
+    /// The cluster's parameters.
+    pub params: ClusterParams,
+    /// Whether the node joined a running cluster.
+    pub joined: bool,
+}
+
+/// Reads what the data directory at `path` records, if it has a marker.
+pub fn recorded(path: &Path) -> Result<Option<Recorded>, DataDirError> {
+    let marker_path = path.join(MARKER_FILE);
+    let text = match std::fs::read_to_string(&marker_path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(DataDirError::Io { action: "read", path: marker_path, source: e }),
+    };
+    let marker = parse_marker(&marker_path, &text)?;
+    let node = NodeId { name: marker.node.name.clone(), generation: marker.node.generation };
+    Ok(Some(Recorded { node, params: marker.params(), joined: marker.joined }))
+}
+
+/// Opens the data directory of a node that joined a running cluster, creating it for
+/// `name` with a fresh `generation` and the cluster parameters learned from a seed if it
+/// holds no marker yet. A directory that records another node or cluster is refused.
+pub fn open_joining(
+    path: &Path,
+    name: &str,
+    generation: u64,
+    params: &ClusterParams,
+    options: &RedbOptions,
+) -> Result<(DataDir, RedbStorage), DataDirError> {
+    std::fs::create_dir_all(path).map_err(io("create the data dir", path))?;
+    let marker_path = path.join(MARKER_FILE);
+    match std::fs::read_to_string(&marker_path) {
+        Ok(text) => reopen(path, &marker_path, &text, name, params, options),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            create_as(path, NodeId { name: name.to_string(), generation }, params, true, options)
+        }
+        Err(e) => Err(DataDirError::Io { action: "read", path: marker_path, source: e }),
+    }
 }
 
 impl DataDir {
@@ -177,6 +232,16 @@ impl DataDir {
     /// Whether this open created it.
     pub fn created(&self) -> bool {
         self.created
+    }
+
+    /// The cluster parameters it records.
+    pub fn params(&self) -> &ClusterParams {
+        &self.params
+    }
+
+    /// Whether its node joined a running cluster.
+    pub fn joined(&self) -> bool {
+        self.joined
     }
 
     /// Its marker file.
@@ -216,6 +281,25 @@ fn reopen(
     params: &ClusterParams,
     options: &RedbOptions,
 ) -> Result<(DataDir, RedbStorage), DataDirError> {
+    let marker = parse_marker(marker_path, text)?;
+    check_matches(dir, marker_path, &marker, name, params)?;
+
+    let db_path = dir.join(DATABASE_FILE);
+    if !db_path.try_exists().map_err(io("look for", &db_path))? {
+        return Err(DataDirError::Refused(format!(
+            "data dir {} has {MARKER_FILE} but no {DATABASE_FILE}: this node's data is gone; refusing to start \
+             with an empty database (a node that lost its data must join as a new node)",
+            dir.display()
+        )));
+    }
+    let storage = RedbStorage::open(&db_path, options)?;
+    let node = NodeId { name: marker.node.name.clone(), generation: marker.node.generation };
+    let params = marker.params();
+    Ok((DataDir { path: dir.to_path_buf(), node, created: false, params, joined: marker.joined }, storage))
+}
+
+/// Parses and checks a marker's text.
+fn parse_marker(marker_path: &Path, text: &str) -> Result<Marker, DataDirError> {
     let marker_error = |reason: String| DataDirError::Marker { path: marker_path.to_path_buf(), reason };
     let marker: Marker = toml::from_str(text).map_err(|e| marker_error(format!("not a valid memo marker: {e}")))?;
     if marker.format != DATA_DIR_FORMAT {
@@ -229,19 +313,7 @@ fn reopen(
             "the recorded cluster_id does not match the recorded cluster (was it edited?)".into(),
         ));
     }
-    check_matches(dir, marker_path, &marker, name, params)?;
-
-    let db_path = dir.join(DATABASE_FILE);
-    if !db_path.try_exists().map_err(io("look for", &db_path))? {
-        return Err(DataDirError::Refused(format!(
-            "data dir {} has {MARKER_FILE} but no {DATABASE_FILE}: this node's data is gone; refusing to start \
-             with an empty database (a node that lost its data must join as a new node)",
-            dir.display()
-        )));
-    }
-    let storage = RedbStorage::open(&db_path, options)?;
-    let node = NodeId { name: marker.node.name, generation: marker.node.generation };
-    Ok((DataDir { path: dir.to_path_buf(), node, created: false }, storage))
+    Ok(marker)
 }
 
 /// Compares the recorded identity with the one asked for, field by field.
@@ -292,19 +364,29 @@ fn create(
     let me = NodeId::initial(name);
     if !params.initial_nodes.contains(&me) {
         return Err(DataDirError::Refused(format!(
-            "cannot create data dir {}: node {name:?} is not one of the initial nodes ({}); joining an existing \
-             cluster is not supported yet",
+            "cannot create data dir {}: node {name:?} is not one of the initial nodes ({}); to add it to a running \
+             cluster, start it with --join SEED",
             dir.display(),
             initial_names(params).join(",")
         )));
     }
+    create_as(dir, me, params, false, options)
+}
+
+fn create_as(
+    dir: &Path,
+    me: NodeId,
+    params: &ClusterParams,
+    joined: bool,
+    options: &RedbOptions,
+) -> Result<(DataDir, RedbStorage), DataDirError> {
     check_empty(dir)?;
     let db_path = dir.join(DATABASE_FILE);
     discard_unfinished_database(dir, &db_path, options)?;
     let storage = RedbStorage::create(&db_path, options)?;
     sync_dir(dir)?;
 
-    let marker = Marker::new(&me, params);
+    let marker = Marker::new(&me, params, joined);
     let body = toml::to_string(&marker)
         .map_err(|e| DataDirError::Marker { path: dir.join(MARKER_FILE), reason: format!("cannot encode: {e}") })?;
     let text = format!("{MARKER_HEADER}{body}");
@@ -320,7 +402,8 @@ fn create(
         // The directory's own entry, in case it was created just now.
         sync_dir(parent)?;
     }
-    Ok((DataDir { path: dir.to_path_buf(), node: me, created: true }, storage))
+    let params = params.clone();
+    Ok((DataDir { path: dir.to_path_buf(), node: me, created: true, params, joined }, storage))
 }
 
 /// Refuses a directory holding anything but what an unfinished creation leaves.
@@ -401,7 +484,7 @@ fn initial_names(params: &ClusterParams) -> Vec<String> {
 }
 
 /// Lowercase hex of `bytes`.
-pub(crate) fn hex(bytes: &[u8]) -> String {
+pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().fold(String::with_capacity(2 * bytes.len()), |mut s, b| {
         let _ = write!(s, "{b:02x}");
         s

@@ -117,7 +117,8 @@ pub async fn spawn_dev_cluster(options: DevOptions) -> Result<DevCluster, Error>
     };
     let mut nodes = Vec::with_capacity(options.nodes);
     for (i, (id, listener)) in ids.into_iter().zip(listeners).enumerate() {
-        let config = Config::new(id, params.clone());
+        let mut config = Config::new(id, params.clone());
+        config.membership = Some(crate::founders_membership(&config.me, &peers, listener.local_addr()));
         let seed = options.seed.wrapping_add(i as u64);
         let mut node_options = NodeOptions::new(config, listener.local_addr(), peers.clone(), seed);
         node_options.peer_transport = options.peer_transport;

@@ -150,8 +150,12 @@ impl NodeOptions {
         }
     }
 
-    /// Checks that every other node of the initial list has an address.
+    /// Checks that every other node of the initial list has an address (unless membership
+    /// runs: then addresses come from SWIM).
     fn check(&self) -> Result<(), Error> {
+        if self.config.membership.is_some() {
+            return Ok(());
+        }
         let me = &self.config.me;
         let missing: Vec<String> = (self.config.cluster.initial_nodes.iter())
             .filter(|n| *n != me && !self.peers.contains_key(*n))
@@ -162,6 +166,26 @@ impl NodeOptions {
         }
         Err(Error::Options(format!("no address for node(s) {}", missing.join(", "))))
     }
+}
+
+/// SWIM settings for a founding node: it advertises its own entry of the peer table (or
+/// the address it listens on) and starts from the other founders.
+pub fn founders_membership(
+    me: &NodeId,
+    peers: &BTreeMap<NodeId, SocketAddr>,
+    listen: SocketAddr,
+) -> memo_engine::membership::MembershipConfig {
+    let addr = peers.get(me).copied().unwrap_or(listen).to_string();
+    let seeds = (peers.iter())
+        .filter(|(id, _)| *id != me)
+        .map(|(id, a)| memo_engine::membership::Member {
+            node: id.clone(),
+            addr: a.to_string(),
+            bump: 0,
+            retired: false,
+        })
+        .collect();
+    memo_engine::membership::MembershipConfig::new(addr, seeds)
 }
 
 /// A running node. Dropping it stops the node abruptly; prefer [`NodeHandle::shutdown`].
@@ -178,6 +202,7 @@ pub struct NodeHandle {
     event_loop: Option<JoinHandle<Result<(), Error>>>,
     committer: JoinHandle<Result<(), StorageError>>,
     links: Vec<JoinHandle<()>>,
+    left: watch::Receiver<bool>,
 }
 
 impl NodeHandle {
@@ -201,6 +226,17 @@ impl NodeHandle {
         let (reply, answer) = oneshot::channel();
         self.control.send(Control::Stats(reply)).await.ok()?;
         answer.await.ok()
+    }
+
+    /// Resolves once the node has left the cluster (after a leave, when no partition
+    /// lists it any more). Cancel-safe; pending forever if it never leaves.
+    pub fn left(&self) -> impl std::future::Future<Output = ()> + use<> {
+        let mut left = self.left.clone();
+        async move {
+            if left.wait_for(|left| *left).await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
     }
 
     /// Resolves when the node stops by itself (a failed silo); `Ok` if it was stopped.
@@ -272,6 +308,9 @@ pub async fn spawn_node_on(
 
     let header = BatchHeader { cluster: node.cluster(), from: me.clone(), restart: node.restart() };
     let (peers, links, views) = make_links(&options, &header);
+    let link_factory =
+        LinkFactory { header: header.clone(), transport: options.peer_transport, stop: stop_node_rx.clone() };
+    let (left_tx, left) = watch::channel(false);
 
     // The services first: nothing is running yet if they cannot be set up.
     let admission = Arc::new(Admission::default());
@@ -284,6 +323,11 @@ pub async fn spawn_node_on(
         listen: addr,
         cluster: node.cluster(),
         replication: options.config.cluster.replication,
+        initial_nodes: {
+            let mut names: Vec<String> = options.config.cluster.initial_nodes.iter().map(|n| n.name.clone()).collect();
+            names.sort();
+            names
+        },
         peers: Arc::new(views),
     };
     let health = Health::default();
@@ -306,7 +350,7 @@ pub async fn spawn_node_on(
         node,
         clock: options.clock.clone(),
         inputs: Inputs { calls: calls_rx, inbound: inbound_rx, durable, control: control_rx, stop: stop_node_rx },
-        outputs: Outputs { commits, peers },
+        outputs: Outputs { commits, peers, links: link_factory, left: left_tx },
         waiting: BTreeMap::new(),
         next_request: 0,
         submitted_batch: 0,
@@ -328,7 +372,24 @@ pub async fn spawn_node_on(
         event_loop: Some(event_loop),
         committer,
         links,
+        left,
     })
+}
+
+/// Makes outbound links to peers learned after the start (they run until the node stops).
+pub(crate) struct LinkFactory {
+    header: BatchHeader,
+    transport: PeerTransport,
+    stop: watch::Receiver<bool>,
+}
+
+impl LinkFactory {
+    /// Starts a link to `id` at `addr`; returns its queue.
+    pub(crate) fn spawn(&self, id: NodeId, addr: SocketAddr) -> mpsc::Sender<Vec<u8>> {
+        let (link, queue, _status) = Link::new(id, addr, self.header.clone(), self.transport);
+        tokio::spawn(link.run(self.stop.clone()));
+        queue
+    }
 }
 
 /// One outbound link per other node with an address (not running yet), with the

@@ -48,6 +48,19 @@ pub(crate) enum Control {
     /// The configs of partitions `from..`, at most [`PARTITIONS_PER_QUERY_MAX`] of them
     /// (none when `from` is past the last partition).
     Partitions { from: PartitionId, reply: oneshot::Sender<Vec<PartitionConfig>> },
+    /// The members and the rebalancing in progress.
+    Members(oneshot::Sender<MembersAnswer>),
+    /// Leave the cluster.
+    Leave(oneshot::Sender<Result<(), String>>),
+    /// Remove the member with this name.
+    Remove { name: String, reply: oneshot::Sender<Result<(), String>> },
+}
+
+/// The answer to [`Control::Members`].
+pub(crate) struct MembersAnswer {
+    pub members: Vec<memo_engine::node::MemberInfo>,
+    pub moves: memo_engine::node::Moves,
+    pub partitions: u32,
 }
 
 /// What the loop knows about its node, copied out for `memo status`.
@@ -84,6 +97,10 @@ pub(crate) type PeerQueues = BTreeMap<NodeId, mpsc::Sender<Vec<u8>>>;
 pub(crate) struct Outputs {
     pub commits: mpsc::Sender<PersistBatch>,
     pub peers: PeerQueues,
+    /// Makes links to peers that membership introduces (joined nodes).
+    pub links: crate::LinkFactory,
+    /// Set once the node has left the cluster ([`Node::has_left`]).
+    pub left: watch::Sender<bool>,
 }
 
 /// One input, taken by [`EventLoop::next_input`].
@@ -194,6 +211,31 @@ impl EventLoop {
                 let end = from.saturating_add(PARTITIONS_PER_QUERY_MAX).min(map.partitions());
                 let _ = reply.send((from..end).map(|p| map.config(p).clone()).collect());
             }
+            Control::Members(reply) => {
+                let now = self.clock.now();
+                let members = self.node.members(now);
+                let partitions = self.node.map().partitions();
+                let _ = reply.send(MembersAnswer { members, moves: self.node.moves(), partitions });
+            }
+            Control::Leave(reply) => {
+                let outcome = self.node.leave(self.clock.now());
+                if outcome.is_ok() {
+                    tracing::info!("leaving the cluster: partitions move to the other nodes");
+                }
+                let _ = reply.send(outcome);
+            }
+            Control::Remove { name, reply } => {
+                let now = self.clock.now();
+                let id = self.node.members(now).into_iter().map(|m| m.id).find(|id| id.name == name);
+                let outcome = match id {
+                    Some(id) => self.node.remove(&id, now),
+                    None => Err(format!("no member {name}")),
+                };
+                if outcome.is_ok() {
+                    tracing::info!(node = %name, "removed from the cluster");
+                }
+                let _ = reply.send(outcome);
+            }
         }
     }
 
@@ -235,16 +277,28 @@ impl EventLoop {
                 let _ = slot.send(reply.result);
             }
         }
+        if !*self.outputs.left.borrow() && self.node.has_left() {
+            tracing::info!("left the cluster: no partition lists this node any more");
+            self.outputs.left.send_replace(true);
+        }
         Ok(())
     }
 
     /// Queues an envelope for its peer's link, or drops it: loss is part of the
     /// protocol's fault model, and the engine's timers retry.
     fn transmit(&mut self, transmit: Transmit) {
-        let Some(queue) = self.outputs.peers.get(&transmit.to) else {
-            tracing::debug!(to = %transmit.to, "no address for peer; message dropped");
-            return;
-        };
+        if !self.outputs.peers.contains_key(&transmit.to) {
+            // A node membership introduced: link to it at the address it announced.
+            let addr = self.node.address_of(&transmit.to).and_then(|a| a.parse().ok());
+            let Some(addr) = addr else {
+                tracing::debug!(to = %transmit.to, "no address for peer; message dropped");
+                return;
+            };
+            let queue = self.outputs.links.spawn(transmit.to.clone(), addr);
+            tracing::info!(peer = %transmit.to, %addr, "linked to a new peer");
+            self.outputs.peers.insert(transmit.to.clone(), queue);
+        }
+        let Some(queue) = self.outputs.peers.get(&transmit.to) else { return };
         let bytes = memo_engine::message::encode(&transmit.envelope);
         if queue.try_send(bytes).is_err() {
             tracing::trace!(to = %transmit.to, "peer queue full or closed; message dropped");

@@ -296,6 +296,10 @@ fn cli_help_snapshots() {
     insta::assert_snapshot!("memo_status_help", memo_help(&["status", "--help"]));
     insta::assert_snapshot!("memo_dev_help", memo_help(&["dev", "--help"]));
     insta::assert_snapshot!("memo_node_run_help", memo_help(&["node", "run", "--help"]));
+    insta::assert_snapshot!("memo_cluster_help", memo_help(&["cluster", "--help"]));
+    for command in ["members", "leave", "remove"] {
+        insta::assert_snapshot!(format!("memo_cluster_{command}_help"), memo_help(&["cluster", command, "--help"]));
+    }
 }
 
 /// Starts `memo dev` on free ports and reads the node endpoints from its banner.

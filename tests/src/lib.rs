@@ -128,17 +128,29 @@ pub struct Cluster {
     partitions: u32,
     children: Vec<Option<ChildGuard>>,
     paused: Vec<bool>,
+    /// Nodes `0..founders` create the cluster; the others join it through node 0.
+    founders: usize,
+    /// More `memo node run` flags for every node.
+    pub extra_args: Vec<String>,
 }
 
 impl Cluster {
     /// A cluster of `nodes` nodes with `partitions` partitions; nothing started yet.
     pub fn new(name: &str, nodes: usize, partitions: u32) -> Self {
+        Self::elastic(name, nodes, nodes, partitions)
+    }
+
+    /// A cluster whose first `founders` nodes create it, and whose other nodes (up to
+    /// `nodes`) join it through node 0 when started; nothing started yet.
+    pub fn elastic(name: &str, founders: usize, nodes: usize, partitions: u32) -> Self {
         Cluster {
             root: TempDir::new(name),
             ports: free_ports(nodes),
             partitions,
             children: (0..nodes).map(|_| None).collect(),
             paused: vec![false; nodes],
+            founders,
+            extra_args: Vec::new(),
         }
     }
 
@@ -169,15 +181,36 @@ impl Cluster {
 
     /// `memo node run` arguments for node `i`.
     pub fn args(&self, i: usize) -> Vec<String> {
-        let initial: Vec<String> = (0..self.len()).map(|j| format!("{}={}", Self::name(j), self.endpoint(j))).collect();
+        let initial: Vec<String> =
+            (0..self.founders).map(|j| format!("{}={}", Self::name(j), self.endpoint(j))).collect();
         let mut args: Vec<String> = ["node", "run", "--id"].map(String::from).to_vec();
         args.push(Self::name(i));
         args.extend(["--listen".into(), self.endpoint(i).to_string()]);
-        args.extend(["--initial-nodes".into(), initial.join(",")]);
-        args.extend(["--partitions".into(), self.partitions.to_string()]);
+        if i < self.founders {
+            args.extend(["--initial-nodes".into(), initial.join(",")]);
+            args.extend(["--partitions".into(), self.partitions.to_string()]);
+        } else {
+            args.extend(["--join".into(), self.endpoint(0).to_string()]);
+        }
         args.extend(["--cluster-token".into(), "memo-tests".into()]);
         args.extend(["--data-dir".into(), self.data_dir(i).display().to_string()]);
+        args.extend(self.extra_args.iter().cloned());
         args
+    }
+
+    /// Waits up to `limit` for node `i`'s process to exit by itself; true if it did
+    /// (then it is reaped and counted as down).
+    pub fn wait_exit(&mut self, i: usize, limit: std::time::Duration) -> bool {
+        let until = std::time::Instant::now() + limit;
+        while std::time::Instant::now() < until {
+            let exited = self.children[i].as_mut().is_some_and(|c| c.0.try_wait().ok().flatten().is_some());
+            if exited {
+                self.children[i] = None;
+                return true;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        false
     }
 
     /// What node `i` is doing.

@@ -355,7 +355,8 @@ impl Membership {
 
     /// The peer address of `node`, if known.
     pub fn address_of(&self, node: &NodeId) -> Option<&str> {
-        self.known.get(node).map(|k| k.member.addr.as_str())
+        let seed = || self.cfg.seeds.iter().find(|s| s.node == *node);
+        self.known.get(node).map(|k| &k.member).or_else(seed).map(|m| m.addr.as_str())
     }
 
     /// When the live set changes next without any message (a down member's eviction).

@@ -74,6 +74,16 @@ fn print_banner(cluster: &memo_node::DevCluster, partitions: u32, replication: u
     let _ = writeln!(out, "try:");
     let _ = writeln!(out, "  memo kv upsert --endpoint {} hello world", first.local_addr());
     let _ = writeln!(out, "  memo kv get --endpoint {} hello", last.local_addr());
+    let next = nodes.len() + 1;
+    let port = last.local_addr().port().wrapping_add(1);
+    let _ = writeln!(out, "add a node (another terminal):");
+    let _ = writeln!(
+        out,
+        "  memo node run --id n{next} --listen 127.0.0.1:{port} --join {} --cluster-token {}",
+        first.local_addr(),
+        memo_node::dev::DEV_CLUSTER_TOKEN
+    );
+    let _ = writeln!(out, "  memo cluster members --endpoint {}", first.local_addr());
     let _ = writeln!(out, "Ctrl-C stops the cluster.");
     let _ = out.flush();
 }

@@ -7,9 +7,12 @@
 //! memo kv upsert --endpoint 127.0.0.1:7001 hello world
 //! memo kv get hello
 //! memo status --endpoint 127.0.0.1:7001
+//! memo node run --id n4 --listen 127.0.0.1:7004 --join 127.0.0.1:7001
+//! memo cluster members --endpoint 127.0.0.1:7001
 //! ```
 
 mod client;
+mod cluster;
 mod dev;
 mod kv;
 mod node;
@@ -58,12 +61,15 @@ enum Command {
     Dev(dev::DevArgs),
     /// Run and manage a node.
     #[command(subcommand)]
-    Node(node::NodeCommand),
+    Node(Box<node::NodeCommand>),
     /// Read and write keys through a node's public API.
     Kv(kv::KvArgs),
     /// Show the cluster as one node sees it: its nodes and their links, how the
     /// partitions are spread over them, and the node's own counters.
     Status(status::StatusArgs),
+    /// See and change the cluster's membership: members, leave, remove.
+    #[command(subcommand)]
+    Cluster(cluster::ClusterCommand),
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -91,7 +97,8 @@ async fn run(command: Command, format: Option<LogFormat>) -> Result<(), String> 
             init_logs(format.unwrap_or_default(), "info");
             dev::run(args).await
         }
-        Command::Node(node::NodeCommand::Run(args)) => {
+        Command::Node(command) => {
+            let node::NodeCommand::Run(args) = *command;
             // Before the logs: the config file may choose their format.
             let settings = node::Settings::load(args)?;
             init_logs(format.or(settings.log_format).unwrap_or_default(), "info");
@@ -104,6 +111,10 @@ async fn run(command: Command, format: Option<LogFormat>) -> Result<(), String> 
         Command::Status(args) => {
             init_logs(format.unwrap_or_default(), "warn");
             status::run(args).await
+        }
+        Command::Cluster(command) => {
+            init_logs(format.unwrap_or_default(), "warn");
+            cluster::run(command).await
         }
     }
 }

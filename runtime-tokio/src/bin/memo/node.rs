@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 #[derive(Debug, Subcommand)]
 pub enum NodeCommand {
@@ -28,7 +29,8 @@ pub struct RunArgs {
     /// initial_nodes; see docs/memo.example.toml); flags and MEMO_* variables override it.
     #[arg(long, env = "MEMO_CONFIG")]
     config: Option<PathBuf>,
-    /// This node's name; it must appear in --initial-nodes. Required.
+    /// This node's name: one of --initial-nodes for a founding node, or a name no live
+    /// member has for a node that joins. Required.
     #[arg(long, env = "MEMO_ID")]
     id: Option<String>,
     /// Address to listen on for clients and peers (HOST:PORT). Required.
@@ -37,9 +39,30 @@ pub struct RunArgs {
     /// Serve Prometheus metrics on this address (HOST:PORT); off by default.
     #[arg(long, env = "MEMO_METRICS_ADDR", value_parser = parse_addr)]
     metrics_addr: Option<SocketAddr>,
-    /// Every node of the initial cluster, this one included: NAME=HOST:PORT,... Required.
+    /// Every node of the initial cluster, this one included: NAME=HOST:PORT,... Required
+    /// to create a cluster; not with --join.
     #[arg(long, env = "MEMO_INITIAL_NODES", value_delimiter = ',', value_parser = parse_member)]
     initial_nodes: Vec<(String, SocketAddr)>,
+    /// Join a running cluster through any of its members (HOST:PORT,...): the node learns
+    /// the cluster's parameters from it. Only for a new node; its data dir then records
+    /// the cluster, and restarts need no --join.
+    #[arg(long, env = "MEMO_JOIN", value_delimiter = ',')]
+    join: Vec<String>,
+    /// The address the other nodes reach this one at, when it is not --listen (a node
+    /// listening on 0.0.0.0). [default: the --initial-nodes entry, else --listen]
+    #[arg(long, env = "MEMO_ADVERTISE", value_parser = parse_addr)]
+    advertise: Option<SocketAddr>,
+    /// How long a partition's desired members must differ from its members before it
+    /// moves (e.g. 10s, 2m). [default: 10s]
+    #[arg(long, env = "MEMO_REBALANCE_DELAY", value_parser = parse_duration)]
+    rebalance_delay: Option<Duration>,
+    /// How long a node must be down before its partitions are re-replicated elsewhere.
+    /// [default: 10m]
+    #[arg(long, env = "MEMO_EVICTION_DELAY", value_parser = parse_duration)]
+    eviction_delay: Option<Duration>,
+    /// Partitions this node moves at once. [default: 4]
+    #[arg(long, env = "MEMO_MOVES_MAX")]
+    moves_max: Option<usize>,
     /// Partition count (a power of two); fixed when the cluster is created. [default: 256]
     #[arg(long, env = "MEMO_PARTITIONS")]
     partitions: Option<u32>,
@@ -79,6 +102,12 @@ const REPLICATION_DEFAULT: u32 = 3;
 const CLUSTER_TOKEN_DEFAULT: &str = "memo";
 /// redb's page cache, in MiB, when neither a flag nor the file sets it.
 const CACHE_MIB_DEFAULT: usize = 64;
+/// The rebalance delay when neither a flag nor the file sets it.
+const REBALANCE_DELAY_DEFAULT: Duration = Duration::from_secs(10);
+/// The eviction delay when neither a flag nor the file sets it.
+const EVICTION_DELAY_DEFAULT: Duration = Duration::from_secs(600);
+/// Moves at once when neither a flag nor the file sets it.
+const MOVES_MAX_DEFAULT: usize = 4;
 
 /// The `--config` file: every setting of `memo node run`, under its flag's name in
 /// snake_case, all optional. Unknown keys are an error, so a typo never goes unnoticed.
@@ -90,6 +119,11 @@ struct FileSettings {
     listen: Option<String>,
     metrics_addr: Option<String>,
     initial_nodes: Option<Vec<String>>,
+    join: Option<Vec<String>>,
+    advertise: Option<String>,
+    rebalance_delay: Option<String>,
+    eviction_delay: Option<String>,
+    moves_max: Option<usize>,
     partitions: Option<u32>,
     replication: Option<u32>,
     cluster_token: Option<String>,
@@ -132,6 +166,11 @@ pub struct Settings {
     listen: SocketAddr,
     metrics_addr: Option<SocketAddr>,
     initial_nodes: Vec<(String, SocketAddr)>,
+    join: Vec<String>,
+    advertise: Option<SocketAddr>,
+    rebalance_delay: Duration,
+    eviction_delay: Duration,
+    moves_max: usize,
     partitions: u32,
     replication: u32,
     cluster_token: String,
@@ -169,21 +208,45 @@ impl Settings {
             (None, Some(text)) => Some(parse_addr(text).map_err(|why| in_file("metrics_addr", why))?),
             (None, None) => None,
         };
+        let join = if args.join.is_empty() { file.join.unwrap_or_default() } else { args.join };
         let initial_nodes = match (args.initial_nodes.is_empty(), &file.initial_nodes) {
             (false, _) => args.initial_nodes,
             (true, Some(members)) => (members.iter())
                 .map(|text| parse_member(text))
                 .collect::<Result<_, _>>()
                 .map_err(|why| in_file("initial_nodes", why))?,
-            (true, None) => {
-                return Err(missing("the initial nodes", "--initial-nodes", "MEMO_INITIAL_NODES", "initial_nodes"));
-            }
+            // A joining node learns the cluster from its seed; a node whose data dir says
+            // it joined needs neither (checked when the data dir is read).
+            (true, None) => Vec::new(),
         };
+        if !join.is_empty() && !initial_nodes.is_empty() {
+            return Err("--join and --initial-nodes exclude each other: a node creates a cluster or joins one".into());
+        }
+        let advertise = match (args.advertise, &file.advertise) {
+            (Some(addr), _) => Some(addr),
+            (None, Some(text)) => Some(parse_addr(text).map_err(|why| in_file("advertise", why))?),
+            (None, None) => None,
+        };
+        let duration = |flag: Option<Duration>, key: &str, text: &Option<String>, default: Duration| match (flag, text)
+        {
+            (Some(d), _) => Ok(d),
+            (None, Some(text)) => parse_duration(text).map_err(|why| in_file(key, why)),
+            (None, None) => Ok(default),
+        };
+        let rebalance_delay =
+            duration(args.rebalance_delay, "rebalance_delay", &file.rebalance_delay, REBALANCE_DELAY_DEFAULT)?;
+        let eviction_delay =
+            duration(args.eviction_delay, "eviction_delay", &file.eviction_delay, EVICTION_DELAY_DEFAULT)?;
         Ok(Settings {
             id: (args.id.or(file.id)).ok_or_else(|| missing("the node's name", "--id", "MEMO_ID", "id"))?,
             listen,
             metrics_addr,
             initial_nodes,
+            join,
+            advertise,
+            rebalance_delay,
+            eviction_delay,
+            moves_max: args.moves_max.or(file.moves_max).unwrap_or(MOVES_MAX_DEFAULT),
             partitions: args.partitions.or(file.partitions).unwrap_or(PARTITIONS_DEFAULT),
             replication: args.replication.or(file.replication).unwrap_or(REPLICATION_DEFAULT),
             cluster_token: (args.cluster_token.or(file.cluster_token))
@@ -201,6 +264,22 @@ fn parse_addr(text: &str) -> Result<SocketAddr, String> {
     (text.to_socket_addrs().map_err(|e| format!("{text}: {e}"))?).next().ok_or_else(|| format!("{text}: no address"))
 }
 
+/// A duration such as `500ms`, `30s`, `10m` or `1h`.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let n: u64 = number.parse().map_err(|_| format!("{text}: expected a duration such as 500ms, 30s, 10m or 1h"))?;
+    let d = match unit {
+        "ms" => Duration::from_millis(n),
+        "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n.saturating_mul(60)),
+        "h" => Duration::from_secs(n.saturating_mul(3600)),
+        _ => return Err(format!("{text}: expected a duration such as 500ms, 30s, 10m or 1h")),
+    };
+    Ok(d)
+}
+
 fn parse_member(text: &str) -> Result<(String, SocketAddr), String> {
     let (name, addr) = (text.split_once('=')).ok_or_else(|| format!("{text}: expected NAME=HOST:PORT"))?;
     if name.is_empty() {
@@ -213,17 +292,43 @@ pub async fn run(args: Settings) -> Result<(), String> {
     if let Some(addr) = args.metrics_addr {
         memo_node::install_prometheus(addr).map_err(|e| e.to_string())?;
     }
-    let peers: BTreeMap<NodeId, SocketAddr> =
-        (args.initial_nodes.iter()).map(|(name, addr)| (NodeId::initial(name.clone()), *addr)).collect();
-    if peers.len() != args.initial_nodes.len() {
-        return Err("--initial-nodes names a node twice".into());
-    }
-    let params = ClusterParams {
-        partitions: args.partitions,
-        replication: args.replication,
-        initial_nodes: peers.keys().cloned().collect(),
-        token: args.cluster_token,
+    let recorded = match &args.data_dir {
+        Some(dir) => datadir::recorded(dir).map_err(|e| e.to_string())?,
+        None => None,
     };
+    if recorded.is_some() && !args.join.is_empty() {
+        tracing::info!("the data dir records its cluster: --join is not needed and is ignored");
+    }
+    let joined = recorded.as_ref().is_some_and(|r| r.joined);
+    let joining = recorded.is_none() && !args.join.is_empty();
+    // Where the cluster's parameters come from: the seed (a new node joining), the data
+    // dir (a node that joined earlier), or the flags (a founding node).
+    let (params, peers, seed): (ClusterParams, BTreeMap<NodeId, SocketAddr>, Option<Seed>) = if joining {
+        let seed = ask_seeds(&args.join, &args.id, &args.cluster_token).await?;
+        (seed.params.clone(), BTreeMap::new(), Some(seed))
+    } else if joined {
+        let recorded = recorded.as_ref().expect("joined implies recorded");
+        (recorded.params.clone(), BTreeMap::new(), None)
+    } else {
+        if args.initial_nodes.is_empty() {
+            return Err("missing the initial nodes: give --initial-nodes (or MEMO_INITIAL_NODES, or initial_nodes in \
+                        the --config file) to create a cluster, or --join SEED to join one"
+                .into());
+        }
+        let peers: BTreeMap<NodeId, SocketAddr> =
+            (args.initial_nodes.iter()).map(|(name, addr)| (NodeId::initial(name.clone()), *addr)).collect();
+        if peers.len() != args.initial_nodes.len() {
+            return Err("--initial-nodes names a node twice".into());
+        }
+        let params = ClusterParams {
+            partitions: args.partitions,
+            replication: args.replication,
+            initial_nodes: peers.keys().cloned().collect(),
+            token: args.cluster_token.clone(),
+        };
+        (params, peers, None)
+    };
+    let generation = || super::os_seed().max(1);
     let (me, storage, commit_mode): (NodeId, SharedStorage, CommitMode) = match &args.data_dir {
         Some(dir) => {
             let redb = RedbOptions {
@@ -231,22 +336,54 @@ pub async fn run(args: Settings) -> Result<(), String> {
                 check_integrity_on_open: !args.skip_integrity_check,
                 ..RedbOptions::default()
             };
-            let (data, storage) = datadir::open(dir, &args.id, &params, &redb).map_err(|e| e.to_string())?;
+            let opened = if joining || joined {
+                datadir::open_joining(dir, &args.id, generation(), &params, &redb)
+            } else {
+                datadir::open(dir, &args.id, &params, &redb)
+            };
+            let (data, storage) = opened.map_err(|e| e.to_string())?;
             let action = if data.created() { "created" } else { "opened" };
             tracing::info!(dir = %data.path().display(), node = %data.node(), "{action} the data dir");
             (data.node().clone(), Arc::new(storage), CommitMode::Blocking)
         }
         None => {
             tracing::warn!("no --data-dir: data lives in memory and is lost when the node stops (not durable)");
-            (NodeId::initial(args.id), Arc::new(MemoryStorage::new()), CommitMode::Inline)
+            let me = if joining {
+                NodeId { name: args.id.clone(), generation: generation() }
+            } else {
+                NodeId::initial(args.id.clone())
+            };
+            (me, Arc::new(MemoryStorage::new()), CommitMode::Inline)
         }
     };
-    let config = Config::new(me, params);
+    let mut config = Config::new(me.clone(), params);
+    config.join = joining || joined;
+    config.rebalance_delay = args.rebalance_delay;
+    config.moves_max = args.moves_max.max(1);
+    let mut membership = memo_node::founders_membership(&me, &peers, args.advertise.unwrap_or(args.listen));
+    if let Some(addr) = args.advertise {
+        membership.addr = addr.to_string();
+    } else if config.join {
+        membership.addr = args.listen.to_string();
+    }
+    membership.eviction_delay = args.eviction_delay;
+    if let Some(seed) = &seed {
+        membership.seeds = vec![seed.member.clone()];
+    }
+    config.membership = Some(membership);
     let mut options = NodeOptions::new(config, args.listen, peers, super::os_seed());
     options.commit_mode = commit_mode;
     let mut node = spawn_node(options, storage).await.map_err(|e| e.to_string())?;
+    if let Some(seed) = &seed {
+        tracing::info!(seed = %seed.member.addr, node = %me, "joining the cluster");
+    }
+    let left = node.left();
     let failed = tokio::select! {
         () = super::shutdown_signal() => None,
+        () = left => {
+            tracing::info!("this node left the cluster; stopping");
+            None
+        }
         outcome = node.stopped() => Some(outcome),
     };
     if let Some(outcome) = failed {
@@ -254,6 +391,67 @@ pub async fn run(args: Settings) -> Result<(), String> {
     }
     tracing::info!("stopping");
     node.shutdown().await.map_err(|e| e.to_string())
+}
+
+/// What a joining node learned from a seed.
+struct Seed {
+    params: ClusterParams,
+    member: memo_engine::membership::Member,
+}
+
+/// Asks the seeds, in turn, for the cluster's parameters and members. Refuses a token
+/// that does not derive the cluster's id, and a name a live member already has.
+async fn ask_seeds(seeds: &[String], name: &str, token: &str) -> Result<Seed, String> {
+    use memo_proto::admin::MembersRequest;
+    use memo_proto::admin::admin_client::AdminClient;
+    let mut errors = Vec::new();
+    for seed in seeds {
+        let channel = match crate::client::connect(seed).await {
+            Ok(channel) => channel,
+            Err(e) => {
+                errors.push(e);
+                continue;
+            }
+        };
+        let answer = match AdminClient::new(channel).members(MembersRequest {}).await {
+            Ok(answer) => answer.into_inner(),
+            Err(e) => {
+                errors.push(format!("{seed}: {}", crate::client::describe(e)));
+                continue;
+            }
+        };
+        let cluster = answer.cluster.unwrap_or_default();
+        let params = ClusterParams {
+            partitions: cluster.partitions,
+            replication: cluster.replication,
+            initial_nodes: cluster.initial_nodes.iter().cloned().map(NodeId::initial).collect(),
+            token: token.to_string(),
+        };
+        if memo_node::datadir::hex(&params.cluster_id().0) != cluster.id {
+            return Err(format!(
+                "cannot join through {seed}: its cluster's id does not derive from --cluster-token {token:?} (a wrong \
+                 token, or another cluster)"
+            ));
+        }
+        let taken =
+            answer.members.iter().any(|m| m.name == name && matches!(m.state.as_str(), "alive" | "suspect" | "dead"));
+        if taken {
+            return Err(format!("cannot join as {name:?}: a member of the cluster already has that name"));
+        }
+        let Some(me) = answer.members.iter().find(|m| m.name == answer.node && m.generation == answer.generation)
+        else {
+            errors.push(format!("{seed}: it does not list itself as a member"));
+            continue;
+        };
+        let member = memo_engine::membership::Member {
+            node: NodeId { name: me.name.clone(), generation: me.generation },
+            addr: me.address.clone(),
+            bump: 0,
+            retired: false,
+        };
+        return Ok(Seed { params, member });
+    }
+    Err(format!("cannot join: no seed answered ({})", errors.join("; ")))
 }
 
 #[cfg(test)]
@@ -297,6 +495,11 @@ log_format = "json"
             listen,
             metrics_addr,
             initial_nodes,
+            join,
+            advertise,
+            rebalance_delay,
+            eviction_delay,
+            moves_max,
             partitions,
             replication,
             cluster_token,
@@ -306,6 +509,8 @@ log_format = "json"
             log_format,
         } = &file;
         assert!(id.is_some() && listen.is_some() && metrics_addr.is_some() && initial_nodes.is_some());
+        assert!(join.is_some() && advertise.is_some() && rebalance_delay.is_some() && eviction_delay.is_some());
+        assert!(moves_max.is_some());
         assert!(partitions.is_some() && replication.is_some() && cluster_token.is_some() && data_dir.is_some());
         assert!(cache_mib.is_some() && skip_integrity_check.is_some() && log_format.is_some());
 
@@ -316,6 +521,10 @@ log_format = "json"
         }
         let settings = Settings::merge(args(&[]), file, "example").expect("the example is complete");
         assert_eq!(settings.initial_nodes.len(), 3);
+        assert_eq!(
+            (settings.rebalance_delay, settings.eviction_delay),
+            (Duration::from_secs(10), Duration::from_secs(600))
+        );
     }
 
     #[test]
@@ -337,6 +546,28 @@ log_format = "json"
         let flags = args(&["--skip-integrity-check", "--initial-nodes", "n1=127.0.0.1:1"]);
         let settings = Settings::merge(flags, FileSettings::default(), "").expect_err("no id, no listen");
         assert!(settings.contains("--listen"), "{settings}");
+    }
+
+    #[test]
+    fn durations_read_as_operators_write_them_and_bad_ones_say_how() {
+        let table = [("500ms", 500), ("30s", 30_000), ("10m", 600_000), ("1h", 3_600_000), ("0s", 0)];
+        for (text, ms) in table {
+            assert_eq!(parse_duration(text), Ok(Duration::from_millis(ms)), "{text}");
+        }
+        for bad in ["", "10", "s", "1.5s", "10d", "-1s"] {
+            assert!(parse_duration(bad).unwrap_err().contains("500ms, 30s, 10m or 1h"), "{bad}");
+        }
+    }
+
+    #[test]
+    fn join_and_initial_nodes_exclude_each_other() {
+        let flags = args(&["--id", "n4", "--listen", "127.0.0.1:7004", "--join", "127.0.0.1:7001"]);
+        let settings = Settings::merge(flags, FileSettings::default(), "").expect("a joining node needs no list");
+        assert_eq!(settings.join, ["127.0.0.1:7001"]);
+        let both =
+            args(&["--id", "n4", "--listen", "127.0.0.1:7004", "--join", "a:1", "--initial-nodes", "n1=127.0.0.1:1"]);
+        let error = Settings::merge(both, FileSettings::default(), "").expect_err("both");
+        assert!(error.contains("exclude each other"), "{error}");
     }
 
     #[test]
