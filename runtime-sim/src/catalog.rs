@@ -160,6 +160,39 @@ pub fn the_simulator_finds_fences_without_an_abort_marker() -> Scenario {
         .planted_bug(PlantedBug::FenceWithoutMarker)
 }
 
+/// Nodes crash, lose power or are cut off for longer than the eviction delay, so their
+/// partitions move to the others through joint epochs, and move back when they return.
+pub fn nodes_down_past_the_eviction_delay_move_partitions_away_and_back() -> Scenario {
+    Scenario::new("nodes_down_past_the_eviction_delay_move_partitions_away_and_back")
+        .nodes(4..=7)
+        .replication(3)
+        .faults(&[FaultKind::Crash, FaultKind::PowerCut, FaultKind::MinorityPartition])
+        .episodes(4..=8)
+}
+
+/// A rebalancer that proposes the final config of a joint epoch without copying it (F4
+/// broken), under the same evictions.
+pub fn the_simulator_finds_a_final_config_proposed_without_a_copy() -> Scenario {
+    Scenario::new("the_simulator_finds_a_final_config_proposed_without_a_copy")
+        .nodes(5..=7)
+        .replication(3)
+        .faults(&[FaultKind::MinorityPartition])
+        .episodes(6..=10)
+        .planted_bug(PlantedBug::FinalWithoutCopy)
+}
+
+/// Members added back after an eviction that keep the data of their earlier spell (F5
+/// broken), with keys deleted and collected while they were away.
+pub fn the_simulator_finds_a_returning_member_that_does_not_wipe() -> Scenario {
+    Scenario::new("the_simulator_finds_a_returning_member_that_does_not_wipe")
+        .nodes(5..=7)
+        .replication(3)
+        .faults(&[FaultKind::MinorityPartition])
+        .mix(Mix::CHURN)
+        .episodes(6..=10)
+        .planted_bug(PlantedBug::NoWipeOnAdd)
+}
+
 /// Every scenario of the catalog.
 pub const ALL: &[fn() -> Scenario] = &[
     a_minority_partition_during_writes_keeps_the_majority_linearizable,
@@ -179,6 +212,9 @@ pub const ALL: &[fn() -> Scenario] = &[
     the_simulator_finds_acceptors_that_ignore_their_promise,
     the_simulator_finds_aborts_that_claim_the_write_never_happened,
     the_simulator_finds_fences_without_an_abort_marker,
+    nodes_down_past_the_eviction_delay_move_partitions_away_and_back,
+    the_simulator_finds_a_final_config_proposed_without_a_copy,
+    the_simulator_finds_a_returning_member_that_does_not_wipe,
 ];
 
 /// The scenario called `name`.

@@ -172,6 +172,7 @@ fn encode(r: &RunReport) -> String {
         "disks {} {} {} {} {} {}",
         d.batches, d.syncs, d.crashes, d.lost_batches, d.kept_batches, d.fenced_calls
     );
+    let _ = writeln!(s, "moved {} {}", r.moved.0, r.moved.1);
     for f in &r.failures {
         let _ = writeln!(s, "failure {} {}", f.tag(), escape(f.text()));
     }
@@ -211,6 +212,10 @@ fn decode(text: &str, options: SimOptions) -> Option<RunReport> {
             "disks" => {
                 let [batches, syncs, crashes, lost_batches, kept_batches, fenced_calls] = numbers(rest)?;
                 report.disks = DiskStats { batches, syncs, crashes, lost_batches, kept_batches, fenced_calls };
+            }
+            "moved" => {
+                let [partitions, epoch] = numbers(rest)?;
+                report.moved = (u32::try_from(partitions).ok()?, epoch);
             }
             "failure" | "warning" => {
                 let (tag, text) = rest.split_once(' ').unwrap_or((rest, ""));

@@ -370,6 +370,10 @@ pub struct EngineTuning {
     pub batch_writes_max: usize,
     /// `Config::register_cache_bytes_max`.
     pub register_cache_bytes_max: usize,
+    /// `MembershipConfig::eviction_delay`: a node down this long loses its partitions,
+    /// so crashes and partitions longer than it move data (reconfiguration under every
+    /// fault of the menu).
+    pub eviction_delay: Duration,
 }
 
 /// Everything one seed derives from a scenario.
@@ -494,7 +498,10 @@ impl SimOptions {
         let transport = scenario
             .transport
             .unwrap_or_else(|| if d.chance(500) { PeerTransport::Stream } else { PeerTransport::Unary });
-        let engine = derive_engine(&mut d);
+        let mut engine = derive_engine(&mut d);
+        // From a stream of its own, so that the draws above (and the histories of the
+        // regression seeds) are what they were before membership existed.
+        engine.eviction_delay = Dice::new(seed, 0xe71c7).millis(200, 1500);
         // Clients give up before the engine does in some seeds (DEADLINE_EXCEEDED), after
         // it in others (UNAVAILABLE from the node).
         let client_deadline = if d.chance(300) {
@@ -575,10 +582,19 @@ impl SimOptions {
         c.batch_writes_max = e.batch_writes_max;
         c.register_cache_bytes_max = e.register_cache_bytes_max;
         c.planted_bug = self.planted_bug;
+        // SWIM on every node; partitions move when a node stays down past the eviction
+        // delay, and back when it returns.
+        let peers = (0..self.nodes).map(|j| (self.node_id(j), crate::cluster::server_addr(j))).collect();
+        let mut m = memo_node::founders_membership(&c.me, &peers, crate::cluster::server_addr(i));
+        m.eviction_delay = e.eviction_delay;
+        m.probe_period = Duration::from_millis(200);
+        c.membership = Some(m);
+        c.rebalance_interval = Duration::from_millis(200);
+        c.rebalance_delay = Duration::from_millis(300);
         c
     }
 
-    /// The initial partition map (membership is static in these runs).
+    /// The initial partition map (partitions move later when nodes are evicted).
     pub fn partition_map(&self) -> PartitionMap {
         PartitionMap::initial(self.partitions, self.replication, &self.node_ids())
     }
@@ -686,6 +702,7 @@ fn derive_engine(d: &mut Dice) -> EngineTuning {
         gc_delay: d.millis(100, 5000),
         batch_writes_max: d.pick(&[3, 64, 4096]),
         register_cache_bytes_max: d.pick(&[2048, 64 << 20]),
+        eviction_delay: Duration::from_secs(600),
     }
 }
 

@@ -59,6 +59,9 @@ pub struct RunReport {
     pub states_explored: u64,
     /// Disk counters summed over the nodes.
     pub disks: DiskStats,
+    /// Partitions whose config changed during the run (a node was evicted or came back),
+    /// and the highest epoch any reached.
+    pub moved: (u32, u64),
 }
 
 impl RunReport {
@@ -74,6 +77,7 @@ impl RunReport {
             simulated: Duration::ZERO,
             states_explored: 0,
             disks: DiskStats::default(),
+            moved: (0, 1),
         }
     }
 
@@ -114,9 +118,11 @@ impl RunReport {
     pub fn stats_line(&self) -> String {
         let c = &self.counts;
         format!(
-            "{} seed {}: {:.1}s simulated, {} ops ({} definite, {} unknown), {} lists ({} ok), {} faults, {} crashes ({} unsynced batches lost, {} kept), {} lincheck states, {} warnings, hash {:016x}",
+            "{} seed {}: {} nodes, k={}, {:.1}s simulated, {} ops ({} definite, {} unknown), {} lists ({} ok), {} faults, {} crashes ({} unsynced batches lost, {} kept), {} partitions moved (epoch up to {}), {} lincheck states, {} warnings, hash {:016x}",
             self.options.scenario,
             self.options.seed,
+            self.options.nodes,
+            self.options.replication,
             self.simulated.as_secs_f64(),
             c.ops,
             c.definite,
@@ -127,6 +133,8 @@ impl RunReport {
             self.disks.crashes,
             self.disks.lost_batches,
             self.disks.kept_batches,
+            self.moved.0,
+            self.moved.1,
             self.states_explored,
             self.warnings.len(),
             self.hash
@@ -307,6 +315,7 @@ async fn run_options(opts: Arc<SimOptions>) -> RunReport {
         simulated: Duration::from_nanos(rec.now()),
         states_explored,
         disks,
+        moved: moved_partitions(&cluster),
     }
 }
 
@@ -365,6 +374,31 @@ async fn liveness_phase(cluster: &Arc<Cluster>) -> Result<Vec<Failure>, Failure>
     Ok(check_convergence(cluster, &finals))
 }
 
+/// The newest config of partition `p` any server's disk holds, if it ever moved.
+fn newest_config(cluster: &Cluster, p: u32) -> Option<memo_engine::placement::PartitionConfig> {
+    let key = memo_engine::storage::config_key(p);
+    (0..cluster.opts.nodes)
+        .filter_map(|i| cluster.servers[i].disk.durable_get(&key))
+        .filter_map(|b| postcard::from_bytes::<memo_engine::placement::PartitionConfig>(&b).ok())
+        .max_by_key(|c| c.epoch)
+}
+
+/// How many partitions moved, and the highest epoch.
+fn moved_partitions(cluster: &Cluster) -> (u32, u64) {
+    let configs: Vec<_> = (0..cluster.opts.partitions).filter_map(|p| newest_config(cluster, p)).collect();
+    (configs.len() as u32, configs.iter().map(|c| c.epoch).max().unwrap_or(1))
+}
+
+/// The acceptors of partition `p` in the newest config any server's disk holds (the
+/// founding config if none moved it).
+fn current_members(cluster: &Cluster, p: u32) -> Vec<usize> {
+    let opts = &cluster.opts;
+    match newest_config(cluster, p) {
+        Some(config) => config.acceptors().iter().map(|m| opts.index_of(m)).collect(),
+        None => opts.partition_map().config(p).members.iter().map(|m| opts.index_of(m)).collect(),
+    }
+}
+
 /// Every member of each key's partition holds the same accepted ballot and state
 /// ([`Failure::NotConverged`] otherwise), and that state is the key's final value
 /// ([`Failure::LateWrite`] otherwise).
@@ -374,7 +408,7 @@ fn check_convergence(cluster: &Cluster, finals: &[(String, Vec<u8>)]) -> Vec<Fai
     for (key, value) in finals {
         let p = partition_of(key.as_bytes(), opts.partitions);
         let silo_key = register_key(p, key.as_bytes());
-        let members = opts.members_of(key);
+        let members = current_members(cluster, p);
         let accepted: Vec<_> = (members.iter())
             .map(|&i| {
                 let bytes = cluster.servers[i].disk.durable_get(&silo_key);

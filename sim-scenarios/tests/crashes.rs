@@ -1,7 +1,7 @@
 //! Crashes: power cuts inside commits, process crashes, pauses, whole-cluster restarts.
 #![cfg(madsim)]
 
-use memo_sim::{catalog, check};
+use memo_sim::{catalog, check, run_seed};
 
 memo_sim::child_entry!();
 
@@ -37,4 +37,19 @@ async fn a_delete_then_reinsert_across_crashes_never_resurrects_old_values() {
 #[madsim::test]
 async fn paused_nodes_resume_without_harm() {
     check(catalog::paused_nodes_resume_without_harm()).await;
+}
+
+/// Premise: nodes stay down or cut off for longer than the eviction delay (0.2-1.5 s
+/// here), so failure detection declares them dead, their partitions move to the other
+/// nodes through joint epochs (copier, final config), and move back when they return
+/// (wiping what they held, F5), while clients read and write. Every history is
+/// linearizable, and partitions did move.
+#[test]
+fn nodes_down_past_the_eviction_delay_move_partitions_away_and_back() {
+    let scenario = catalog::nodes_down_past_the_eviction_delay_move_partitions_away_and_back();
+    let seed = std::env::var("MADSIM_TEST_SEED").ok().and_then(|s| s.parse().ok());
+    let report = run_seed(&scenario, seed.unwrap_or_else(|| scenario.default_seed()));
+    println!("{}", report.stats_line());
+    assert!(report.passed(), "{}", report.failure_report());
+    assert!(report.moved.0 > 0, "no partition moved: the scenario lost its point");
 }

@@ -69,3 +69,20 @@ fn the_simulator_finds_aborts_that_claim_the_write_never_happened() {
 fn the_simulator_finds_fences_without_an_abort_marker() {
     finds_a_violation(catalog::the_simulator_finds_fences_without_an_abort_marker(), 9_500);
 }
+
+/// Premise (F4): a rebalancer that proposes the final config of a joint epoch without
+/// copying the partition to its new members loses every value the new majority never
+/// received. Evictions under crashes and partitions move partitions routinely; the
+/// checker must prove a violation within `SEEDS_MAX` seeds.
+#[test]
+fn the_simulator_finds_a_final_config_proposed_without_a_copy() {
+    finds_a_violation(catalog::the_simulator_finds_a_final_config_proposed_without_a_copy(), 11_000);
+}
+
+/// Premise (F5): a member added back after an eviction that keeps its old registers
+/// answers with values deleted and collected while it was away. The checker must prove a
+/// violation within `SEEDS_MAX` seeds.
+#[test]
+fn the_simulator_finds_a_returning_member_that_does_not_wipe() {
+    finds_a_violation(catalog::the_simulator_finds_a_returning_member_that_does_not_wipe(), 12_000);
+}
