@@ -254,3 +254,61 @@ async fn nodes_join_leave_and_are_removed_while_every_acknowledged_write_survive
     }
     assert!(wrong.is_empty(), "keys lost or wrong:\n{}", wrong.join("\n"));
 }
+
+/// Runs `memo node run` with `args` to its exit (at most 60 s); returns its exit code and
+/// stderr.
+fn run_to_exit(args: &[String]) -> (Option<i32>, String) {
+    let mut child = std::process::Command::new(memo_tests::memo_bin())
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("memo starts");
+    let until = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < until {
+        if let Some(status) = child.try_wait().expect("waits") {
+            let mut stderr = String::new();
+            use std::io::Read;
+            let _ = child.stderr.take().expect("piped").read_to_string(&mut stderr);
+            return (status.code(), stderr);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = child.kill();
+    panic!("memo node run {args:?} did not exit");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_join_with_a_wrong_token_a_taken_name_or_no_seed_is_refused_clearly() {
+    let mut cluster = Cluster::elastic("join-errors", 3, 4, 16);
+    for i in 0..3 {
+        cluster.start(i);
+    }
+    for i in 0..3 {
+        wait_serving(&cluster, i).await;
+    }
+    let joiner = |id: &str, token: &str, seed: String| -> Vec<String> {
+        let dir = cluster.root.path.join(format!("joiner-{id}-{token}"));
+        ["node", "run", "--id", id, "--listen", "127.0.0.1:0", "--join", &seed, "--cluster-token", token]
+            .map(String::from)
+            .into_iter()
+            .chain(["--data-dir".to_string(), dir.display().to_string()])
+            .collect()
+    };
+    let seed = cluster.endpoint(0).to_string();
+    let (code, stderr) = run_to_exit(&joiner("n9", "another-cluster", seed.clone()));
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("does not derive from --cluster-token"), "{stderr}");
+    let (code, stderr) = run_to_exit(&joiner("n2", "memo-tests", seed));
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("a member of the cluster already has that name"), "{stderr}");
+    let nowhere = format!("127.0.0.1:{}", memo_tests::free_ports(1)[0]);
+    let (code, stderr) = run_to_exit(&joiner("n9", "memo-tests", nowhere));
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("no seed answered"), "{stderr}");
+    // Nothing changed: the three founders are still the only members.
+    let view = members(cluster.endpoint(1)).await.expect("n2 answers");
+    let names: Vec<&str> = view.members.iter().map(|m| m.name.as_str()).collect();
+    assert_eq!(names, ["n1", "n2", "n3"]);
+}

@@ -175,3 +175,50 @@ fn a_database_being_created_by_another_process_is_left_alone() {
     write_one(&other);
     assert!(tmp.0.join(DATABASE_FILE).exists(), "the other process's database was not removed");
 }
+
+/// Upgrades: a founder's `memo.toml` written before joins existed (no `joined` key, text
+/// frozen from that version) is read as a founder's, and a founder's directory is still
+/// written exactly so, so an older memo could read it too.
+#[test]
+fn a_marker_from_before_joins_reads_as_a_founders_and_founders_still_write_it() {
+    let old = "# memo data directory: written once when the directory was created; do not edit.\n\
+               # The node refuses to start if its flags disagree with it.\n\
+               format = 1\ncreated_by = \"memo 0.1.0\"\n\
+               cluster_id = \"CLUSTER\"\n\n[node]\nname = \"n1\"\ngeneration = 0\n\n\
+               [cluster]\npartitions = 64\nreplication = 3\ninitial_nodes = [\"n1\", \"n2\", \"n3\"]\ntoken = \"tok\"\n";
+    let old = old.replace("CLUSTER", &hex(&params(64).cluster_id().0));
+    let tmp = TempDir::new("old-marker");
+    std::fs::create_dir_all(&tmp.0).expect("mkdir");
+    std::fs::write(tmp.0.join(MARKER_FILE), &old).expect("write");
+    let recorded = recorded(&tmp.0).expect("reads").expect("a marker");
+    assert_eq!(recorded, Recorded { node: NodeId::initial("n1"), params: params(64), joined: false });
+
+    let fresh = TempDir::new("new-marker");
+    let (_, storage) = open(&fresh.0, "n1", &params(64), &options()).expect("create");
+    drop(storage);
+    let written = std::fs::read_to_string(fresh.0.join(MARKER_FILE)).expect("reads");
+    let without_version = |t: &str| t.lines().filter(|l| !l.starts_with("created_by")).collect::<Vec<_>>().join("\n");
+    assert_eq!(without_version(&written), without_version(&old), "a founder's marker is unchanged");
+}
+
+#[test]
+fn a_joined_node_records_its_generation_and_the_cluster_it_learned() {
+    let tmp = TempDir::new("joined");
+    let (data, storage) = open_joining(&tmp.0, "n9", 77, &params(16), &options()).expect("create");
+    assert!(data.created() && data.joined());
+    assert_eq!(data.node(), &NodeId { name: "n9".into(), generation: 77 });
+    drop(storage);
+    let recorded = recorded(&tmp.0).expect("reads").expect("a marker");
+    assert_eq!(
+        recorded,
+        Recorded { node: NodeId { name: "n9".into(), generation: 77 }, params: params(16), joined: true }
+    );
+    // Reopened (a restart without --join): the same node, not a new generation.
+    let (data, _) = open_joining(&tmp.0, "n9", 78, &params(16), &options()).expect("reopen");
+    assert!(!data.created());
+    assert_eq!(data.node().generation, 77);
+    // A founder's directory cannot be created for a name outside the initial list.
+    let other = TempDir::new("not-initial");
+    let refused = open(&other.0, "n9", &params(16), &options()).expect_err("not a founder");
+    assert!(refused.to_string().contains("start it with --join"), "{refused}");
+}
