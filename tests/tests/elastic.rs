@@ -276,6 +276,7 @@ fn run_to_exit(args: &[String]) -> (Option<i32>, String) {
         std::thread::sleep(Duration::from_millis(100));
     }
     let _ = child.kill();
+    let _ = child.wait();
     panic!("memo node run {args:?} did not exit");
 }
 
