@@ -443,6 +443,91 @@ fn nodes_join_leave_and_return_under_faults_and_every_history_stays_linearizable
     }
 }
 
+/// A rolling replacement: three nodes join, then each founder in turn leaves and is
+/// stopped for good once its partitions moved, under faults. The cluster ends with none of
+/// its founders and every acknowledged write.
+#[test]
+fn a_rolling_replacement_of_every_founder_keeps_every_acknowledged_write() {
+    for seed in seeds(6000) {
+        eprintln!("rolling replacement, seed {seed}");
+        let mut run = Run::tuned(3, 3, 6, seed, tune_elastic);
+        run.sim.set_membership(&[0, 1, 2]);
+        run.safety_phase(60);
+        for _ in 0..3 {
+            run.sim.add_node();
+        }
+        let mut live = vec![0, 1, 2, 3, 4, 5];
+        run.sim.set_membership(&live);
+        run.safety_phase(200);
+        for founder in 0..3 {
+            live.retain(|&i| i != founder);
+            run.sim.set_membership(&live);
+            run.safety_phase(150);
+            run.heal();
+            run.settle(&live, 3, Duration::from_secs(60));
+            run.sim.kill(founder);
+            // Its clients reconnect elsewhere.
+            for c in &mut run.clients {
+                if c.node == founder {
+                    c.node = live[0];
+                }
+            }
+        }
+        run.safety_phase(150);
+        run.liveness_phase(40);
+        run.settle(&[3, 4, 5], 3, Duration::from_secs(60));
+        run.check(seed);
+        run.converge_at(3);
+        let configs: Vec<_> = (0..8).filter_map(|p| run.newest_config(&[3, 4, 5], p)).collect();
+        for founder in 0..3 {
+            let id = &run.sim.ids()[founder];
+            assert!(configs.iter().all(|c| !c.contains(id)), "seed {seed}: founder {id} still holds a partition");
+        }
+    }
+}
+
+/// The rebalancer crashes in the middle of a copy (and the network is cut around it);
+/// another node, or the rebalancer once it is back, finishes or aborts the move safely.
+#[test]
+fn a_rebalancer_that_crashes_mid_copy_leaves_a_move_that_finishes_safely() {
+    for seed in seeds(7000) {
+        eprintln!("rebalancer crash, seed {seed}");
+        let mut run = Run::tuned(3, 3, 6, seed, tune_elastic);
+        run.sim.set_membership(&[0, 1, 2]);
+        run.safety_phase(60);
+        run.heal();
+        run.sim.add_node();
+        run.sim.set_membership(&[0, 1, 2, 3]);
+        // Run until some node is copying, then crash it and cut it off.
+        let mut crashed = None;
+        for step in 0..200_000 {
+            if step % 50 == 0 {
+                run.issue();
+                run.collect();
+            }
+            if !run.sim.step() {
+                break;
+            }
+            let copying = (0..4).find(|&i| run.sim.node(i).is_some_and(|n| n.moves_debug().contains(": copy ")));
+            if let Some(i) = copying {
+                run.sim.crash(i);
+                run.sim.isolate(i);
+                crashed = Some(i);
+                break;
+            }
+        }
+        let crashed = crashed.unwrap_or_else(|| panic!("seed {seed}: no copy started"));
+        run.safety_phase(100);
+        run.sim.heal();
+        run.sim.restart(crashed);
+        run.safety_phase(100);
+        run.liveness_phase(40);
+        run.settle(&[0, 1, 2, 3], 3, Duration::from_secs(60));
+        run.check(seed);
+        run.converge_at(0);
+    }
+}
+
 fn tune_final_without_copy(cfg: &mut memo_engine::Config) {
     tune_elastic(cfg);
     cfg.planted_bug = Some(memo_engine::config::PlantedBug::FinalWithoutCopy);
