@@ -25,7 +25,11 @@ pub async fn run(args: StatusArgs) -> Result<(), String> {
     let mut client = AdminClient::new(channel).max_decoding_message_size(RESPONSE_BYTES_MAX);
     let request = StatusRequest { partitions: args.partitions };
     let response = client.status(request).await.map_err(describe)?.into_inner();
-    let report = Report::new(response, args.partitions);
+    let mut report = Report::new(response, args.partitions);
+    // The membership summary of `memo cluster members`; left out if the node cannot say.
+    if let Ok(members) = client.members(memo_proto::admin::MembersRequest {}).await {
+        report.membership = Some(Membership::from(members.into_inner()));
+    }
     match args.output {
         Output::Json => print_json(&report),
         Output::Text => print(&report.text()),
@@ -46,6 +50,34 @@ struct Report {
     /// Present only with `--partitions`.
     #[serde(skip_serializing_if = "Option::is_none")]
     partitions: Option<Vec<Partition>>,
+    /// Members by state and the moves in progress (`memo cluster members` has the list).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    membership: Option<Membership>,
+}
+
+#[derive(Debug, Default, Serialize)]
+struct Membership {
+    /// Members per state (alive, suspect, dead, evicted, left).
+    states: std::collections::BTreeMap<String, u32>,
+    moves_in_flight: u32,
+    moves_queued: u32,
+    keys_copied: u64,
+}
+
+impl From<memo_proto::admin::MembersResponse> for Membership {
+    fn from(r: memo_proto::admin::MembersResponse) -> Self {
+        let mut states = std::collections::BTreeMap::new();
+        for m in r.members {
+            *states.entry(m.state).or_default() += 1;
+        }
+        let moves = r.moves.unwrap_or_default();
+        Membership {
+            states,
+            moves_in_flight: moves.in_flight,
+            moves_queued: moves.queued,
+            keys_copied: moves.keys_copied,
+        }
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -157,6 +189,7 @@ impl Report {
             nodes: response.nodes.into_iter().map(Node::from).collect(),
             stats: Stats(response.stats.unwrap_or_default()),
             partitions: with_partitions.then(|| response.partitions.into_iter().map(Partition::from).collect()),
+            membership: None,
         }
     }
 }
@@ -206,6 +239,16 @@ impl Report {
             self.cluster.partitions,
             self.cluster.replication,
         );
+        if let Some(m) = &self.membership {
+            let states: Vec<String> = m.states.iter().map(|(state, n)| format!("{n} {state}")).collect();
+            out += &format!(
+                "members: {}; moves by this node: {} in flight, {} queued, {} keys copied\n\n",
+                states.join(", "),
+                m.moves_in_flight,
+                m.moves_queued,
+                m.keys_copied
+            );
+        }
         out += &self.node_table();
         out.push('\n');
         out += &self.stats_table();
