@@ -193,6 +193,38 @@ pub fn the_simulator_finds_a_returning_member_that_does_not_wipe() -> Scenario {
         .planted_bug(PlantedBug::NoWipeOnAdd)
 }
 
+/// Two servers join the running cluster (`--join`) while clients write, with crashes and
+/// minority partitions.
+pub fn two_nodes_join_under_load_and_every_history_stays_linearizable() -> Scenario {
+    Scenario::new("two_nodes_join_under_load_and_every_history_stays_linearizable")
+        .nodes(3..=5)
+        .replication(3)
+        .faults(&[FaultKind::Crash, FaultKind::MinorityPartition])
+        .episodes(2..=5)
+        .membership_changes(2, 0)
+}
+
+/// A founder leaves gracefully while clients write, with crashes and partitions.
+pub fn a_founder_leaves_under_load_and_every_history_stays_linearizable() -> Scenario {
+    Scenario::new("a_founder_leaves_under_load_and_every_history_stays_linearizable")
+        .nodes(4..=6)
+        .replication(3)
+        .faults(&[FaultKind::Crash, FaultKind::MinorityPartition])
+        .episodes(2..=5)
+        .membership_changes(0, 1)
+}
+
+/// A node joins while others are paused or cut off (suspected by SWIM), and a founder
+/// leaves.
+pub fn a_join_while_other_nodes_are_suspected_stays_linearizable() -> Scenario {
+    Scenario::new("a_join_while_other_nodes_are_suspected_stays_linearizable")
+        .nodes(4..=5)
+        .replication(3)
+        .faults(&[FaultKind::Pause, FaultKind::MinorityPartition, FaultKind::OneWayPartition])
+        .episodes(6..=10)
+        .membership_changes(1, 1)
+}
+
 /// Every scenario of the catalog.
 pub const ALL: &[fn() -> Scenario] = &[
     a_minority_partition_during_writes_keeps_the_majority_linearizable,
@@ -215,6 +247,9 @@ pub const ALL: &[fn() -> Scenario] = &[
     nodes_down_past_the_eviction_delay_move_partitions_away_and_back,
     the_simulator_finds_a_final_config_proposed_without_a_copy,
     the_simulator_finds_a_returning_member_that_does_not_wipe,
+    two_nodes_join_under_load_and_every_history_stays_linearizable,
+    a_founder_leaves_under_load_and_every_history_stays_linearizable,
+    a_join_while_other_nodes_are_suspected_stays_linearizable,
 ];
 
 /// The scenario called `name`.

@@ -29,6 +29,8 @@ pub const PORT: u16 = 7001;
 
 /// The token of the final heal, which may undo any episode's fault.
 pub const HEAL: u64 = u64::MAX;
+/// The `down_by` token of a server that waits for its Join episode.
+pub const JOINING: u64 = u64::MAX - 1;
 
 /// Where server `i` listens.
 pub fn server_addr(i: usize) -> SocketAddr {
@@ -138,7 +140,25 @@ impl Cluster {
             healed: AtomicBool::new(false),
         };
         cluster.apply_network_config();
+        // Servers that join later are held down until their Join episode.
+        for &i in &cluster.opts.late {
+            Handle::current().kill(cluster.servers[i].host.id());
+            lock(&cluster.servers[i].life).down_by = Some(JOINING);
+            cluster.rec.note("NODE", format!("n{} waits to join", i + 1));
+        }
         Arc::new(cluster)
+    }
+
+    /// Starts a server that waits to join (its Join episode).
+    pub fn join(&self, i: usize) {
+        let server = &self.servers[i];
+        let mut life = lock(&server.life);
+        if life.down_by != Some(JOINING) {
+            return;
+        }
+        Handle::current().restart(server.host.id());
+        life.down_by = None;
+        self.rec.note("NODE", format!("n{} starts and joins", i + 1));
     }
 
     /// Whether faults may still be injected (the final heal has not happened).
@@ -231,12 +251,13 @@ impl Cluster {
         self.rec.note("NODE", format!("n{} died of a power cut inside a commit", i + 1));
     }
 
-    /// Restarts server `i` if `token` took it down (or `token` is [`HEAL`]).
+    /// Restarts server `i` if `token` took it down (or `token` is [`HEAL`], unless it
+    /// still waits to join: a server that never joined stays out).
     pub fn restart(&self, i: usize, token: u64) {
         let server = &self.servers[i];
         let mut life = lock(&server.life);
         let Some(by) = life.down_by else { return };
-        if by != token && token != HEAL {
+        if (by != token && token != HEAL) || by == JOINING {
             return;
         }
         Handle::current().restart(server.host.id());

@@ -63,6 +63,35 @@ pub async fn run_episode(cluster: Arc<Cluster>, token: u64, origin: Instant, epi
                 cluster.restart(*node, token);
             }
         }
+        Fault::Join { node } => {
+            rec.note("FAULT", format!("{tag} {fault}"));
+            cluster.join(*node);
+        }
+        Fault::Leave { node } => {
+            rec.note("FAULT", format!("{tag} {fault}"));
+            // Asked from a client host, as an operator would; retried while the node is
+            // down or its view of the others is too small to allow it.
+            let addr = crate::cluster::server_addr(*node);
+            let asked = cluster.clients[0].spawn(async move {
+                use memo_proto::admin::{LeaveRequest, admin_client::AdminClient};
+                let mut last = String::new();
+                for _ in 0..20 {
+                    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"));
+                    let channel = endpoint.expect("a valid URI").connect_lazy();
+                    match AdminClient::new(channel).leave(LeaveRequest {}).await {
+                        Ok(_) => return Ok(()),
+                        Err(e) => last = e.to_string(),
+                    }
+                    sleep(Duration::from_millis(500)).await;
+                }
+                Err(last)
+            });
+            match asked.await {
+                Ok(Ok(())) => rec.note("NODE", format!("{tag} n{} is leaving", node + 1)),
+                Ok(Err(e)) => rec.note("SKIP", format!("{tag} {fault}: refused ({e})")),
+                Err(_) => rec.note("SKIP", format!("{tag} {fault}: the asking task died")),
+            }
+        }
         Fault::PowerCut { node, calls, down } => power_cut(&cluster, &tag, token, *node, *calls, *down, until).await,
         Fault::Pause { node } => {
             if !cluster.pause(*node, token) {

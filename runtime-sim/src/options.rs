@@ -150,6 +150,11 @@ pub struct Scenario {
     pub transport: Option<PeerTransport>,
     /// A protocol bug to plant in every node (tests of the tester).
     pub planted_bug: Option<PlantedBug>,
+    /// Servers that are not founders: each joins the running cluster (`--join`) at a
+    /// time the seed picks.
+    pub joins: usize,
+    /// Founders that leave the cluster gracefully (`Admin/Leave`) at times the seed picks.
+    pub leaves: usize,
 }
 
 impl Scenario {
@@ -169,7 +174,16 @@ impl Scenario {
             safety: Duration::from_secs(20),
             transport: None,
             planted_bug: None,
+            joins: 0,
+            leaves: 0,
         }
+    }
+
+    /// Adds `n` servers that join the running cluster, and makes `leaves` founders leave.
+    pub fn membership_changes(mut self, joins: usize, leaves: usize) -> Self {
+        self.joins = joins;
+        self.leaves = leaves;
+        self
     }
 
     /// The seed a plain `cargo simtest` runs this scenario with: a hash of its name.
@@ -322,6 +336,16 @@ pub enum Fault {
     },
     /// Every node crashes; all restart when the episode ends.
     RestartAll,
+    /// A server that is not a founder starts and joins the running cluster.
+    Join {
+        /// The server.
+        node: usize,
+    },
+    /// A founder leaves the cluster gracefully.
+    Leave {
+        /// The server.
+        node: usize,
+    },
     /// The client cannot reach the node for the episode (both ways).
     ClientCut {
         /// The client.
@@ -419,6 +443,8 @@ pub struct SimOptions {
     pub schedule: Vec<Episode>,
     /// The planted bug, if any.
     pub planted_bug: Option<PlantedBug>,
+    /// Servers that join later (the last ones); the others found the cluster.
+    pub late: Vec<usize>,
 }
 
 /// Draws from a seeded ChaCha stream.
@@ -542,11 +568,45 @@ impl SimOptions {
             faults,
             schedule: Vec::new(),
             planted_bug: scenario.planted_bug,
+            late: Vec::new(),
         };
         let episodes = if options.faults.is_empty() { 0 } else { d.range_usize(scenario.episodes.clone()) };
         options.schedule = (0..episodes).map(|_| options.draw_episode(&mut d)).collect();
+        options.add_membership_changes(scenario);
         options.schedule.sort_by_key(|e| e.at);
         options
+    }
+
+    /// Adds the scenario's joins and leaves (from a stream of their own, so that scenarios
+    /// without them derive what they did before). A joining server is an extra server,
+    /// beyond the founders; leaving founders are never server 0, the joiners' seed.
+    fn add_membership_changes(&mut self, scenario: &Scenario) {
+        if scenario.joins == 0 && scenario.leaves == 0 {
+            return;
+        }
+        let mut d = Dice::new(self.seed, 0x701e);
+        let founders = self.nodes;
+        self.late = (founders..founders + scenario.joins).collect();
+        self.nodes += scenario.joins;
+        let skew = self.clocks.last().copied();
+        for _ in 0..scenario.joins {
+            self.clocks.push(skew.unwrap_or(ClockSpec { offset: Duration::from_secs(1000), drift_ppm: 0 }));
+        }
+        let window = self.safety.as_millis() as u64;
+        for &node in &self.late.clone() {
+            let at = Duration::from_millis(d.range(window / 10..=window / 2));
+            self.schedule.push(Episode { at, duration: Duration::ZERO, fault: Fault::Join { node } });
+        }
+        let leavers = d.distinct(founders - 1, scenario.leaves.min(founders - 1));
+        for i in leavers {
+            let at = Duration::from_millis(d.range(window * 2 / 5..=window * 4 / 5));
+            self.schedule.push(Episode { at, duration: Duration::ZERO, fault: Fault::Leave { node: i + 1 } });
+        }
+    }
+
+    /// The servers that found the cluster.
+    pub fn founders(&self) -> Vec<usize> {
+        (0..self.nodes).filter(|i| !self.late.contains(i)).collect()
     }
 
     /// The memo id of server `i`.
@@ -559,12 +619,12 @@ impl SimOptions {
         (0..self.nodes).map(|i| self.node_id(i)).collect()
     }
 
-    /// The cluster parameters every node starts with.
+    /// The cluster parameters every node starts with (the founders are the initial nodes).
     pub fn cluster_params(&self) -> ClusterParams {
         ClusterParams {
             partitions: self.partitions,
             replication: self.replication,
-            initial_nodes: self.node_ids(),
+            initial_nodes: self.founders().into_iter().map(|i| self.node_id(i)).collect(),
             token: format!("sim-{}", self.seed),
         }
     }
@@ -584,8 +644,9 @@ impl SimOptions {
         c.planted_bug = self.planted_bug;
         // SWIM on every node; partitions move when a node stays down past the eviction
         // delay, and back when it returns.
-        let peers = (0..self.nodes).map(|j| (self.node_id(j), crate::cluster::server_addr(j))).collect();
+        let peers = self.founders().into_iter().map(|j| (self.node_id(j), crate::cluster::server_addr(j))).collect();
         let mut m = memo_node::founders_membership(&c.me, &peers, crate::cluster::server_addr(i));
+        c.join = self.late.contains(&i);
         m.eviction_delay = e.eviction_delay;
         m.probe_period = Duration::from_millis(200);
         c.membership = Some(m);
@@ -596,7 +657,8 @@ impl SimOptions {
 
     /// The initial partition map (partitions move later when nodes are evicted).
     pub fn partition_map(&self) -> PartitionMap {
-        PartitionMap::initial(self.partitions, self.replication, &self.node_ids())
+        let founders: Vec<NodeId> = self.founders().into_iter().map(|i| self.node_id(i)).collect();
+        PartitionMap::initial(self.partitions, self.replication, &founders)
     }
 
     /// Server indices of the members of `key`'s partition.
@@ -745,6 +807,8 @@ impl fmt::Display for Fault {
                 write!(f, "degraded network: loss {loss_permille}‰, latency {}-{}ms", latency_ms.0, latency_ms.1)
             }
             Fault::RestartAll => write!(f, "whole-cluster crash and restart"),
+            Fault::Join { node } => write!(f, "n{} joins", node + 1),
+            Fault::Leave { node } => write!(f, "n{} leaves", node + 1),
             Fault::ClientCut { client, node } => write!(f, "cut client c{client} from n{}", node + 1),
         }
     }

@@ -1,0 +1,47 @@
+//! Membership changes under load: joins (`--join`), graceful leaves (`Admin/Leave`), and
+//! both while other nodes are suspected. Partitions move through joint epochs while
+//! clients read and write; every history must stay linearizable and replicas converge on
+//! the final configs.
+#![cfg(madsim)]
+
+use memo_sim::{catalog, run_seed};
+
+memo_sim::child_entry!();
+
+/// Runs the scenario's seed (`MADSIM_TEST_SEED`, or its default), checks it passed and
+/// that its membership changes moved partitions.
+fn passes_and_moves(scenario: memo_sim::Scenario) {
+    let seed = std::env::var("MADSIM_TEST_SEED").ok().and_then(|s| s.parse().ok());
+    let report = run_seed(&scenario, seed.unwrap_or_else(|| scenario.default_seed()));
+    println!("{}", report.stats_line());
+    assert!(report.passed(), "{}", report.failure_report());
+    assert!(report.moved.0 > 0, "no partition moved: the scenario lost its point");
+    if scenario.joins > 0 {
+        assert!(report.timeline.contains("starts and joins"), "no server joined");
+    }
+    if scenario.leaves > 0 {
+        assert!(report.timeline.contains("is leaving"), "no founder left");
+    }
+}
+
+/// Premise: two servers that are not founders start mid-run and join through a founder;
+/// about `k/n` of the replicas move to them through joint epochs while clients write and
+/// nodes crash or are cut off.
+#[test]
+fn two_nodes_join_under_load_and_every_history_stays_linearizable() {
+    passes_and_moves(catalog::two_nodes_join_under_load_and_every_history_stays_linearizable());
+}
+
+/// Premise: a founder is asked to leave mid-run; its partitions move to the others while
+/// it keeps serving them, then no config lists it.
+#[test]
+fn a_founder_leaves_under_load_and_every_history_stays_linearizable() {
+    passes_and_moves(catalog::a_founder_leaves_under_load_and_every_history_stays_linearizable());
+}
+
+/// Premise: a node joins (and a founder leaves) while other nodes are paused or cut off,
+/// so SWIM suspects them and moves race with suspicion, refutation and eviction.
+#[test]
+fn a_join_while_other_nodes_are_suspected_stays_linearizable() {
+    passes_and_moves(catalog::a_join_while_other_nodes_are_suspected_stays_linearizable());
+}
