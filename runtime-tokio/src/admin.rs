@@ -226,6 +226,8 @@ fn node_stats(status: &LoopStatus) -> NodeStats {
         peer_errors: stats.peer_errors,
         transmit_dropped: stats.transmit_dropped,
         storage_errors: stats.storage_errors,
+        peer_messages_sent: status.peer_messages_sent,
+        peer_bytes_sent: status.peer_bytes_sent,
     }
 }
 

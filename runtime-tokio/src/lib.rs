@@ -354,6 +354,8 @@ pub async fn spawn_node_on(
         waiting: BTreeMap::new(),
         next_request: 0,
         submitted_batch: 0,
+        peer_messages_sent: 0,
+        peer_bytes_sent: 0,
     };
     let event_loop = tokio::spawn(event_loop.run());
     health.set_serving(true).await;

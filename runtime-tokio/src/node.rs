@@ -77,6 +77,9 @@ pub(crate) struct LoopStatus {
     pub durable_batch: BatchId,
     /// The newest batch handed to the committer.
     pub submitted_batch: BatchId,
+    /// Peer messages queued for the links, and their encoded bytes.
+    pub peer_messages_sent: u64,
+    pub peer_bytes_sent: u64,
     /// Primaries bypassed after a forward timed out, with the time left.
     pub suspected: Vec<(NodeId, Duration)>,
 }
@@ -127,6 +130,9 @@ pub(crate) struct EventLoop {
     pub next_request: u64,
     /// The newest persist batch handed to the committer.
     pub submitted_batch: BatchId,
+    /// Peer messages queued for the links so far, and their encoded bytes.
+    pub peer_messages_sent: u64,
+    pub peer_bytes_sent: u64,
 }
 
 impl EventLoop {
@@ -255,6 +261,8 @@ impl EventLoop {
             register_cache_bytes,
             durable_batch: *self.inputs.durable.borrow(),
             submitted_batch: self.submitted_batch,
+            peer_messages_sent: self.peer_messages_sent,
+            peer_bytes_sent: self.peer_bytes_sent,
             suspected,
         }
     }
@@ -300,7 +308,11 @@ impl EventLoop {
         }
         let Some(queue) = self.outputs.peers.get(&transmit.to) else { return };
         let bytes = memo_engine::message::encode(&transmit.envelope);
-        if queue.try_send(bytes).is_err() {
+        let len = bytes.len() as u64;
+        if queue.try_send(bytes).is_ok() {
+            self.peer_messages_sent += 1;
+            self.peer_bytes_sent += len;
+        } else {
             tracing::trace!(to = %transmit.to, "peer queue full or closed; message dropped");
             crate::metrics::peer_message_dropped(&self.node.id().name, &transmit.to.name);
         }

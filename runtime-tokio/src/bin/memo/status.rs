@@ -118,7 +118,7 @@ struct Stats(NodeStats);
 impl Stats {
     /// Every stat with its name. The destructuring is exhaustive, so a new field of
     /// `NodeStats` cannot be forgotten here.
-    fn rows(&self) -> [(&'static str, u64); 19] {
+    fn rows(&self) -> [(&'static str, u64); 21] {
         let NodeStats {
             restart,
             requests_in_flight,
@@ -139,6 +139,8 @@ impl Stats {
             peer_errors,
             transmit_dropped,
             storage_errors,
+            peer_messages_sent,
+            peer_bytes_sent,
         } = self.0;
         [
             ("restart", restart),
@@ -160,6 +162,8 @@ impl Stats {
             ("peer_errors", peer_errors),
             ("transmit_dropped", transmit_dropped),
             ("storage_errors", storage_errors),
+            ("peer_messages_sent", peer_messages_sent),
+            ("peer_bytes_sent", peer_bytes_sent),
         ]
     }
 }
