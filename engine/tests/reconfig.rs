@@ -182,3 +182,34 @@ fn f3_a_copier_that_reads_an_unfenced_member_loses_an_acknowledged_write() {
     let (w, read) = unfenced_copier_run(Some(PlantedBug::CopierReadsUnfenced), 0);
     assert_eq!((w, read), (Ok(Response::Done), Err(KvError::NotFound)), "the planted bug must lose W");
 }
+
+/// After a move, steady state is as before it: a write at the key's new primary takes the
+/// fast path (one round trip) again, and a read is answered in one round trip, with no
+/// fallback.
+#[test]
+fn after_a_move_the_fast_path_and_the_one_round_trip_read_work_again() {
+    let mut sim = Sim::with_config(3, 1, 3, 5, Faults::none(), tune);
+    sim.set_membership(&[0, 1, 2]);
+    assert_eq!(call(&mut sim, 1, Request::upsert("k", "v0")), Ok(Response::Done));
+    let n3 = sim.add_node();
+    sim.set_membership(&[1, 2, n3]);
+    settle_on(&mut sim, &[1, 2, n3]);
+    let primary = sim.index_of(sim.node(1).unwrap().map().config(0).primary());
+    // The first write at the new epoch runs phase 1 and earns the next ballot.
+    assert_eq!(call(&mut sim, primary, Request::upsert("k", "v1")), Ok(Response::Done));
+    let stats = |sim: &Sim| {
+        let s = sim.node(primary).unwrap().stats();
+        (s.fast_rounds, s.full_rounds, s.fast_reads, s.read_fallbacks)
+    };
+    let (fast, full, reads, fallbacks) = stats(&sim);
+    for i in 2..12 {
+        assert_eq!(call(&mut sim, primary, Request::upsert("k", format!("v{i}"))), Ok(Response::Done));
+    }
+    sim.run_for(Duration::from_millis(200)); // commits reach every member
+    for _ in 0..10 {
+        assert_eq!(call(&mut sim, primary, Request::fetch("k")), Ok(Response::Value(b"v11".to_vec())));
+    }
+    let (fast2, full2, reads2, fallbacks2) = stats(&sim);
+    assert_eq!((fast2 - fast, full2 - full), (10, 0), "every write after the first took the fast path");
+    assert_eq!((reads2 - reads, fallbacks2 - fallbacks), (10, 0), "every read took one round trip");
+}
