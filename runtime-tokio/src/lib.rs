@@ -356,6 +356,7 @@ pub async fn spawn_node_on(
         submitted_batch: 0,
         peer_messages_sent: 0,
         peer_bytes_sent: 0,
+        leaves: Vec::new(),
     };
     let event_loop = tokio::spawn(event_loop.run());
     health.set_serving(true).await;

@@ -51,10 +51,13 @@ pub(crate) enum Control {
     /// The members and the rebalancing in progress.
     Members(oneshot::Sender<MembersAnswer>),
     /// Leave the cluster.
-    Leave(oneshot::Sender<Result<(), String>>),
+    Leave(LeaveReply),
     /// Remove the member with this name.
     Remove { name: String, reply: oneshot::Sender<Result<(), String>> },
 }
+
+/// Where the answer to a leave goes.
+pub(crate) type LeaveReply = oneshot::Sender<Result<(), String>>;
 
 /// The answer to [`Control::Members`].
 pub(crate) struct MembersAnswer {
@@ -133,6 +136,9 @@ pub(crate) struct EventLoop {
     /// Peer messages queued for the links so far, and their encoded bytes.
     pub peer_messages_sent: u64,
     pub peer_bytes_sent: u64,
+    /// Answers to accepted leaves, each sent once the batch recording the retirement is
+    /// durable (`None`: that batch is not submitted yet).
+    pub leaves: Vec<(Option<BatchId>, LeaveReply)>,
 }
 
 impl EventLoop {
@@ -144,7 +150,10 @@ impl EventLoop {
             match self.next_input().await {
                 Input::Call(call) => self.on_call(call),
                 Input::Peer(messages) => self.on_peer_batch(messages).await?,
-                Input::Durable(id) => self.node.handle_persisted(id, self.clock.now()),
+                Input::Durable(id) => {
+                    self.node.handle_persisted(id, self.clock.now());
+                    self.answer_durable_leaves(id);
+                }
                 Input::Control(control) => self.on_control(control),
                 Input::Timer => self.node.handle_timeout(self.clock.now()),
                 Input::Stop => return Ok(()),
@@ -225,10 +234,16 @@ impl EventLoop {
             }
             Control::Leave(reply) => {
                 let outcome = self.node.leave(self.clock.now());
-                if outcome.is_ok() {
-                    tracing::info!("leaving the cluster: partitions move to the other nodes");
+                match outcome {
+                    Ok(()) => {
+                        tracing::info!("leaving the cluster: partitions move to the other nodes");
+                        // Answered once the retirement is durable: a crash cannot undo it then.
+                        self.leaves.push((None, reply));
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(e));
+                    }
                 }
-                let _ = reply.send(outcome);
             }
             Control::Remove { name, reply } => {
                 let now = self.clock.now();
@@ -276,6 +291,9 @@ impl EventLoop {
             }
             self.submitted_batch = id;
         }
+        for (batch, _) in &mut self.leaves {
+            batch.get_or_insert(self.submitted_batch);
+        }
         while let Some(transmit) = self.node.poll_transmit() {
             self.transmit(transmit);
         }
@@ -290,6 +308,16 @@ impl EventLoop {
             self.outputs.left.send_replace(true);
         }
         Ok(())
+    }
+
+    /// Answers the leaves whose retirement batch is durable by `durable`.
+    fn answer_durable_leaves(&mut self, durable: BatchId) {
+        let (done, waiting): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut self.leaves).into_iter().partition(|(b, _)| b.is_some_and(|b| b <= durable));
+        self.leaves = waiting;
+        for (_, reply) in done {
+            let _ = reply.send(Ok(()));
+        }
     }
 
     /// Queues an envelope for its peer's link, or drops it: loss is part of the
