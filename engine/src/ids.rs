@@ -1,4 +1,4 @@
-//! Identities: the cluster, the nodes, client operations (DESIGN §3, R6).
+//! Identities: the cluster, the nodes, client operations (docs/ARCHITECTURE.md, "Placement"; R6).
 
 use serde::{Deserialize, Serialize};
 use std::fmt;

@@ -1,4 +1,4 @@
-//! memo's KV semantics as register functions (DESIGN §4): each client write is a function
+//! memo's KV semantics as register functions (docs/ARCHITECTURE.md, "The register protocol"): each client write is a function
 //! from the register's current state to its next state plus an answer. Insert is "if
 //! absent, set, else ALREADY_EXISTS"; Update "if present, set, else NOT_FOUND"; Upsert
 //! "set"; Delete "if present, tombstone, else NOT_FOUND". Fetch and the identity round

@@ -1,7 +1,7 @@
 //! Node-to-node messages. The engine defines them and their codec (postcard); the runtime
 //! carries the encoded bytes inside `memo.peer.Batch`. Every data message names its
 //! partition's `(epoch, config hash)` so the membership issue can fence reconfigurations
-//! (DESIGN §5) without changing the format.
+//! (docs/PROTOCOL.md, F1–F6) without changing the format.
 
 use crate::KvError;
 use crate::ids::{ClusterId, NodeId, OpId};

@@ -1,4 +1,4 @@
-//! Placement: where a key lives (DESIGN §3).
+//! Placement: where a key lives (docs/ARCHITECTURE.md, "Placement").
 //!
 //! A key's address is `blake3("memo/kv/" || key)`; its partition is the first 8 bytes of the
 //! address, little-endian, modulo `P` (a power of two, fixed at creation). Each partition
@@ -53,7 +53,7 @@ pub fn desired_members(partition: PartitionId, nodes: &[NodeId], k: usize) -> Ve
     scored.into_iter().take(k).map(|(_, n)| n.clone()).collect()
 }
 
-/// The `(epoch, config hash)` pair every data message carries (fencing, DESIGN §5).
+/// The `(epoch, config hash)` pair every data message carries (fencing, docs/PROTOCOL.md F1).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct EpochRef {
     /// The config's epoch.

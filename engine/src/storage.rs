@@ -1,4 +1,4 @@
-//! The storage boundary (DESIGN §8): a narrow, ordered, atomic-batch key-value silo.
+//! The storage boundary (docs/ARCHITECTURE.md, "The engine contract"): a narrow, ordered, atomic-batch key-value silo.
 //!
 //! The engine only reads (`get`, `scan`); it emits writes as [`PersistBatch`]es that the
 //! runtime applies atomically, in order, and makes durable (group commit: one sync for

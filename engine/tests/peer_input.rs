@@ -1,4 +1,4 @@
-//! Bad input from the network is an error, never a panic (DESIGN §2): garbage bytes,
+//! Bad input from the network is an error, never a panic (docs/ARCHITECTURE.md, "The engine contract"): garbage bytes,
 //! truncated or mutated envelopes, other clusters, forged senders, out-of-range fields.
 
 use memo_engine::kv::Change;

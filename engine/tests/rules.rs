@@ -1,4 +1,4 @@
-//! One test per protocol rule of DESIGN §4, each built from the counterexample the rule
+//! One test per protocol rule of the register (docs/PROTOCOL.md), each built from the counterexample the rule
 //! prevents (docs/PROTOCOL.md, H1–H11), plus the classic per-key Paxos bugs:
 //! reads that flip after a minority-accepted write (CASSANDRA-12126), a non-applied CAS
 //! that answers without making its read chosen (ScyllaDB #6299), and a tombstone GC that

@@ -22,7 +22,7 @@ use tonic::{Code, Status};
 /// stopped.
 pub const REPLY_GRACE: Duration = Duration::from_secs(1);
 
-/// Maps an engine error to its gRPC status (DESIGN §7). The only such mapping.
+/// Maps an engine error to its gRPC status (README.md, "Status codes"). The only such mapping.
 pub fn status_from(error: KvError) -> Status {
     match error {
         KvError::InvalidArgument(why) => Status::invalid_argument(why),

@@ -7,7 +7,7 @@
 //! tests check that the node writes and commits everything it acknowledged before
 //! acknowledging it (redb's `Durability::None` commits stay in the process's memory until
 //! the durable commit of `sync`); that fsync reaches the platter is the simulator's
-//! business (crash-faithful disks, DESIGN §9).
+//! business (crash-faithful disks, docs/SIMULATION.md).
 #![cfg(not(madsim))]
 
 mod common;

@@ -4,7 +4,7 @@
 //!
 //! Every data message is checked against the partition's `(epoch, config hash)`; a
 //! mismatch is refused with the acceptor's own config so the coordinator can refresh
-//! (DESIGN §5). Drop (R8) removes a key only when its accepted state is exactly the GC
+//! (docs/PROTOCOL.md, F1–F6). Drop (R8) removes a key only when its accepted state is exactly the GC
 //! round's tombstone and, in the same batch, raises the partition floor.
 //!
 //! This file also holds the primary's side of forwarding: a per-forwarder window of

@@ -1,4 +1,4 @@
-//! List across partitions (DESIGN §7, R9).
+//! List across partitions (docs/ARCHITECTURE.md, "List"; R9).
 //!
 //! A List runs in rounds. Each round sends one Scan per node, covering every partition the
 //! node is a member of, for keys at or after a cursor; per partition, the first quorum of

@@ -1,4 +1,4 @@
-//! The proposer: per-key CASPaxos rounds with memo's KV functions (DESIGN §4).
+//! The proposer: per-key CASPaxos rounds with memo's KV functions (docs/ARCHITECTURE.md, "The register protocol").
 //!
 //! # One round
 //!

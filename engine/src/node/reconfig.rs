@@ -458,7 +458,7 @@ impl<S: Storage> Node<S> {
             return;
         }
         // Gossip the map to one live peer per tick: a config whose commit was lost still
-        // reaches every node (DESIGN's digest and pull).
+        // reaches every node (digest and pull).
         let peers: Vec<&NodeId> = live.iter().filter(|n| **n != self.cfg.me).collect();
         if !peers.is_empty() {
             let peer = peers[(rand_core::Rng::next_u64(&mut self.rng) % peers.len() as u64) as usize].clone();

@@ -10,7 +10,7 @@
 //!   no that the others can no longer make a majority; pending otherwise. This is every
 //!   quorum of a settled epoch: Paxos phases 1 and 2, the fast path's grants (R3), reads
 //!   (R5), List scans (R9).
-//! - **`Joint(old, new)`** (DESIGN §5, F2): a majority of `old` *and* a majority of `new`.
+//! - **`Joint(old, new)`** (docs/PROTOCOL.md, F2): a majority of `old` *and* a majority of `new`.
 //!   Won when both are won, lost when either is lost. The quorum of a joint epoch, while a
 //!   partition moves from `old` to `new` members.
 //! - **`Unanimous(set)`**: every member of `set` (R8: a tombstone is collected only after

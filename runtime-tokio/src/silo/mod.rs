@@ -1,4 +1,4 @@
-//! Silos: the node's local storage behind [`memo_engine::Storage`] (DESIGN §8).
+//! Silos: the node's local storage behind [`memo_engine::Storage`] (docs/OPERATIONS.md, "Durability").
 //!
 //! - [`RedbStorage`]: the durable default, one redb file per node and its write-ahead log
 //!   (see [`redb`] and [`wal`]).
