@@ -213,6 +213,7 @@ fn every_catalog_scenario_is_named_after_its_test() {
         include_str!("contention.rs"),
         include_str!("swarm.rs"),
         include_str!("teeth.rs"),
+        include_str!("membership.rs"),
         include_str!("determinism.rs"),
         include_str!("regressions.rs"),
     ]
