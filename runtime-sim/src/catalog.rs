@@ -225,6 +225,17 @@ pub fn a_join_while_other_nodes_are_suspected_stays_linearizable() -> Scenario {
         .membership_changes(1, 1)
 }
 
+/// A rolling replacement: three servers join, then every founder leaves in turn, while
+/// clients write and nodes crash; the cluster ends with none of its founders.
+pub fn a_rolling_replacement_of_every_founder_keeps_every_acknowledged_write() -> Scenario {
+    Scenario::new("a_rolling_replacement_of_every_founder_keeps_every_acknowledged_write")
+        .nodes(3..=3)
+        .replication(3)
+        .faults(&[FaultKind::Crash])
+        .episodes(1..=3)
+        .membership_changes(3, 3)
+}
+
 /// Every scenario of the catalog.
 pub const ALL: &[fn() -> Scenario] = &[
     a_minority_partition_during_writes_keeps_the_majority_linearizable,
@@ -250,6 +261,7 @@ pub const ALL: &[fn() -> Scenario] = &[
     two_nodes_join_under_load_and_every_history_stays_linearizable,
     a_founder_leaves_under_load_and_every_history_stays_linearizable,
     a_join_while_other_nodes_are_suspected_stays_linearizable,
+    a_rolling_replacement_of_every_founder_keeps_every_acknowledged_write,
 ];
 
 /// The scenario called `name`.

@@ -579,7 +579,8 @@ impl SimOptions {
 
     /// Adds the scenario's joins and leaves (from a stream of their own, so that scenarios
     /// without them derive what they did before). A joining server is an extra server,
-    /// beyond the founders; leaving founders are never server 0, the joiners' seed.
+    /// beyond the founders; leaving founders are never server 0, unless every founder
+    /// leaves (a rolling replacement).
     fn add_membership_changes(&mut self, scenario: &Scenario) {
         if scenario.joins == 0 && scenario.leaves == 0 {
             return;
@@ -596,6 +597,15 @@ impl SimOptions {
         for &node in &self.late.clone() {
             let at = Duration::from_millis(d.range(window / 10..=window / 2));
             self.schedule.push(Episode { at, duration: Duration::ZERO, fault: Fault::Join { node } });
+        }
+        if scenario.leaves >= founders {
+            // A rolling replacement: every founder leaves, one after the other, once the
+            // joiners are in (the joiners announce themselves to every founder).
+            for (i, node) in (0..founders).enumerate() {
+                let at = Duration::from_millis(window * (11 + 2 * i as u64) / 20);
+                self.schedule.push(Episode { at, duration: Duration::ZERO, fault: Fault::Leave { node } });
+            }
+            return;
         }
         let leavers = d.distinct(founders - 1, scenario.leaves.min(founders - 1));
         for i in leavers {
