@@ -207,15 +207,9 @@ pub fn open_joining(
     params: &ClusterParams,
     options: &RedbOptions,
 ) -> Result<(DataDir, RedbStorage), DataDirError> {
-    std::fs::create_dir_all(path).map_err(io("create the data dir", path))?;
-    let marker_path = path.join(MARKER_FILE);
-    match std::fs::read_to_string(&marker_path) {
-        Ok(text) => reopen(path, &marker_path, &text, name, params, options),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            create_as(path, NodeId { name: name.to_string(), generation }, params, true, options)
-        }
-        Err(e) => Err(DataDirError::Io { action: "read", path: marker_path, source: e }),
-    }
+    open_or(path, name, params, options, || {
+        create_as(path, NodeId { name: name.to_string(), generation }, params, true, options)
+    })
 }
 
 impl DataDir {
@@ -264,11 +258,22 @@ pub fn open(
     params: &ClusterParams,
     options: &RedbOptions,
 ) -> Result<(DataDir, RedbStorage), DataDirError> {
+    open_or(path, name, params, options, || create(path, name, params, options))
+}
+
+/// Reopens the data directory at `path` if it has a marker, else runs `create`.
+fn open_or(
+    path: &Path,
+    name: &str,
+    params: &ClusterParams,
+    options: &RedbOptions,
+    create: impl FnOnce() -> Result<(DataDir, RedbStorage), DataDirError>,
+) -> Result<(DataDir, RedbStorage), DataDirError> {
     std::fs::create_dir_all(path).map_err(io("create the data dir", path))?;
     let marker_path = path.join(MARKER_FILE);
     match std::fs::read_to_string(&marker_path) {
         Ok(text) => reopen(path, &marker_path, &text, name, params, options),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => create(path, name, params, options),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => create(),
         Err(e) => Err(DataDirError::Io { action: "read", path: marker_path, source: e }),
     }
 }

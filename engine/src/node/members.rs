@@ -86,7 +86,7 @@ impl<S: Storage> Node<S> {
     pub(super) fn refresh_live(&mut self, now: Instant) {
         let Some(m) = &self.membership else { return };
         let live = m.live(now);
-        if live != self.reconfig_live() {
+        if live != self.live() {
             self.set_live(live, now);
         }
     }

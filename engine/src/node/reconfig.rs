@@ -156,10 +156,6 @@ impl<S: Storage> Node<S> {
         &self.reconfig.live
     }
 
-    pub(super) fn reconfig_live(&self) -> &[NodeId] {
-        &self.reconfig.live
-    }
-
     /// The rebalancing in progress on this node.
     pub fn moves(&self) -> Moves {
         let live = &self.reconfig.live;
@@ -475,9 +471,8 @@ impl<S: Storage> Node<S> {
             }
             let config = self.map.config(p);
             // A decree accepted here that nobody finished keeps this epoch fenced: finish it.
-            if let Some((_, accepted)) = self.reconfig.decrees.get(&p).and_then(|d| d.accepted.clone())
-                && d_epoch_is(self.reconfig.decrees.get(&p), config.epoch)
-            {
+            let decree = self.reconfig.decrees.get(&p).filter(|d| d.epoch == config.epoch);
+            if let Some((_, accepted)) = decree.and_then(|d| d.accepted.clone()) {
                 let since = *self.reconfig.fenced_since.entry(p).or_insert(now);
                 let first = plan::rebalancer(config, &live) == Some(&me);
                 let wait = if first { self.cfg.round_timeout } else { self.cfg.round_timeout.saturating_mul(4) };
@@ -798,10 +793,6 @@ impl<S: Storage> Node<S> {
             self.start_decree(p, target, now);
         }
     }
-}
-
-fn d_epoch_is(d: Option<&DecreeAcceptor>, epoch: u64) -> bool {
-    d.is_some_and(|d| d.epoch == epoch)
 }
 
 /// Every silo entry whose key starts with the byte `prefix`.
