@@ -39,6 +39,10 @@ pub enum PlantedBug {
     /// The rebalancer proposes the final config of a joint epoch without copying it
     /// (breaks F4).
     FinalWithoutCopy,
+    /// Acceptors compare a message's config by its epoch number only, not its hash, so
+    /// a config that leaked without being chosen passes for the chosen one (breaks F4's
+    /// whole-config comparison; H9).
+    ConfigCheckedByEpochOnly,
 }
 
 /// Static parameters of a cluster, fixed at creation.

@@ -29,6 +29,12 @@ pub struct Faults {
     pub latency: (Duration, Duration),
     /// Time from a batch's emission to its durability (uniform).
     pub fsync: (Duration, Duration),
+    /// Probability that a message stalls: it takes a latency drawn from `stall_latency`
+    /// instead (a TCP retransmission, a paused sender), so it overtakes nothing sent
+    /// after it on time. Zero draws nothing from the seed.
+    pub stall: f64,
+    /// Latency range of a stalled message (uniform).
+    pub stall_latency: (Duration, Duration),
 }
 
 impl Faults {
@@ -39,6 +45,8 @@ impl Faults {
             duplicate: 0.0,
             latency: (Duration::from_micros(100), Duration::from_micros(100)),
             fsync: (Duration::from_micros(50), Duration::from_micros(50)),
+            stall: 0.0,
+            stall_latency: (Duration::ZERO, Duration::ZERO),
         }
     }
 
@@ -49,7 +57,15 @@ impl Faults {
             duplicate: 0.05,
             latency: (Duration::from_micros(50), Duration::from_millis(20)),
             fsync: (Duration::from_micros(50), Duration::from_millis(5)),
+            stall: 0.0,
+            stall_latency: (Duration::ZERO, Duration::ZERO),
         }
+    }
+
+    /// [`Faults::hostile`], where some messages also stall for up to most of a round
+    /// timeout: the long tail that lets a message sent before a move arrive after it.
+    pub fn stalling(stall: f64, stall_latency: (Duration, Duration)) -> Self {
+        Faults { stall, stall_latency, ..Faults::hostile() }
     }
 }
 
@@ -386,7 +402,9 @@ impl Sim {
             let at = self.now + self.pick(self.faults.latency);
             self.schedule(at, Event::Deliver { to, from, envelope: Box::new(envelope.clone()) });
         }
-        let at = self.now + self.pick(self.faults.latency);
+        let stalled = self.chance(self.faults.stall);
+        let latency = if stalled { self.faults.stall_latency } else { self.faults.latency };
+        let at = self.now + self.pick(latency);
         self.schedule(at, Event::Deliver { to, from, envelope: Box::new(envelope) });
     }
 

@@ -8,7 +8,7 @@
 //! without `n1`, `n0, n2, n3`.
 
 use memo_engine::config::PlantedBug;
-use memo_engine::message::Message;
+use memo_engine::message::{Envelope, Message};
 use memo_engine::testing::{Faults, Sim, Verdict};
 use memo_engine::{Config, KvError, Request, Response};
 use std::cell::Cell;
@@ -212,4 +212,91 @@ fn after_a_move_the_fast_path_and_the_one_round_trip_read_work_again() {
     let (fast2, full2, reads2, fallbacks2) = stats(&sim);
     assert_eq!((fast2 - fast, full2 - full), (10, 0), "every write after the first took the fast path");
     assert_eq!((reads2 - reads, fallbacks2 - fallbacks), (10, 0), "every read took one round trip");
+}
+
+/// H9's counterexample. Partition 0 moves from `C = [n1, n2, n0]` to `Y' = {n2, n0, n4}`
+/// (n1 is no longer live; n2 rebalances) and the joint config `Y` is chosen without n1
+/// hearing of it. n1 instead holds a joint config `X` of the same epoch that was never
+/// chosen (towards `{n1, n2, n3}`; it is handed to n1 directly, as a leak would). While
+/// the final decree is held back, n1 coordinates a write W of a new key under `X`, which
+/// reaches n1 and n2 only. If n2 compares configs by epoch number only, it accepts W,
+/// and W is acknowledged by a quorum of `X` (`{n1, n2}` of both `C` and `{n1, n2, n3}`);
+/// but `Y`'s copier had scanned before W, so the final members `{n2, n0, n4}` answer a
+/// read through `{n0, n4}` with NOT_FOUND. Returns W's answer and that read.
+fn leaked_config_run(bug: Option<PlantedBug>) -> (Result<Response, KvError>, Result<Response, KvError>) {
+    let mut sim = Sim::with_config(3, 1, 3, 0, Faults::none(), tune);
+    let n3 = sim.add_node();
+    let n4 = sim.add_node();
+    if let Some(bug) = bug {
+        for i in 0..5 {
+            sim.crash(i);
+            sim.plant(i, bug);
+            sim.restart(i);
+        }
+    }
+    sim.set_membership(&[0, 1, 2]);
+    let config = sim.node(0).unwrap().map().config(0).clone();
+    let [a, b, c] = [0, 1, 2].map(|i| sim.index_of(&config.members[i]));
+    assert_eq!((a, b, c), (1, 2, 0), "placement of the founding config");
+    // n1 hears nothing of the move; the final decree (the joint epoch's instance) waits
+    // until W is answered.
+    let joint = config.epoch + 1;
+    sim.set_filter(Box::new(move |from, to, env| match &env.message {
+        m if to == a && (is_config_message(m) || matches!(m, Message::CopyScan { .. })) => Verdict::Drop,
+        Message::ConfigPrepare { epoch, .. } | Message::ConfigAccept { epoch, .. } if epoch.epoch == joint => {
+            Verdict::Hold
+        }
+        Message::Prepare { key, .. } | Message::Accept { key, .. } | Message::Commit { key, .. }
+            if key == "w" && from == a && to == c =>
+        {
+            Verdict::Drop
+        }
+        _ => Verdict::Deliver,
+    }));
+    sim.set_membership(&[b, c, n4]);
+    for _ in 0..200 {
+        if [b, c].iter().all(|&i| sim.node(i).unwrap().map().config(0).is_joint()) {
+            break;
+        }
+        sim.run_for(Duration::from_millis(5));
+    }
+    let chosen = sim.node(b).unwrap().map().config(0).clone();
+    assert!(chosen.is_joint() && chosen.epoch == joint, "the joint config Y was chosen: {chosen:?}");
+    sim.run_for(Duration::from_millis(100)); // Y's copier scans n2 and n0 (nothing there yet)
+    // The leak: n1 adopts a joint config of the same epoch that was never chosen.
+    let ids = sim.ids().to_vec();
+    let leaked = config.joint_to(vec![ids[a].clone(), ids[b].clone(), ids[n3].clone()]);
+    assert_eq!(leaked.epoch, chosen.epoch);
+    assert_ne!(leaked.epoch_ref(), chosen.epoch_ref());
+    let cluster = sim.node(a).unwrap().cluster();
+    let envelope = Envelope {
+        cluster,
+        from: ids[b].clone(),
+        to: ids[a].clone(),
+        message: Message::ConfigCommit { config: leaked.clone() },
+    };
+    sim.with_node(a, |n, now| n.handle_envelope(envelope, now)).unwrap().expect("a well-formed envelope");
+    assert_eq!(sim.node(a).unwrap().map().config(0), &leaked, "n1 holds the leaked config");
+    let w = call(&mut sim, a, Request::insert("w", "v"));
+    sim.clear_filter();
+    sim.release_held(|_, _, _| true);
+    settle_on(&mut sim, &[b, c, n4]);
+    sim.isolate(b); // the read quorum is {n0, n4}
+    let read = call(&mut sim, c, Request::fetch("w"));
+    (w, read)
+}
+
+#[test]
+fn f4_a_config_that_leaked_without_being_chosen_is_refused_by_its_hash() {
+    let (w, read) = leaked_config_run(None);
+    match w {
+        Ok(_) => assert_eq!(read, Ok(Response::Value(b"v".to_vec())), "an acknowledged write"),
+        Err(e) => assert!(!matches!(e, KvError::AlreadyExists), "W failed: {e}"),
+    }
+}
+
+#[test]
+fn f4_configs_compared_by_epoch_number_only_lose_an_acknowledged_write() {
+    let (w, read) = leaked_config_run(Some(PlantedBug::ConfigCheckedByEpochOnly));
+    assert_eq!((w, read), (Ok(Response::Done), Err(KvError::NotFound)), "the planted bug must lose W");
 }

@@ -96,12 +96,22 @@ impl<S: Storage> Node<S> {
         Ok(p)
     }
 
+    /// Whether `epoch` names the config of `p` this node holds: its epoch number and its
+    /// hash (F4; H9: a config accepted but never chosen has the chosen one's number).
+    pub(super) fn holds_config(&self, p: PartitionId, epoch: EpochRef) -> bool {
+        let mine = self.map.epoch_ref(p);
+        if self.cfg.planted_bug == Some(PlantedBug::ConfigCheckedByEpochOnly) {
+            return mine.epoch == epoch.epoch;
+        }
+        mine == epoch
+    }
+
     /// Whether data operations of `partition` at `epoch` may run here: `epoch` must be the
     /// config this node holds, this node one of its acceptors, and no decree for the next
     /// epoch accepted here (F1).
     pub(super) fn fence_partition(&self, p: PartitionId, epoch: EpochRef) -> Result<(), Rejection> {
         let config = self.map.config(p);
-        if self.map.epoch_ref(p) != epoch || !config.contains(&self.cfg.me) {
+        if !self.holds_config(p, epoch) || !config.contains(&self.cfg.me) {
             return Err(Rejection::Config(config.clone()));
         }
         if self.reconfig.fenced(p, config.epoch) {

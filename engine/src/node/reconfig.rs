@@ -337,7 +337,7 @@ impl<S: Storage> Node<S> {
     }
 
     pub(super) fn on_config_prepare(&mut self, from: NodeId, p: PartitionId, epoch: EpochRef, ballot: Ballot) {
-        if self.map.epoch_ref(p) != epoch {
+        if !self.holds_config(p, epoch) {
             let result = Err(Rejection::Config(self.map.config(p).clone()));
             self.send(from, Message::ConfigPromise { partition: p, ballot, result }, None);
             return;
@@ -357,7 +357,7 @@ impl<S: Storage> Node<S> {
         now: Instant,
     ) {
         let config = self.map.config(p);
-        if self.map.epoch_ref(p) != epoch {
+        if !self.holds_config(p, epoch) {
             let result = Err(Rejection::Config(config.clone()));
             self.send(from, Message::ConfigAccepted { partition: p, ballot, result }, None);
             return;
