@@ -236,6 +236,19 @@ pub fn a_rolling_replacement_of_every_founder_keeps_every_acknowledged_write() -
         .membership_changes(3, 3)
 }
 
+/// Servers join under load, and whichever node is found moving a partition (its decree
+/// in flight or its copier running) crashes or is cut off from every other server in
+/// the middle of the move; the move is finished or aborted safely by it once back, or by
+/// another member.
+pub fn a_rebalancer_stopped_mid_move_leaves_a_move_that_finishes_safely() -> Scenario {
+    Scenario::new("a_rebalancer_stopped_mid_move_leaves_a_move_that_finishes_safely")
+        .nodes(3..=4)
+        .replication(3)
+        .faults(&[FaultKind::RebalancerDown])
+        .episodes(2..=4)
+        .membership_changes(2, 0)
+}
+
 /// Every scenario of the catalog.
 pub const ALL: &[fn() -> Scenario] = &[
     a_minority_partition_during_writes_keeps_the_majority_linearizable,
@@ -262,6 +275,7 @@ pub const ALL: &[fn() -> Scenario] = &[
     a_founder_leaves_under_load_and_every_history_stays_linearizable,
     a_join_while_other_nodes_are_suspected_stays_linearizable,
     a_rolling_replacement_of_every_founder_keeps_every_acknowledged_write,
+    a_rebalancer_stopped_mid_move_leaves_a_move_that_finishes_safely,
 ];
 
 /// The scenario called `name`.

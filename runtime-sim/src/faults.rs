@@ -132,6 +132,39 @@ pub async fn run_episode(cluster: Arc<Cluster>, token: u64, origin: Instant, epi
                 crashed.iter().for_each(|&i| cluster.restart(i, token));
             }
         }
+        Fault::RebalancerDown { cut_off, down } => {
+            rec.note("FAULT", format!("{tag} {fault}: watching for a move"));
+            let Some(node) = find_mover(&cluster, until).await else {
+                return rec.note("SKIP", format!("{tag} no node was found moving a partition"));
+            };
+            if !cluster.faults_on() {
+                return;
+            }
+            let others: Vec<usize> = (0..cluster.servers.len()).filter(|&i| i != node).collect();
+            if *cut_off {
+                let links = cross(&[node], &others);
+                rec.note(
+                    "FAULT",
+                    format!("{tag} n{} is moving a partition: cut off for {}ms", node + 1, down.as_millis()),
+                );
+                links.iter().for_each(|&(a, b)| cluster.cut(a, b));
+                sleep(*down).await;
+                links.iter().for_each(|&(a, b)| cluster.uncut(a, b));
+                rec.note("HEAL", format!("{tag} n{} reconnected", node + 1));
+            } else {
+                if !cluster.crash(node, token) {
+                    return rec.note("SKIP", format!("{tag} n{} is down or paused", node + 1));
+                }
+                rec.note(
+                    "FAULT",
+                    format!("{tag} n{} is moving a partition: crashed for {}ms", node + 1, down.as_millis()),
+                );
+                sleep(*down).await;
+                if cluster.faults_on() {
+                    cluster.restart(node, token);
+                }
+            }
+        }
         Fault::ClientCut { client, node } => {
             let (c, s) = (Host::Client(*client), Host::Server(*node));
             rec.note("FAULT", format!("{tag} {fault} for {}ms", episode.duration.as_millis()));
@@ -170,6 +203,35 @@ async fn power_cut(cluster: &Cluster, tag: &str, token: u64, node: usize, calls:
     if cluster.faults_on() {
         cluster.restart(node, token);
     }
+}
+
+/// How often a rebalancer-down episode asks the nodes whether they are moving.
+const MOVER_POLL: Duration = Duration::from_millis(10);
+
+/// The first running server that reports a move in flight (`Admin/Members`, asked from
+/// client 0's host, as an operator would), polling until `until`.
+async fn find_mover(cluster: &Arc<Cluster>, until: Instant) -> Option<usize> {
+    use memo_proto::admin::{MembersRequest, admin_client::AdminClient};
+    while Instant::now() < until && cluster.faults_on() {
+        for node in 0..cluster.servers.len() {
+            if !cluster.is_running(node) {
+                continue;
+            }
+            let addr = crate::cluster::server_addr(node);
+            let asked = cluster.clients[0].spawn(async move {
+                let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}")).ok()?;
+                let mut admin = AdminClient::new(endpoint.connect_lazy());
+                let call = admin.members(MembersRequest {});
+                let answer = tokio::time::timeout(Duration::from_millis(50), call).await.ok()?.ok()?;
+                answer.into_inner().moves.map(|m| m.in_flight)
+            });
+            if matches!(asked.await, Ok(Some(n)) if n > 0) {
+                return Some(node);
+            }
+        }
+        sleep(MOVER_POLL).await;
+    }
+    None
 }
 
 /// Both directions of every link between the two sides.

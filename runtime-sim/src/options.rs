@@ -56,11 +56,15 @@ pub enum FaultKind {
     WholeClusterRestart,
     /// A client cannot reach one node for a while.
     ClientCut,
+    /// Once some node is moving a partition (a decree or a copy in flight), that node
+    /// crashes, or is cut off from every other server, for a while: a rebalancer stopped
+    /// in the middle of a move.
+    RebalancerDown,
 }
 
 impl FaultKind {
     /// Every kind, in a fixed order.
-    pub const ALL: [FaultKind; 13] = [
+    pub const ALL: [FaultKind; 14] = [
         FaultKind::Partition,
         FaultKind::MinorityPartition,
         FaultKind::OneWayPartition,
@@ -74,6 +78,7 @@ impl FaultKind {
         FaultKind::NetworkDegrade,
         FaultKind::WholeClusterRestart,
         FaultKind::ClientCut,
+        FaultKind::RebalancerDown,
     ];
 }
 
@@ -346,6 +351,15 @@ pub enum Fault {
         /// The server.
         node: usize,
     },
+    /// From the episode's start, the first node found moving a partition crashes (or, if
+    /// `cut_off`, loses every link to the other servers) for `down`; if none moves one
+    /// within the episode, nothing happens.
+    RebalancerDown {
+        /// Cut off instead of crashed.
+        cut_off: bool,
+        /// How long it stays down or cut off.
+        down: Duration,
+    },
     /// The client cannot reach the node for the episode (both ways).
     ClientCut {
         /// The client.
@@ -542,8 +556,17 @@ impl SimOptions {
         let clocks = (0..nodes).map(|_| derive_clock(&mut d, skew)).collect();
         let crash_mode = if d.chance(500) { CrashMode::DropAll } else { CrashMode::KeepPrefix };
         let faults = if scenario.swarm && !scenario.faults.is_empty() {
-            let count = d.range_usize(1..=scenario.faults.len().min(5));
-            d.distinct(scenario.faults.len(), count).into_iter().map(|i| scenario.faults[i]).collect()
+            // The kinds that existed before membership are drawn as they were; a
+            // rebalancer-down fault comes from a stream of its own, so that the swarm's
+            // earlier seeds keep their histories.
+            let down = FaultKind::RebalancerDown;
+            let base: Vec<FaultKind> = scenario.faults.iter().copied().filter(|&k| k != down).collect();
+            let count = d.range_usize(1..=base.len().min(5));
+            let mut faults: Vec<FaultKind> = d.distinct(base.len(), count).into_iter().map(|i| base[i]).collect();
+            if scenario.faults.contains(&down) && Dice::new(seed, 0x5a4b).chance(250) {
+                faults.push(down);
+            }
+            faults
         } else {
             scenario.faults.clone()
         };
@@ -572,33 +595,49 @@ impl SimOptions {
         };
         let episodes = if options.faults.is_empty() { 0 } else { d.range_usize(scenario.episodes.clone()) };
         options.schedule = (0..episodes).map(|_| options.draw_episode(&mut d)).collect();
-        options.add_membership_changes(scenario);
+        let (joins, leaves) = if scenario.swarm {
+            // Membership changes are on the swarm's menu too, from a stream of their own.
+            let mut m = Dice::new(seed, 0x5a4a);
+            let joins = if m.chance(400) { m.range_usize(1..=2) } else { 0 };
+            let leaves = if m.chance(300) { 1 } else { 0 };
+            (joins, leaves)
+        } else {
+            (scenario.joins, scenario.leaves)
+        };
+        options.add_membership_changes(joins, leaves);
         options.schedule.sort_by_key(|e| e.at);
         options
     }
 
-    /// Adds the scenario's joins and leaves (from a stream of their own, so that scenarios
-    /// without them derive what they did before). A joining server is an extra server,
+    /// Adds `joins` joining servers and `leaves` leaving founders (from a stream of their
+    /// own, so that scenarios without them derive what they did before). A joining server is an extra server,
     /// beyond the founders; leaving founders are never server 0, unless every founder
     /// leaves (a rolling replacement).
-    fn add_membership_changes(&mut self, scenario: &Scenario) {
-        if scenario.joins == 0 && scenario.leaves == 0 {
+    fn add_membership_changes(&mut self, joins: usize, leaves: usize) {
+        if joins == 0 && leaves == 0 {
             return;
         }
         let mut d = Dice::new(self.seed, 0x701e);
         let founders = self.nodes;
-        self.late = (founders..founders + scenario.joins).collect();
-        self.nodes += scenario.joins;
+        self.late = (founders..founders + joins).collect();
+        self.nodes += joins;
         let skew = self.clocks.last().copied();
-        for _ in 0..scenario.joins {
+        for _ in 0..joins {
             self.clocks.push(skew.unwrap_or(ClockSpec { offset: Duration::from_secs(1000), drift_ppm: 0 }));
         }
         let window = self.safety.as_millis() as u64;
+        let mut join_times = Vec::new();
         for &node in &self.late.clone() {
             let at = Duration::from_millis(d.range(window / 10..=window / 2));
+            join_times.push(at);
             self.schedule.push(Episode { at, duration: Duration::ZERO, fault: Fault::Join { node } });
         }
-        if scenario.leaves >= founders {
+        // A rebalancer-down episode watches from a join on: that is when moves start.
+        let watches = self.schedule.iter_mut().filter(|e| matches!(e.fault, Fault::RebalancerDown { .. }));
+        for (episode, &at) in watches.zip(join_times.iter().cycle()) {
+            episode.at = at;
+        }
+        if leaves >= founders {
             // A rolling replacement: every founder leaves, one after the other, once the
             // joiners are in (the joiners announce themselves to every founder).
             for (i, node) in (0..founders).enumerate() {
@@ -607,7 +646,7 @@ impl SimOptions {
             }
             return;
         }
-        let leavers = d.distinct(founders - 1, scenario.leaves.min(founders - 1));
+        let leavers = d.distinct(founders - 1, leaves.min(founders - 1));
         for i in leavers {
             let at = Duration::from_millis(d.range(window * 2 / 5..=window * 4 / 5));
             self.schedule.push(Episode { at, duration: Duration::ZERO, fault: Fault::Leave { node: i + 1 } });
@@ -755,6 +794,10 @@ impl SimOptions {
                 let client = d.below(self.clients as u64) as usize;
                 (d.millis(300, 3000), Fault::ClientCut { client, node })
             }
+            FaultKind::RebalancerDown => {
+                let cut_off = d.chance(500);
+                (d.millis(1000, 4000), Fault::RebalancerDown { cut_off, down: d.millis(200, 3000) })
+            }
         };
         let duration = duration.min(self.safety / 2);
         let latest_ms = self.safety.saturating_sub(duration + SCHEDULE_TAIL).as_millis().max(500) as u64;
@@ -820,6 +863,10 @@ impl fmt::Display for Fault {
             Fault::Join { node } => write!(f, "n{} joins", node + 1),
             Fault::Leave { node } => write!(f, "n{} leaves", node + 1),
             Fault::ClientCut { client, node } => write!(f, "cut client c{client} from n{}", node + 1),
+            Fault::RebalancerDown { cut_off, down } => {
+                let what = if *cut_off { "cut off" } else { "crashed" };
+                write!(f, "the next node found moving a partition is {what} for {}", ms(*down))
+            }
         }
     }
 }

@@ -187,8 +187,10 @@ fn options_are_a_pure_function_of_scenario_and_seed() {
     assert_ne!(SimOptions::derive(&scenario, 5), SimOptions::derive(&scenario, 6));
     for seed in 0..200 {
         let o = SimOptions::derive(&scenario, seed);
-        assert!((3..=7).contains(&o.nodes));
-        assert!(!o.faults.is_empty() && o.faults.len() <= 5);
+        assert!((3..=7).contains(&o.founders().len()), "seed {seed}: founders");
+        assert!(o.nodes - o.founders().len() <= 2, "seed {seed}: at most two servers join");
+        // At most five kinds drawn, and perhaps a rebalancer stopped mid-move.
+        assert!(!o.faults.is_empty() && o.faults.len() <= 6);
         for e in &o.schedule {
             assert!(e.at + e.duration <= o.safety, "seed {seed}: {e:?} outlives the safety phase");
         }

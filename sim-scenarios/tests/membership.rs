@@ -55,3 +55,12 @@ fn a_rolling_replacement_of_every_founder_keeps_every_acknowledged_write() {
     let report = passes_and_moves(catalog::a_rolling_replacement_of_every_founder_keeps_every_acknowledged_write());
     assert_eq!(report.timeline.matches("is leaving").count(), 3, "every founder's leave was accepted");
 }
+
+/// Premise: two servers join; a node found moving a partition (decree or copy in flight)
+/// crashes or is cut off mid-move; its moves finish or abort safely, and every history
+/// stays linearizable.
+#[test]
+fn a_rebalancer_stopped_mid_move_leaves_a_move_that_finishes_safely() {
+    let report = passes_and_moves(catalog::a_rebalancer_stopped_mid_move_leaves_a_move_that_finishes_safely());
+    assert!(report.timeline.contains("is moving a partition"), "no rebalancer was stopped mid-move");
+}
