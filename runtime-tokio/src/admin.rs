@@ -228,6 +228,7 @@ fn node_stats(status: &LoopStatus) -> NodeStats {
         storage_errors: stats.storage_errors,
         peer_messages_sent: status.peer_messages_sent,
         peer_bytes_sent: status.peer_bytes_sent,
+        peer_batches_sent: status.peer_batches_sent,
     }
 }
 

@@ -306,7 +306,12 @@ pub async fn spawn_node_on(
     let (control, control_rx) = mpsc::channel(node::CONTROL_QUEUE_MAX);
     let name: Arc<str> = me.name.as_str().into();
 
-    let header = BatchHeader { cluster: node.cluster(), from: me.clone(), restart: node.restart() };
+    let header = BatchHeader {
+        cluster: node.cluster(),
+        from: me.clone(),
+        restart: node.restart(),
+        batches_sent: Default::default(),
+    };
     let (peers, links, views) = make_links(&options, &header);
     let link_factory =
         LinkFactory { header: header.clone(), transport: options.peer_transport, stop: stop_node_rx.clone() };
@@ -387,6 +392,11 @@ pub(crate) struct LinkFactory {
 }
 
 impl LinkFactory {
+    /// Batches every link of this node sent so far.
+    pub(crate) fn batches_sent(&self) -> u64 {
+        self.header.batches_sent.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Starts a link to `id` at `addr`; returns its queue.
     pub(crate) fn spawn(&self, id: NodeId, addr: SocketAddr) -> mpsc::Sender<Vec<u8>> {
         let (link, queue, _status) = Link::new(id, addr, self.header.clone(), self.transport);

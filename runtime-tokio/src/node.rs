@@ -83,6 +83,8 @@ pub(crate) struct LoopStatus {
     /// Peer messages queued for the links, and their encoded bytes.
     pub peer_messages_sent: u64,
     pub peer_bytes_sent: u64,
+    /// Batches the links sent (one gRPC message each).
+    pub peer_batches_sent: u64,
     /// Primaries bypassed after a forward timed out, with the time left.
     pub suspected: Vec<(NodeId, Duration)>,
 }
@@ -278,6 +280,7 @@ impl EventLoop {
             submitted_batch: self.submitted_batch,
             peer_messages_sent: self.peer_messages_sent,
             peer_bytes_sent: self.peer_bytes_sent,
+            peer_batches_sent: self.outputs.links.batches_sent(),
             suspected,
         }
     }

@@ -26,6 +26,8 @@ use memo_proto::peer::peer_client::PeerClient;
 use memo_proto::peer::peer_server::Peer;
 use memo_proto::peer::{Ack, Batch};
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tonic::{Request, Response, Status, Streaming};
@@ -170,6 +172,8 @@ pub(crate) struct BatchHeader {
     pub from: NodeId,
     /// The engine's restart counter: it grows with every restart of this node.
     pub restart: u64,
+    /// Batches sent by every link of this node (for `memo status`: messages per batch).
+    pub batches_sent: Arc<AtomicU64>,
 }
 
 /// Packs queued messages into batches within the count and byte bounds. A message
@@ -356,6 +360,7 @@ impl Link {
 
     fn next_batch(&mut self, messages: Vec<Vec<u8>>) -> Batch {
         self.sequence += 1;
+        self.header.batches_sent.fetch_add(1, Ordering::Relaxed);
         Batch {
             cluster_id: self.header.cluster.0.to_vec(),
             from_name: self.header.from.name.clone(),

@@ -118,7 +118,7 @@ struct Stats(NodeStats);
 impl Stats {
     /// Every stat with its name. The destructuring is exhaustive, so a new field of
     /// `NodeStats` cannot be forgotten here.
-    fn rows(&self) -> [(&'static str, u64); 21] {
+    fn rows(&self) -> [(&'static str, u64); 22] {
         let NodeStats {
             restart,
             requests_in_flight,
@@ -141,6 +141,7 @@ impl Stats {
             storage_errors,
             peer_messages_sent,
             peer_bytes_sent,
+            peer_batches_sent,
         } = self.0;
         [
             ("restart", restart),
@@ -164,6 +165,7 @@ impl Stats {
             ("storage_errors", storage_errors),
             ("peer_messages_sent", peer_messages_sent),
             ("peer_bytes_sent", peer_bytes_sent),
+            ("peer_batches_sent", peer_batches_sent),
         ]
     }
 }
