@@ -87,7 +87,8 @@ pub(super) const ORPHAN_FENCE_DEADLINES: u32 = 4;
 #[derive(Default)]
 struct Slot {
     fast: Option<FastPath>,
-    active: Option<Attempt>,
+    /// The round in flight; boxed, so the many idle slots stay small.
+    active: Option<Box<Attempt>>,
     queue: VecDeque<Queued>,
     backing_off: bool,
     failures: u32,
@@ -358,7 +359,12 @@ impl<S: Storage> Node<S> {
         } else if let Some(front) = slot.queue.front() {
             let _ = front;
             let n = slot.queue.len().min(self.cfg.fold_max);
-            Work::Ops(slot.queue.drain(..n).collect())
+            let ops = slot.queue.drain(..n).collect();
+            if slot.queue.is_empty() {
+                // Most keys are written once in a while: an idle slot keeps no buffer.
+                slot.queue = VecDeque::new();
+            }
+            Work::Ops(ops)
         } else if slot.gc_due {
             slot.gc_due = false;
             Work::Gc
@@ -431,7 +437,7 @@ impl<S: Storage> Node<S> {
             },
         };
         let members = attempt.members.clone();
-        slot.active = Some(attempt);
+        slot.active = Some(Box::new(attempt));
         self.send_all(&members, msg);
     }
 

@@ -80,6 +80,10 @@ pub struct RunArgs {
     /// Size of the database's page cache, in MiB. [default: 64]
     #[arg(long, env = "MEMO_CACHE_MIB")]
     cache_mib: Option<usize>,
+    /// Memory for decoded registers (the engine's cache of recently used keys), in MiB.
+    /// [default: 64]
+    #[arg(long, env = "MEMO_REGISTER_CACHE_MIB")]
+    register_cache_mib: Option<usize>,
     /// Skip verifying every page checksum of the database at start (faster start for a
     /// big database; a damaged file may then go unnoticed). =false undoes a config file's
     /// true.
@@ -102,6 +106,8 @@ const REPLICATION_DEFAULT: u32 = 3;
 const CLUSTER_TOKEN_DEFAULT: &str = "memo";
 /// redb's page cache, in MiB, when neither a flag nor the file sets it.
 const CACHE_MIB_DEFAULT: usize = 64;
+/// The engine's register cache, in MiB, when neither a flag nor the file sets it.
+const REGISTER_CACHE_MIB_DEFAULT: usize = 64;
 /// The rebalance delay when neither a flag nor the file sets it.
 const REBALANCE_DELAY_DEFAULT: Duration = Duration::from_secs(10);
 /// The eviction delay when neither a flag nor the file sets it.
@@ -129,6 +135,7 @@ struct FileSettings {
     cluster_token: Option<String>,
     data_dir: Option<PathBuf>,
     cache_mib: Option<usize>,
+    register_cache_mib: Option<usize>,
     skip_integrity_check: Option<bool>,
     log_format: Option<LogFormat>,
 }
@@ -176,6 +183,7 @@ pub struct Settings {
     cluster_token: String,
     data_dir: Option<PathBuf>,
     cache_mib: usize,
+    register_cache_mib: usize,
     skip_integrity_check: bool,
     /// From the file only: `--log-format` and `MEMO_LOG_FORMAT` belong to `memo` itself
     /// and override this.
@@ -253,6 +261,8 @@ impl Settings {
                 .unwrap_or_else(|| CLUSTER_TOKEN_DEFAULT.to_string()),
             data_dir: args.data_dir.or(file.data_dir),
             cache_mib: args.cache_mib.or(file.cache_mib).unwrap_or(CACHE_MIB_DEFAULT),
+            register_cache_mib: (args.register_cache_mib.or(file.register_cache_mib))
+                .unwrap_or(REGISTER_CACHE_MIB_DEFAULT),
             skip_integrity_check: args.skip_integrity_check.or(file.skip_integrity_check).unwrap_or(false),
             log_format: file.log_format,
         })
@@ -360,6 +370,7 @@ pub async fn run(args: Settings) -> Result<(), String> {
     config.join = joining || joined;
     config.rebalance_delay = args.rebalance_delay;
     config.moves_max = args.moves_max.max(1);
+    config.register_cache_bytes_max = args.register_cache_mib.saturating_mul(1024 * 1024);
     let mut membership = memo_node::founders_membership(&me, &peers, args.advertise.unwrap_or(args.listen));
     if let Some(addr) = args.advertise {
         membership.addr = addr.to_string();
@@ -505,12 +516,13 @@ log_format = "json"
             cluster_token,
             data_dir,
             cache_mib,
+            register_cache_mib,
             skip_integrity_check,
             log_format,
         } = &file;
         assert!(id.is_some() && listen.is_some() && metrics_addr.is_some() && initial_nodes.is_some());
         assert!(join.is_some() && advertise.is_some() && rebalance_delay.is_some() && eviction_delay.is_some());
-        assert!(moves_max.is_some());
+        assert!(moves_max.is_some() && register_cache_mib.is_some());
         assert!(partitions.is_some() && replication.is_some() && cluster_token.is_some() && data_dir.is_some());
         assert!(cache_mib.is_some() && skip_integrity_check.is_some() && log_format.is_some());
 
@@ -541,6 +553,7 @@ log_format = "json"
         assert_eq!(settings.log_format, Some(LogFormat::Json));
         assert_eq!(settings.replication, REPLICATION_DEFAULT);
         assert_eq!(settings.cache_mib, CACHE_MIB_DEFAULT);
+        assert_eq!(settings.register_cache_mib, REGISTER_CACHE_MIB_DEFAULT);
         assert_eq!(settings.data_dir, None);
 
         let flags = args(&["--skip-integrity-check", "--initial-nodes", "n1=127.0.0.1:1"]);
