@@ -100,6 +100,9 @@ pub struct Config {
     /// fast path). Beyond it, idle entries are evicted; an evicted key's next write takes
     /// a full round.
     pub proposer_keys_max: usize,
+    /// Bytes of the proposer's fast-path state (approximate; each holds the key's last
+    /// value). Beyond it, idle entries are evicted as beyond `proposer_keys_max`.
+    pub proposer_bytes_max: usize,
     /// Outgoing messages queued for the runtime (all peers together).
     pub transmit_queue_max: usize,
     /// Register writes in one persist batch; a full batch is closed and a new one opened.
@@ -147,6 +150,7 @@ impl Config {
             key_queue_max: 1024,
             fold_max: 64,
             proposer_keys_max: 100_000,
+            proposer_bytes_max: 32 * 1024 * 1024,
             transmit_queue_max: 1 << 20,
             batch_writes_max: 4096,
             register_cache_bytes_max: 64 * 1024 * 1024,

@@ -114,3 +114,28 @@ fn proposer_state_stays_bounded_and_evicted_keys_still_work() {
         );
     }
 }
+
+/// The proposer's fast-path state holds each key's last value, so it is bounded in bytes
+/// as well as in keys: with 4 KiB values and a 32 KiB bound, a node keeps at most a
+/// handful of fast paths, however many keys it writes, and every key still works.
+#[test]
+fn proposer_state_stays_within_its_byte_bound_with_big_values() {
+    fn tune(cfg: &mut memo_engine::Config) {
+        cfg.proposer_bytes_max = 32 * 1024;
+    }
+    let mut sim = Sim::with_config(3, 16, 3, 6, Faults::none(), tune);
+    let value = |i: usize, round: usize| vec![(i + round) as u8; 4096];
+    for round in 0..2 {
+        for i in 0..60 {
+            assert_eq!(call(&mut sim, i % 3, Request::upsert(format!("key{i}"), value(i, round))), Ok(Response::Done));
+        }
+    }
+    for n in 0..3 {
+        // 32 KiB / (4 KiB + the slot) is 7; one more may be over until the next write.
+        let keys = sim.node(n).unwrap().proposer_keys();
+        assert!(keys <= 8, "node {n} keeps {keys} fast paths");
+    }
+    for i in 0..60 {
+        assert_eq!(call(&mut sim, (i + 1) % 3, Request::fetch(format!("key{i}"))), Ok(Response::Value(value(i, 1))));
+    }
+}

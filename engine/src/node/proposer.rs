@@ -75,10 +75,27 @@ pub(super) struct Proposer {
     gc_pending: usize,
     /// Where the next eviction scan starts, so eviction sweeps the key space in turn.
     evict_cursor: String,
+    /// Approximate bytes of the slots holding a fast path (`Config::proposer_bytes_max`).
+    fast_bytes: usize,
+}
+
+/// Approximate memory of a slot holding a fast path for `key` with `state`: the map's
+/// slot for it (B-tree nodes are about two thirds full), the key, and the state's
+/// buffers, which hold the whole value.
+fn fast_path_bytes(key: &str, state: &Option<State>) -> usize {
+    let state = state.as_ref().map_or(0, |s| {
+        s.value().map_or(0, <[u8]>::len)
+            + std::mem::size_of_val(s.recent())
+            + std::mem::size_of_val(s.aborted().ops.as_slice())
+            + std::mem::size_of_val(s.aborted().below.as_slice())
+    });
+    std::mem::size_of::<(String, Slot)>() * 3 / 2 + key.len() + state + 32
 }
 
 /// Slots an eviction looks at before giving up (the bound is then exceeded briefly).
 const EVICTION_SCAN_MAX: usize = 16;
+/// Evictions one chosen write may do to bring the proposer back within its bounds.
+const EVICTIONS_PER_WRITE_MAX: usize = 4;
 
 /// How long, in request timeouts, a write in doubt whose request was answered by its
 /// deadline is still recovered to fence it.
@@ -115,6 +132,8 @@ struct FastPath {
     epoch: EpochRef,
     next: Ballot,
     state: Option<State>,
+    /// [`fast_path_bytes`] of the slot, counted in `Proposer::fast_bytes`.
+    bytes: usize,
 }
 
 #[derive(Clone, Debug)]
@@ -220,8 +239,9 @@ impl Proposer {
         self.slots.len()
     }
 
-    /// Forgets one idle key other than `keep` (only its fast-path entry is lost).
-    fn evict_one(&mut self, keep: &str) {
+    /// Forgets one idle key other than `keep` (only its fast-path entry is lost); false if
+    /// the scan found none.
+    fn evict_one(&mut self, keep: &str) -> bool {
         let cursor = std::mem::take(&mut self.evict_cursor);
         let after =
             self.slots.range::<str, _>((std::ops::Bound::Excluded(cursor.as_str()), std::ops::Bound::Unbounded));
@@ -240,10 +260,14 @@ impl Proposer {
             })
             .map(|(k, _)| k.clone());
         if let Some(victim) = victim {
-            self.slots.remove(&victim);
+            if let Some(fast) = self.slots.remove(&victim).and_then(|s| s.fast) {
+                self.fast_bytes -= fast.bytes;
+            }
             self.evict_cursor = victim;
+            true
         } else {
             self.evict_cursor = cursor;
+            false
         }
     }
 }
@@ -389,7 +413,11 @@ impl<S: Storage> Node<S> {
         let id = self.proposer.next_attempt;
         // A recovering write needs phase 1 to find what happened to it.
         let recover = matches!(&work, Work::Ops(ops) if ops.iter().any(|q| q.recover.is_some()));
-        let fast = slot.fast.take().filter(|f| f.epoch == epoch && !recover && matches!(work, Work::Ops(_)));
+        let fast = slot.fast.take();
+        if let Some(f) = &fast {
+            self.proposer.fast_bytes -= f.bytes;
+        }
+        let fast = fast.filter(|f| f.epoch == epoch && !recover && matches!(work, Work::Ops(_)));
         let (ballot, phase) = match fast {
             Some(f) => {
                 let Work::Ops(ops) = &work else { unreachable!("filtered above") };
@@ -654,10 +682,20 @@ impl<S: Storage> Node<S> {
         let is_gc = matches!(a.work, Work::Gc);
         if !is_gc && a.quorum.is_quorum(grants) {
             let next = a.ballot.successor();
-            slot.fast = Some(FastPath { epoch: a.epoch, next, state: proposal.state.clone() });
+            let bytes = fast_path_bytes(key, &proposal.state);
+            let fast = FastPath { epoch: a.epoch, next, state: proposal.state.clone(), bytes };
+            if let Some(old) = slot.fast.replace(fast) {
+                self.proposer.fast_bytes -= old.bytes;
+            }
+            self.proposer.fast_bytes += bytes;
             self.proposer.round = self.proposer.round.max(next.round);
-            if self.proposer.slots.len() > self.cfg.proposer_keys_max {
-                self.proposer.evict_one(key);
+            // Both bounds, a few evictions at most per write (a scan may find no idle key).
+            for _ in 0..EVICTIONS_PER_WRITE_MAX {
+                let over = self.proposer.slots.len() > self.cfg.proposer_keys_max
+                    || self.proposer.fast_bytes > self.cfg.proposer_bytes_max;
+                if !over || !self.proposer.evict_one(key) {
+                    break;
+                }
             }
         }
         let deleted = matches!(proposal.state, Some(State::Tombstone { .. }));
@@ -701,7 +739,9 @@ impl<S: Storage> Node<S> {
         let Some(a) = slot.active.take() else { return };
         self.timers.cancel(a.timer);
         self.stats.retries += 1;
-        slot.fast = None;
+        if let Some(old) = slot.fast.take() {
+            self.proposer.fast_bytes -= old.bytes;
+        }
         slot.failures = slot.failures.saturating_add(1);
         let written = match &a.phase {
             Phase::Accept { written, .. } if maybe_accepted => written.clone(),
