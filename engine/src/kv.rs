@@ -157,6 +157,15 @@ impl State {
         }
     }
 
+    /// Bytes of the buffers this state owns (the value, recent and aborted writes), for
+    /// the memory bounds of the caches that keep states.
+    pub fn heap_bytes(&self) -> usize {
+        self.value().map_or(0, <[u8]>::len)
+            + std::mem::size_of_val(self.recent())
+            + std::mem::size_of_val(self.aborted().ops.as_slice())
+            + std::mem::size_of_val(self.aborted().below.as_slice())
+    }
+
     /// Whether the write `op` is among the recent writes.
     pub fn carries(&self, op: OpId) -> bool {
         self.recent().iter().any(|a| a.op == op)

@@ -31,6 +31,16 @@ fn call(sim: &mut Sim, node: usize, req: Request) -> Result<Response, KvError> {
     sim.call(node, req, LIMIT).expect("a reply within the limit").result
 }
 
+/// Plants `bug` (if any) in every node, each restarted to take it.
+fn plant_everywhere(sim: &mut Sim, bug: Option<PlantedBug>) {
+    let Some(bug) = bug else { return };
+    for i in 0..sim.len() {
+        sim.crash(i);
+        sim.plant(i, bug);
+        sim.restart(i);
+    }
+}
+
 /// Runs until every live node's partition 0 is settled on `members` (as a set).
 fn settle_on(sim: &mut Sim, members: &[usize]) {
     let want: Vec<_> = members.iter().map(|&i| sim.ids()[i].clone()).collect();
@@ -114,13 +124,7 @@ fn unfenced_copier_run(bug: Option<PlantedBug>, seed: u64) -> (Result<Response, 
     }
     let mut sim = Sim::with_config(3, 1, 3, seed, Faults::none(), slow);
     let n3 = sim.add_node();
-    if let Some(bug) = bug {
-        for i in 0..4 {
-            sim.crash(i);
-            sim.plant(i, bug);
-            sim.restart(i);
-        }
-    }
+    plant_everywhere(&mut sim, bug);
     let config = sim.node(0).unwrap().map().config(0).clone();
     let [a, b, c] = [0, 1, 2].map(|i| sim.index_of(&config.members[i]));
     assert_eq!((a, b, c), (1, 2, 0), "placement of the founding config");
@@ -227,13 +231,7 @@ fn leaked_config_run(bug: Option<PlantedBug>) -> (Result<Response, KvError>, Res
     let mut sim = Sim::with_config(3, 1, 3, 0, Faults::none(), tune);
     let n3 = sim.add_node();
     let n4 = sim.add_node();
-    if let Some(bug) = bug {
-        for i in 0..5 {
-            sim.crash(i);
-            sim.plant(i, bug);
-            sim.restart(i);
-        }
-    }
+    plant_everywhere(&mut sim, bug);
     sim.set_membership(&[0, 1, 2]);
     let config = sim.node(0).unwrap().map().config(0).clone();
     let [a, b, c] = [0, 1, 2].map(|i| sim.index_of(&config.members[i]));

@@ -54,14 +54,8 @@ pub async fn run_episode(cluster: Arc<Cluster>, token: u64, origin: Instant, epi
             rec.note("HEAL", format!("{tag} {fault} ended"));
         }
         Fault::Crash { node } => {
-            if !cluster.crash(*node, token) {
-                return rec.note("SKIP", format!("{tag} {fault}: the node is down or paused"));
-            }
-            rec.note("FAULT", format!("{tag} {fault}, down for {}ms", episode.duration.as_millis()));
-            sleep_until(until).await;
-            if cluster.faults_on() {
-                cluster.restart(*node, token);
-            }
+            let what = format!("{tag} {fault}, down for {}ms", episode.duration.as_millis());
+            crash_until(&cluster, *node, token, until, &what, &format!("{tag} {fault}")).await;
         }
         Fault::Join { node } => {
             rec.note("FAULT", format!("{tag} {fault}"));
@@ -152,17 +146,9 @@ pub async fn run_episode(cluster: Arc<Cluster>, token: u64, origin: Instant, epi
                 links.iter().for_each(|&(a, b)| cluster.uncut(a, b));
                 rec.note("HEAL", format!("{tag} n{} reconnected", node + 1));
             } else {
-                if !cluster.crash(node, token) {
-                    return rec.note("SKIP", format!("{tag} n{} is down or paused", node + 1));
-                }
-                rec.note(
-                    "FAULT",
-                    format!("{tag} n{} is moving a partition: crashed for {}ms", node + 1, down.as_millis()),
-                );
-                sleep(*down).await;
-                if cluster.faults_on() {
-                    cluster.restart(node, token);
-                }
+                let what = format!("{tag} n{} is moving a partition: crashed for {}ms", node + 1, down.as_millis());
+                let until = Instant::now() + *down;
+                crash_until(&cluster, node, token, until, &what, &format!("{tag} n{}", node + 1)).await;
             }
         }
         Fault::ClientCut { client, node } => {
@@ -175,6 +161,19 @@ pub async fn run_episode(cluster: Arc<Cluster>, token: u64, origin: Instant, epi
             cluster.uncut(s, c);
             rec.note("HEAL", format!("{tag} {fault} healed"));
         }
+    }
+}
+
+/// Crashes `node` (noting `what`) and restarts it at `until`, unless the final heal came
+/// first; `skip` names the fault when the node is already down or paused.
+async fn crash_until(cluster: &Cluster, node: usize, token: u64, until: Instant, what: &str, skip: &str) {
+    if !cluster.crash(node, token) {
+        return cluster.rec.note("SKIP", format!("{skip}: the node is down or paused"));
+    }
+    cluster.rec.note("FAULT", what);
+    sleep_until(until).await;
+    if cluster.faults_on() {
+        cluster.restart(node, token);
     }
 }
 

@@ -124,12 +124,10 @@ pub(super) struct Persist {
 }
 
 fn entry_bytes(sk: &[u8], register: Option<&Register>) -> usize {
-    let value = register.and_then(|r| r.accepted.as_ref()).and_then(|a| a.state.as_ref()).map_or(0, |s| {
-        s.value().map_or(0, <[u8]>::len)
-            + std::mem::size_of_val(s.recent())
-            + std::mem::size_of_val(s.aborted().ops.as_slice())
-            + std::mem::size_of_val(s.aborted().below.as_slice())
-    });
+    let value = register
+        .and_then(|r| r.accepted.as_ref())
+        .and_then(|a| a.state.as_ref())
+        .map_or(0, crate::kv::State::heap_bytes);
     sk.len() + value + ENTRY_OVERHEAD_BYTES
 }
 

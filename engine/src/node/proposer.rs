@@ -83,13 +83,7 @@ pub(super) struct Proposer {
 /// slot for it (B-tree nodes are about two thirds full), the key, and the state's
 /// buffers, which hold the whole value.
 fn fast_path_bytes(key: &str, state: &Option<State>) -> usize {
-    let state = state.as_ref().map_or(0, |s| {
-        s.value().map_or(0, <[u8]>::len)
-            + std::mem::size_of_val(s.recent())
-            + std::mem::size_of_val(s.aborted().ops.as_slice())
-            + std::mem::size_of_val(s.aborted().below.as_slice())
-    });
-    std::mem::size_of::<(String, Slot)>() * 3 / 2 + key.len() + state + 32
+    std::mem::size_of::<(String, Slot)>() * 3 / 2 + key.len() + state.as_ref().map_or(0, State::heap_bytes) + 32
 }
 
 /// Slots an eviction looks at before giving up (the bound is then exceeded briefly).
