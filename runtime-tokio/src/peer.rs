@@ -8,8 +8,8 @@
 //! `Batch` per send, because per-message costs dominate gRPC on this hardware
 //! (docs/CALIBRATION.md: batching cut the cost per message 5–20×).
 //!
-//! By default a link keeps one long-lived `Stream` call open and the receiver answers
-//! each batch with a cumulative `Ack`; [`PeerTransport::Unary`] sends one `Send` call per
+//! By default a link keeps one long-lived `Stream` call open and the receiver acks the
+//! stream's first batch only (or ends the stream with an error); [`PeerTransport::Unary`] sends one `Send` call per
 //! batch instead (simpler failure semantics, useful in simulation where a madsim stream
 //! never loses data but only delays it).
 //!
@@ -56,9 +56,9 @@ pub const PEER_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Batches buffered between a link and its open stream. Small: when the stream stalls
 /// the link should stall too, so its queue fills and drops instead of hoarding.
 pub const STREAM_BATCHES_BUFFERED_MAX: usize = 4;
-/// Acks buffered on the receiving side of a stream; acks are cumulative, so a full
-/// buffer just skips one.
-pub const STREAM_ACKS_BUFFERED_MAX: usize = 16;
+/// Acks buffered on the receiving side of a stream: a stream carries at most two (its
+/// first batch's and a refusal).
+pub const STREAM_ACKS_BUFFERED_MAX: usize = 2;
 
 /// How a node sends batches to its peers.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -120,9 +120,15 @@ impl PeerService {
         Ok(batch.sequence)
     }
 
-    /// Reads a stream of batches until it ends, fails or the server stops, acking each.
+    /// Reads a stream of batches until it ends, fails or the server stops. Only the
+    /// stream's first batch is acked (it tells the sender the whole path works, the
+    /// cluster check included) and a refused one (its error ends the stream): an ack
+    /// per batch would double the frames, syscalls and wake-ups a batch costs, and the
+    /// sender has no use for them (the protocol tolerates loss; HTTP/2 keepalive pings
+    /// find a dead peer).
     async fn pump_stream(self, mut batches: Streaming<Batch>, acks: mpsc::Sender<Result<Ack, Status>>) {
         let mut stop = self.stop.clone();
+        let mut acked = false;
         loop {
             let next = tokio::select! {
                 _ = stop.changed() => return,
@@ -138,8 +144,10 @@ impl PeerService {
             };
             let ack = self.deliver(batch).await.map(|sequence| Ack { sequence });
             let refused = ack.is_err();
-            // Acks are cumulative: when the buffer is full, a later one covers this.
-            let _ = acks.try_send(ack);
+            if refused || !acked {
+                acked = true;
+                let _ = acks.send(ack).await;
+            }
             if refused {
                 return;
             }
@@ -478,5 +486,70 @@ mod tests {
         assert_eq!(*delays.last().unwrap(), RECONNECT_BACKOFF_MAX);
         backoff.reset();
         assert_eq!(backoff.take(), RECONNECT_BACKOFF_MIN);
+    }
+
+    /// Real sockets: madsim-tonic has no `serve_with_incoming`.
+    #[cfg(not(madsim))]
+    mod streams {
+        use super::*;
+
+        /// A loopback server with only the peer service, and a stream opened to it.
+        async fn open_stream(
+            cluster: ClusterId,
+        ) -> (mpsc::Receiver<Vec<Vec<u8>>>, mpsc::Sender<Batch>, Streaming<Ack>, watch::Sender<bool>) {
+            use memo_proto::peer::peer_server::PeerServer;
+            let (inbound, delivered) = mpsc::channel(16);
+            let (stop_tx, stop) = watch::channel(false);
+            let service = PeerService { cluster, inbound, stop };
+            let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = tcp.local_addr().unwrap();
+            let incoming = tonic::transport::server::TcpIncoming::from(tcp);
+            tokio::spawn(
+                tonic::transport::Server::builder().add_service(PeerServer::new(service)).serve_with_incoming(incoming),
+            );
+            let mut client = PeerClient::connect(format!("http://{addr}")).await.unwrap();
+            let (batches, batches_out) = mpsc::channel(4);
+            let acks = client.stream(ChannelStream(batches_out)).await.unwrap().into_inner();
+            (delivered, batches, acks, stop_tx)
+        }
+
+        fn batch(cluster: &ClusterId, sequence: u64) -> Batch {
+            Batch {
+                cluster_id: cluster.0.to_vec(),
+                from_name: "n1".into(),
+                from_generation: 1,
+                sequence,
+                messages: vec![vec![sequence as u8]],
+            }
+        }
+
+        #[tokio::test]
+        async fn a_stream_acks_its_first_batch_only_and_delivers_every_batch() {
+            let cluster = ClusterId([7; 32]);
+            let (mut delivered, batches, mut acks, _stop) = open_stream(cluster).await;
+            for sequence in 1..=3 {
+                batches.send(batch(&cluster, sequence)).await.unwrap();
+            }
+            for sequence in 1..=3u8 {
+                assert_eq!(delivered.recv().await.unwrap(), vec![vec![sequence]]);
+            }
+            assert_eq!(acks.message().await.unwrap(), Some(Ack { sequence: 1 }));
+            // The stream ends cleanly once the sender closes it: no ack for batches 2 and 3.
+            drop(batches);
+            assert_eq!(acks.message().await.unwrap(), None);
+        }
+
+        #[tokio::test]
+        async fn a_stream_ends_with_an_error_at_a_batch_from_another_cluster() {
+            let cluster = ClusterId([7; 32]);
+            let (mut delivered, batches, mut acks, _stop) = open_stream(cluster).await;
+            batches.send(batch(&cluster, 1)).await.unwrap();
+            assert_eq!(acks.message().await.unwrap(), Some(Ack { sequence: 1 }));
+            batches.send(batch(&ClusterId([8; 32]), 2)).await.unwrap();
+            let status = acks.message().await.unwrap_err();
+            assert_eq!(status.code(), tonic::Code::FailedPrecondition);
+            assert_eq!(delivered.recv().await.unwrap(), vec![vec![1]]);
+            assert!(delivered.try_recv().is_err(), "the foreign batch was delivered");
+        }
     }
 }
