@@ -23,10 +23,16 @@
 //! A register whose state carries no aborted write is still written as version 1 (the
 //! common case, byte for byte what earlier builds wrote and read); both versions decode.
 //!
+//! A value whose [`Encoding`] is not plain (compressed or encrypted by the runtime's
+//! policies) sets flag bit 4 and carries the encoding in one byte right after the value's
+//! bytes, in either version. A register without bit 4 holds a plain value: every register
+//! written before encodings existed reads back unchanged. (A build that predates bit 4
+//! refuses such a register as corrupt rather than misread it.)
+//!
 //! Decoding never panics: truncated, oversized or unknown input is a [`StorageError`].
 
 use crate::ids::{NodeTag, OpId};
-use crate::kv::{ABORT_WATERMARKS_MAX, ABORTED_OPS_MAX, Aborts, Applied, RECENT_OPS_MAX, State};
+use crate::kv::{ABORT_WATERMARKS_MAX, ABORTED_OPS_MAX, Aborts, Applied, Encoding, RECENT_OPS_MAX, State};
 use crate::paxos::acceptor::{Accepted, Register};
 use crate::paxos::ballot::Ballot;
 use crate::storage::StorageError;
@@ -39,6 +45,7 @@ const ACCEPTED: u8 = 1;
 const COMMITTED: u8 = 2;
 const STATE: u8 = 4;
 const TOMBSTONE: u8 = 8;
+const ENCODED: u8 = 16;
 /// Largest value length a register may claim (well above any configurable value limit).
 const VALUE_BYTES_MAX: u64 = 1 << 32;
 
@@ -64,8 +71,10 @@ pub fn encode_register(r: &Register) -> Vec<u8> {
     }
     if let Some(s) = state {
         flags |= STATE;
-        if matches!(s, State::Tombstone { .. }) {
-            flags |= TOMBSTONE;
+        match s {
+            State::Tombstone { .. } => flags |= TOMBSTONE,
+            State::Value { encoding, .. } if *encoding != Encoding::PLAIN => flags |= ENCODED,
+            State::Value { .. } => {}
         }
     }
     out.push(flags);
@@ -73,9 +82,12 @@ pub fn encode_register(r: &Register) -> Vec<u8> {
         put_ballot(&mut out, a.ballot);
     }
     if let Some(s) = state {
-        if let Some(v) = s.value() {
-            put_varint(&mut out, v.len() as u64);
-            out.extend_from_slice(v);
+        if let State::Value { value, encoding, .. } = s {
+            put_varint(&mut out, value.len() as u64);
+            out.extend_from_slice(value);
+            if *encoding != Encoding::PLAIN {
+                out.push(encoding.0);
+            }
         }
         put_varint(&mut out, s.recent().len() as u64);
         for a in s.recent() {
@@ -103,13 +115,15 @@ pub fn decode_register(bytes: &[u8]) -> Result<Register, StorageError> {
     }
     let promised = r.ballot()?;
     let flags = r.byte()?;
-    if flags & !(ACCEPTED | COMMITTED | STATE | TOMBSTONE) != 0 || (flags & STATE != 0 && flags & ACCEPTED == 0) {
+    if flags & !(ACCEPTED | COMMITTED | STATE | TOMBSTONE | ENCODED) != 0
+        || (flags & STATE != 0 && flags & ACCEPTED == 0)
+        || (flags & ENCODED != 0 && (flags & STATE == 0 || flags & TOMBSTONE != 0))
+    {
         return Err(corrupt("invalid register flags"));
     }
     let accepted = if flags & ACCEPTED != 0 {
         let ballot = r.ballot()?;
-        let state =
-            if flags & STATE != 0 { Some(r.state(flags & TOMBSTONE != 0, version == VERSION_2)?) } else { None };
+        let state = if flags & STATE != 0 { Some(r.state(flags, version == VERSION_2)?) } else { None };
         Some(Accepted { ballot, state })
     } else {
         None
@@ -193,8 +207,8 @@ impl Reader<'_> {
         (0..n).map(|_| self.op()).collect()
     }
 
-    fn state(&mut self, tombstone: bool, with_aborted: bool) -> Result<State, StorageError> {
-        let value = if tombstone {
+    fn state(&mut self, flags: u8, with_aborted: bool) -> Result<State, StorageError> {
+        let value = if flags & TOMBSTONE != 0 {
             None
         } else {
             let len = self.varint()?;
@@ -203,7 +217,11 @@ impl Reader<'_> {
             }
             let v = self.bytes[self.at..self.at + len as usize].to_vec();
             self.at += len as usize;
-            Some(v)
+            let encoding = if flags & ENCODED != 0 { Encoding(self.byte()?) } else { Encoding::PLAIN };
+            if flags & ENCODED != 0 && encoding == Encoding::PLAIN {
+                return Err(corrupt("an encoded value marked plain"));
+            }
+            Some((v, encoding))
         };
         let n = self.varint()?;
         if n > RECENT_OPS_MAX as u64 * 16 {
@@ -221,7 +239,7 @@ impl Reader<'_> {
             aborted.below = self.ops(ABORT_WATERMARKS_MAX)?;
         }
         Ok(match value {
-            Some(value) => State::Value { value, recent, aborted },
+            Some((value, encoding)) => State::Value { value, encoding, recent, aborted },
             None => State::Tombstone { recent, aborted },
         })
     }
@@ -260,8 +278,18 @@ mod tests {
         };
         let state = prop_oneof![
             Just(None),
-            (proptest::collection::vec(any::<u8>(), 0..64), proptest::collection::vec(applied(), 0..5), aborted())
-                .prop_map(|(value, recent, aborted)| Some(State::Value { value, recent, aborted })),
+            (
+                proptest::collection::vec(any::<u8>(), 0..64),
+                prop_oneof![Just(0u8), any::<u8>()],
+                proptest::collection::vec(applied(), 0..5),
+                aborted()
+            )
+                .prop_map(|(value, encoding, recent, aborted)| Some(State::Value {
+                    value,
+                    encoding: Encoding(encoding),
+                    recent,
+                    aborted
+                })),
             (proptest::collection::vec(applied(), 0..5), aborted())
                 .prop_map(|(recent, aborted)| Some(State::Tombstone { recent, aborted })),
         ];
@@ -300,6 +328,7 @@ mod tests {
                 ballot: b,
                 state: Some(State::Value {
                     value: b"hi".to_vec(),
+                    encoding: Encoding::PLAIN,
                     recent: vec![Applied { ballot: b, op }],
                     aborted: Aborts::default(),
                 }),
@@ -346,11 +375,52 @@ mod tests {
     }
 
     #[test]
+    fn an_encoded_value_keeps_its_encoding_and_a_plain_one_is_written_as_before() {
+        let b = Ballot { epoch: 1, round: 2, node: NodeTag(3), restart: 1 };
+        let register = |encoding| Register {
+            promised: b,
+            accepted: Some(Accepted {
+                ballot: b,
+                state: Some(State::Value {
+                    value: b"hi".to_vec(),
+                    encoding: Encoding(encoding),
+                    recent: vec![],
+                    aborted: Aborts::default(),
+                }),
+            }),
+            committed: false,
+        };
+        let plain = encode_register(&register(0));
+        let encoded = encode_register(&register(2));
+        // The encoding costs one byte and one flag; a plain value is byte for byte what
+        // builds before encodings wrote.
+        assert_eq!(encoded.len(), plain.len() + 1);
+        assert_eq!(plain[..plain.len() - 1], [1, 1, 2, 3, 1, 1 | 4, 1, 2, 3, 1, 2, b'h', b'i']);
+        assert_eq!(decode_register(&encoded).unwrap(), register(2));
+        // An encoding byte of 0 behind the flag, or the flag on a tombstone, is refused.
+        let mut zero = encoded.clone();
+        let at = zero.len() - 2; // the encoding, then the count of recent writes (0)
+        assert_eq!(zero[at], 2);
+        zero[at] = 0;
+        assert!(decode_register(&zero).is_err());
+        let tombstone = [1, 1, 2, 3, 1, 1 | 4 | 8 | 16, 1, 2, 3, 1, 0];
+        assert!(decode_register(&tombstone).is_err());
+    }
+
+    #[test]
     fn version_1_registers_still_decode() {
         // Bytes written by builds before aborted writes existed.
         let bytes = [1, 1, 2, 0xac, 0x02, 1, 7, 1, 2, 0xac, 0x02, 1, 2, b'h', b'i', 0];
         let r = decode_register(&bytes).unwrap();
         let state = r.accepted.and_then(|a| a.state).unwrap();
-        assert_eq!(state, State::Value { value: b"hi".to_vec(), recent: vec![], aborted: Aborts::default() });
+        assert_eq!(
+            state,
+            State::Value {
+                value: b"hi".to_vec(),
+                encoding: Encoding::PLAIN,
+                recent: vec![],
+                aborted: Aborts::default()
+            }
+        );
     }
 }

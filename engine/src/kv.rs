@@ -106,13 +106,55 @@ impl Aborts {
     }
 }
 
+/// How the bytes of a value are encoded: opaque to the engine, which stores it with the
+/// bytes and hands both back on reads. The runtime gives it a meaning (compression,
+/// encryption: `memo_node::policy`); `Encoding::PLAIN` is the bytes as the client sent
+/// them, and every value written before encodings existed reads back as plain.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Encoding(pub u8);
+
+impl Encoding {
+    /// The bytes as the client sent them.
+    pub const PLAIN: Encoding = Encoding(0);
+}
+
+/// A value as the cluster stores and carries it: its bytes and how they are encoded.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Value {
+    /// The (encoded) bytes.
+    pub bytes: Vec<u8>,
+    /// How `bytes` encode the client's value.
+    pub encoding: Encoding,
+}
+
+impl Value {
+    /// Bytes stored as the client sent them.
+    pub fn plain(bytes: impl Into<Vec<u8>>) -> Self {
+        Value { bytes: bytes.into(), encoding: Encoding::PLAIN }
+    }
+}
+
+impl From<Vec<u8>> for Value {
+    fn from(bytes: Vec<u8>) -> Self {
+        Value::plain(bytes)
+    }
+}
+
+impl From<&[u8]> for Value {
+    fn from(bytes: &[u8]) -> Self {
+        Value::plain(bytes)
+    }
+}
+
 /// What a register holds once something was ever chosen for it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum State {
     /// A live value.
     Value {
-        /// The bytes.
+        /// The bytes, encoded as `encoding` says.
         value: Vec<u8>,
+        /// How `value` is encoded.
+        encoding: Encoding,
         /// The last writes of this key's history, oldest first, at most
         /// [`RECENT_OPS_MAX`].
         recent: Vec<Applied>,
@@ -139,6 +181,14 @@ impl State {
     pub fn value(&self) -> Option<&[u8]> {
         match self {
             State::Value { value, .. } => Some(value),
+            State::Tombstone { .. } => None,
+        }
+    }
+
+    /// The value and its encoding, if live.
+    pub fn stored(&self) -> Option<Value> {
+        match self {
+            State::Value { value, encoding, .. } => Some(Value { bytes: value.clone(), encoding: *encoding }),
             State::Tombstone { .. } => None,
         }
     }
@@ -196,11 +246,11 @@ pub fn visible(state: Option<&State>) -> Option<&[u8]> {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Change {
     /// Set if absent, else ALREADY_EXISTS.
-    Insert(Vec<u8>),
+    Insert(Value),
     /// Set if present, else NOT_FOUND.
-    Update(Vec<u8>),
+    Update(Value),
     /// Set.
-    Upsert(Vec<u8>),
+    Upsert(Value),
     /// Tombstone if present, else NOT_FOUND.
     Delete,
     /// Read the value (linearizable).
@@ -220,7 +270,7 @@ pub enum Answer {
     /// The write took effect.
     Done,
     /// The value read.
-    Value(Vec<u8>),
+    Value(Value),
     /// Insert on a present key.
     AlreadyExists,
     /// Update, Delete or Fetch on an absent key.
@@ -246,16 +296,19 @@ pub fn apply(state: &mut Option<State>, change: &Change, op: OpId, ballot: Ballo
     }
     let next = match change {
         Change::Fetch => {
-            return Ok(match visible(state.as_ref()) {
-                Some(v) => Answer::Value(v.to_vec()),
+            return Ok(match state.as_ref().and_then(State::stored) {
+                Some(v) => Answer::Value(v),
                 None => Answer::NotFound,
             });
         }
         Change::Insert(_) if present => return Ok(Answer::AlreadyExists),
         Change::Update(_) | Change::Delete if !present => return Ok(Answer::NotFound),
-        Change::Insert(v) | Change::Update(v) | Change::Upsert(v) => {
-            State::Value { value: v.clone(), recent: Vec::new(), aborted: Aborts::default() }
-        }
+        Change::Insert(v) | Change::Update(v) | Change::Upsert(v) => State::Value {
+            value: v.bytes.clone(),
+            encoding: v.encoding,
+            recent: Vec::new(),
+            aborted: Aborts::default(),
+        },
         Change::Delete => State::Tombstone { recent: Vec::new(), aborted: Aborts::default() },
     };
     let mut recent = state.as_ref().map(|s| s.recent().to_vec()).unwrap_or_default();
@@ -301,11 +354,16 @@ mod tests {
     #[test]
     fn each_change_has_its_precondition() {
         // (initial, change, answer, visible after)
-        let v = |s: &str| s.as_bytes().to_vec();
+        let v = |s: &str| Value::plain(s);
         let old = vec![Applied { ballot: b(1), op: op(0) }];
-        let live = Some(State::Value { value: v("a"), recent: old.clone(), aborted: Aborts::default() });
+        let live = Some(State::Value {
+            value: b"a".to_vec(),
+            encoding: Encoding::PLAIN,
+            recent: old.clone(),
+            aborted: Aborts::default(),
+        });
         let dead = Some(State::Tombstone { recent: old, aborted: Aborts::default() });
-        type Row = (Option<State>, Change, Answer, Option<Vec<u8>>);
+        type Row = (Option<State>, Change, Answer, Option<Value>);
         let table: Vec<Row> = vec![
             (None, Change::Insert(v("x")), Answer::Done, Some(v("x"))),
             (dead.clone(), Change::Insert(v("x")), Answer::Done, Some(v("x"))),
@@ -324,7 +382,7 @@ mod tests {
         ];
         for (i, (mut state, change, answer, after)) in table.into_iter().enumerate() {
             assert_eq!(apply(&mut state, &change, op(9), b(2)), Ok(answer.clone()), "row {i}");
-            assert_eq!(visible(state.as_ref()).map(<[u8]>::to_vec), after, "row {i}");
+            assert_eq!(state.as_ref().and_then(State::stored), after, "row {i}");
             let remembered = state.as_ref().is_some_and(|s| s.carries(op(9)));
             assert_eq!(remembered, answer == Answer::Done && change.is_write(), "row {i}");
         }
@@ -333,7 +391,11 @@ mod tests {
     #[test]
     fn a_fold_remembers_every_effective_write_in_order() {
         let mut state = None;
-        let changes = [Change::Insert(b"a".to_vec()), Change::Insert(b"b".to_vec()), Change::Upsert(b"c".to_vec())];
+        let changes = [
+            Change::Insert(b"a".to_vec().into()),
+            Change::Insert(b"b".to_vec().into()),
+            Change::Upsert(b"c".to_vec().into()),
+        ];
         let answers = apply_fold(&mut state, changes.iter().zip([op(1), op(2), op(3)]), b(5));
         assert_eq!(answers, vec![Ok(Answer::Done), Ok(Answer::AlreadyExists), Ok(Answer::Done)]);
         let state = state.expect("written");
@@ -346,7 +408,7 @@ mod tests {
     fn the_recent_window_keeps_the_newest_writes() {
         let mut state = None;
         for i in 0..20 {
-            apply(&mut state, &Change::Upsert(vec![i as u8]), op(i), b(i)).unwrap();
+            apply(&mut state, &Change::Upsert(vec![i as u8].into()), op(i), b(i)).unwrap();
         }
         let recent = state.expect("written").recent().to_vec();
         assert_eq!(recent.len(), RECENT_OPS_MAX);
@@ -370,12 +432,12 @@ mod tests {
         assert!(!aborted.refuses(of(7, 3, 1)), "a later life");
         assert!(!aborted.refuses(of(8, 2, 24)), "another node");
         assert_eq!(apply(&mut state, &Change::Delete, of(7, 2, 24), b(1)), Err(Aborted));
-        assert_eq!(apply(&mut state, &Change::Upsert(b"v".to_vec()), of(7, 2, 38), b(2)), Ok(Answer::Done));
+        assert_eq!(apply(&mut state, &Change::Upsert(b"v".to_vec().into()), of(7, 2, 38), b(2)), Ok(Answer::Done));
     }
 
     #[test]
     fn a_write_is_applied_at_most_once_and_never_after_its_abort() {
-        let v = |s: &str| Change::Upsert(s.as_bytes().to_vec());
+        let v = |s: &str| Change::Upsert(s.as_bytes().to_vec().into());
         let mut state = None;
         assert_eq!(apply(&mut state, &v("a"), op(1), b(1)), Ok(Answer::Done));
         assert_eq!(apply(&mut state, &v("b"), op(2), b(2)), Ok(Answer::Done));
@@ -390,7 +452,7 @@ mod tests {
         assert_eq!(apply(&mut state, &v("c"), op(3), b(4)), Err(Aborted));
         assert_eq!(state, before);
         assert_eq!(apply(&mut state, &Change::Delete, op(4), b(5)), Ok(Answer::Done));
-        assert_eq!(apply(&mut state, &Change::Insert(b"d".to_vec()), op(3), b(6)), Err(Aborted));
+        assert_eq!(apply(&mut state, &Change::Insert(b"d".to_vec().into()), op(3), b(6)), Err(Aborted));
         assert_eq!(apply(&mut state, &Change::Fetch, op(3), b(6)), Ok(Answer::NotFound), "reads are not writes");
     }
 
@@ -402,7 +464,7 @@ mod tests {
             matches!(&state, Some(State::Tombstone { recent, aborted }) if recent.is_empty() && aborted.ops == [op(0)])
         );
         assert_eq!(visible(state.as_ref()), None);
-        assert_eq!(apply(&mut state, &Change::Insert(b"x".to_vec()), op(1), b(1)), Ok(Answer::Done));
+        assert_eq!(apply(&mut state, &Change::Insert(b"x".to_vec().into()), op(1), b(1)), Ok(Answer::Done));
         for i in 2..20 {
             abort(&mut state, op(i));
         }
@@ -418,7 +480,7 @@ mod tests {
         let other = OpId { node: NodeTag(2), restart: 1, seq: 3 };
         assert!(!s.refuses(other), "nor another node's");
         // The write applied before the aborts is remembered, so a replay is Done, not refused.
-        assert_eq!(apply(&mut state, &Change::Insert(b"x".to_vec()), op(1), b(2)), Ok(Answer::Done));
+        assert_eq!(apply(&mut state, &Change::Insert(b"x".to_vec().into()), op(1), b(2)), Ok(Answer::Done));
         // A later life of the node is above the watermark.
         assert!(!s.refuses(OpId { node: NodeTag(1), restart: 2, seq: 0 }));
     }

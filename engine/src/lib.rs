@@ -35,6 +35,7 @@ pub mod time;
 pub use config::{ClusterParams, Config};
 pub use error::{FENCED_PREFIX, KvError};
 pub use ids::{ClusterId, NodeId, OpId};
+pub use kv::{Encoding, Value};
 pub use node::{Node, Reply, Request, RequestId, Response, StartError, Stats, Transmit};
 pub use storage::{MemoryStorage, PersistBatch, Storage};
 pub use time::Instant;

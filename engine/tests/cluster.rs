@@ -20,16 +20,16 @@ fn every_operation_answers_with_memos_status_codes() {
     assert_eq!(call(&mut sim, 2, Request::delete("k")), Err(KvError::NotFound));
     assert_eq!(call(&mut sim, 0, Request::insert("k", "v1")), Ok(Response::Done));
     assert_eq!(call(&mut sim, 1, Request::insert("k", "v2")), Err(KvError::AlreadyExists));
-    assert_eq!(call(&mut sim, 2, Request::fetch("k")), Ok(Response::Value(b"v1".to_vec())));
+    assert_eq!(call(&mut sim, 2, Request::fetch("k")), Ok(Response::Value(b"v1".to_vec().into())));
     assert_eq!(call(&mut sim, 2, Request::update("k", "v3")), Ok(Response::Done));
-    assert_eq!(call(&mut sim, 0, Request::fetch("k")), Ok(Response::Value(b"v3".to_vec())));
+    assert_eq!(call(&mut sim, 0, Request::fetch("k")), Ok(Response::Value(b"v3".to_vec().into())));
     assert_eq!(call(&mut sim, 1, Request::upsert("k", "v4")), Ok(Response::Done));
     assert_eq!(call(&mut sim, 1, Request::upsert("j", "")), Ok(Response::Done));
-    assert_eq!(call(&mut sim, 2, Request::fetch("j")), Ok(Response::Value(vec![])));
+    assert_eq!(call(&mut sim, 2, Request::fetch("j")), Ok(Response::Value(vec![].into())));
     assert_eq!(call(&mut sim, 0, Request::delete("k")), Ok(Response::Done));
     assert_eq!(call(&mut sim, 1, Request::fetch("k")), Err(KvError::NotFound));
     assert_eq!(call(&mut sim, 2, Request::insert("k", "v5")), Ok(Response::Done));
-    assert_eq!(call(&mut sim, 0, Request::fetch("k")), Ok(Response::Value(b"v5".to_vec())));
+    assert_eq!(call(&mut sim, 0, Request::fetch("k")), Ok(Response::Value(b"v5".to_vec().into())));
 }
 
 #[test]
@@ -59,7 +59,7 @@ fn sequential_writes_to_one_key_take_the_fast_path() {
     let full: u64 = (0..3).map(|i| sim.node(i).unwrap().stats().full_rounds).sum();
     assert_eq!(full, 1, "only the first write needs phase 1");
     assert_eq!(fast, 19);
-    assert_eq!(call(&mut sim, 1, Request::fetch("hot")), Ok(Response::Value(b"v19".to_vec())));
+    assert_eq!(call(&mut sim, 1, Request::fetch("hot")), Ok(Response::Value(b"v19".to_vec().into())));
 }
 
 #[test]
@@ -110,7 +110,7 @@ fn proposer_state_stays_bounded_and_evicted_keys_still_work() {
     for i in 0..40 {
         assert_eq!(
             call(&mut sim, (i + 1) % 3, Request::fetch(format!("key{i}"))),
-            Ok(Response::Value(format!("v2-{i}").into_bytes()))
+            Ok(Response::Value(format!("v2-{i}").into_bytes().into()))
         );
     }
 }
@@ -136,6 +136,9 @@ fn proposer_state_stays_within_its_byte_bound_with_big_values() {
         assert!(keys <= 8, "node {n} keeps {keys} fast paths");
     }
     for i in 0..60 {
-        assert_eq!(call(&mut sim, (i + 1) % 3, Request::fetch(format!("key{i}"))), Ok(Response::Value(value(i, 1))));
+        assert_eq!(
+            call(&mut sim, (i + 1) % 3, Request::fetch(format!("key{i}"))),
+            Ok(Response::Value(value(i, 1).into()))
+        );
     }
 }

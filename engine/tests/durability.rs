@@ -60,6 +60,7 @@ fn accept(node: &Node<Arc<MemoryStorage>>, key: &str, round: u64) -> Message {
     let op = OpId { node: ids()[1].tag(), restart: 1, seq: round };
     let state = Some(State::Value {
         value: b"v".to_vec(),
+        encoding: memo_engine::Encoding::PLAIN,
         recent: vec![Applied { ballot: ballot(round), op }],
         aborted: Default::default(),
     });

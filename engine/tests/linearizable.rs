@@ -137,7 +137,7 @@ impl Run {
             let Some((_, op)) = self.clients[c].in_flight.take() else { continue };
             let outcome = match reply.result {
                 Ok(Response::Done) => Outcome::Ok,
-                Ok(Response::Value(v)) => Outcome::Value(v),
+                Ok(Response::Value(v)) => Outcome::Value(v.bytes),
                 Ok(Response::List(_)) => unreachable!("no List in this workload"),
                 Err(KvError::AlreadyExists) => Outcome::AlreadyExists,
                 Err(KvError::NotFound) => Outcome::NotFound,
@@ -224,7 +224,7 @@ impl Run {
                 let op = self.history.invoke(1001, key, Command::Fetch, self.now());
                 let reply = self.sim.call(node, Request::fetch(key), Duration::from_secs(5));
                 let outcome = match reply.map(|r| r.result) {
-                    Some(Ok(Response::Value(v))) => Outcome::Value(v),
+                    Some(Ok(Response::Value(v))) => Outcome::Value(v.bytes),
                     Some(Err(KvError::NotFound)) => Outcome::NotFound,
                     _ => Outcome::Unknown,
                 };

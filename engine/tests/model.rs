@@ -96,7 +96,7 @@ impl Op {
             }
             Op::Fetch(k) => {
                 return match model.get(*k) {
-                    Some(v) => Ok(Response::Value(v.clone())),
+                    Some(v) => Ok(Response::Value(v.clone().into())),
                     None => Err(KvError::NotFound),
                 };
             }
@@ -160,7 +160,7 @@ fn learn(sim: &mut Sim, node: usize, key: &str) -> Result<Option<Vec<u8>>, TestC
     for attempt in 0..ATTEMPTS {
         let at = (node + attempt) % sim.len();
         match call(sim, at, Request::fetch(key)).map_err(TestCaseError::fail)? {
-            Ok(Response::Value(v)) => return Ok(Some(v)),
+            Ok(Response::Value(v)) => return Ok(Some(v.bytes)),
             Err(KvError::NotFound) => return Ok(None),
             Err(KvError::Unavailable(_)) => {}
             other => {
@@ -263,7 +263,7 @@ fn run(
                 learn(&mut sim, node, key)?
             } else {
                 match call(&mut sim, node, Request::fetch(key)).map_err(TestCaseError::fail)? {
-                    Ok(Response::Value(v)) => Some(v),
+                    Ok(Response::Value(v)) => Some(v.bytes),
                     Err(KvError::NotFound) => None,
                     other => return Err(TestCaseError::fail(format!("final Fetch: {other:?}"))),
                 }

@@ -56,7 +56,7 @@ fn valid_messages() -> Vec<Message> {
             seq: 1,
             op: OpId { node: ids()[1].tag(), restart: 1, seq: 1 },
             key: "k".into(),
-            change: Change::Upsert(b"v".to_vec()),
+            change: Change::Upsert(b"v".to_vec().into()),
         },
     ]
 }
@@ -96,7 +96,7 @@ fn out_of_range_fields_are_refused() {
             seq: 1,
             op: OpId { node: ids()[1].tag(), restart: 1, seq: 1 },
             key: "k".into(),
-            change: Change::Upsert(vec![0; 2 * 1024 * 1024]),
+            change: Change::Upsert(vec![0; 2 * 1024 * 1024].into()),
         },
     ];
     for m in bad {

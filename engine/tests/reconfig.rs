@@ -95,7 +95,7 @@ fn f5_a_member_added_back_wipes_what_it_held_before() {
 #[test]
 fn f5_without_the_wipe_a_collected_value_comes_back() {
     let read = returning_member_read(Some(PlantedBug::NoWipeOnAdd), 0);
-    assert_eq!(read, Ok(Response::Value(b"old".to_vec())), "the planted bug must resurrect the value");
+    assert_eq!(read, Ok(Response::Value(b"old".to_vec().into())), "the planted bug must resurrect the value");
 }
 
 fn is_config_message(msg: &Message) -> bool {
@@ -175,7 +175,7 @@ fn f3_the_copier_only_counts_members_fenced_at_the_joint_epoch() {
     for seed in 0..4 {
         let (w, read) = unfenced_copier_run(None, seed);
         match w {
-            Ok(_) => assert_eq!(read, Ok(Response::Value(b"v".to_vec())), "seed {seed}: an acknowledged write"),
+            Ok(_) => assert_eq!(read, Ok(Response::Value(b"v".to_vec().into())), "seed {seed}: an acknowledged write"),
             Err(e) => assert!(e.is_unknown_outcome(), "seed {seed}: {e}"),
         }
     }
@@ -211,7 +211,7 @@ fn after_a_move_the_fast_path_and_the_one_round_trip_read_work_again() {
     }
     sim.run_for(Duration::from_millis(200)); // commits reach every member
     for _ in 0..10 {
-        assert_eq!(call(&mut sim, primary, Request::fetch("k")), Ok(Response::Value(b"v11".to_vec())));
+        assert_eq!(call(&mut sim, primary, Request::fetch("k")), Ok(Response::Value(b"v11".to_vec().into())));
     }
     let (fast2, full2, reads2, fallbacks2) = stats(&sim);
     assert_eq!((fast2 - fast, full2 - full), (10, 0), "every write after the first took the fast path");
@@ -288,7 +288,7 @@ fn leaked_config_run(bug: Option<PlantedBug>) -> (Result<Response, KvError>, Res
 fn f4_a_config_that_leaked_without_being_chosen_is_refused_by_its_hash() {
     let (w, read) = leaked_config_run(None);
     match w {
-        Ok(_) => assert_eq!(read, Ok(Response::Value(b"v".to_vec())), "an acknowledged write"),
+        Ok(_) => assert_eq!(read, Ok(Response::Value(b"v".to_vec().into())), "an acknowledged write"),
         Err(e) => assert!(!matches!(e, KvError::AlreadyExists), "W failed: {e}"),
     }
 }

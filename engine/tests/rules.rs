@@ -36,7 +36,7 @@ fn call(sim: &mut Sim, node: usize, req: Request) -> Result<Response, KvError> {
 }
 
 fn value(v: &str) -> Result<Response, KvError> {
-    Ok(Response::Value(v.as_bytes().to_vec()))
+    Ok(Response::Value(v.as_bytes().to_vec().into()))
 }
 
 /// The primary of `key`'s partition and the two other members, by index.
@@ -293,7 +293,7 @@ fn a_write_whose_accept_may_have_landed_is_never_applied_twice() {
 
 /// Whether `msg` is a Forward of a write of `v` to `key`.
 fn is_forward_of(msg: &Message, key: &str, v: &str) -> bool {
-    matches!(msg, Message::Forward { key: k, change, .. } if k == key && *change == Change::Upsert(v.as_bytes().to_vec()))
+    matches!(msg, Message::Forward { key: k, change, .. } if k == key && *change == Change::Upsert(v.as_bytes().to_vec().into()))
 }
 
 /// The Forwards of the late write as `(forwarder, id)`, and every answer to a forward as

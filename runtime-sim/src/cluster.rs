@@ -353,6 +353,8 @@ impl ServerParts {
                 clock: clock.clone(),
                 peer_transport: transport,
                 commit_mode: CommitMode::Inline,
+                // The simulated clients' values are a few bytes: no codec would shrink them.
+                value_policy: Default::default(),
             };
             let (disk, rec) = (disk.clone(), rec.clone());
             Box::pin(async move {

@@ -38,6 +38,8 @@ pub struct DevOptions {
     /// Where the nodes keep their data: node `nI` in `DIR/nI`, on redb. `None`: memory
     /// silos, lost at exit.
     pub data_dir: Option<PathBuf>,
+    /// How every node encodes the values written to it.
+    pub value_policy: crate::policy::ValuePolicy,
 }
 
 impl DevOptions {
@@ -52,6 +54,7 @@ impl DevOptions {
             seed,
             peer_transport: PeerTransport::default(),
             data_dir: None,
+            value_policy: crate::policy::ValuePolicy::default(),
         }
     }
 
@@ -122,6 +125,7 @@ pub async fn spawn_dev_cluster(options: DevOptions) -> Result<DevCluster, Error>
         let seed = options.seed.wrapping_add(i as u64);
         let mut node_options = NodeOptions::new(config, listener.local_addr(), peers.clone(), seed);
         node_options.peer_transport = options.peer_transport;
+        node_options.value_policy = options.value_policy;
         let storage: SharedStorage = match &options.data_dir {
             None => Arc::new(MemoryStorage::new()),
             Some(dir) => {

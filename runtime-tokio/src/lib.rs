@@ -38,6 +38,7 @@ mod health;
 pub mod metrics;
 mod node;
 pub mod peer;
+pub mod policy;
 mod server;
 pub mod service;
 pub mod silo;
@@ -133,6 +134,8 @@ pub struct NodeOptions {
     pub peer_transport: PeerTransport,
     /// How the committer calls the silo.
     pub commit_mode: CommitMode,
+    /// How this node encodes the values clients write to it ([`policy`]).
+    pub value_policy: policy::ValuePolicy,
 }
 
 impl NodeOptions {
@@ -147,6 +150,7 @@ impl NodeOptions {
             clock: Arc::new(MonotonicClock::new()),
             peer_transport: PeerTransport::default(),
             commit_mode: CommitMode::default(),
+            value_policy: policy::ValuePolicy::default(),
         }
     }
 
@@ -319,7 +323,14 @@ pub async fn spawn_node_on(
 
     // The services first: nothing is running yet if they cannot be set up.
     let admission = Arc::new(Admission::default());
-    let kv = KvService { calls, reply_timeout, admission: admission.clone(), node: name.clone() };
+    let kv = KvService {
+        calls,
+        reply_timeout,
+        admission: admission.clone(),
+        node: name.clone(),
+        policy: options.value_policy,
+        value_bytes_max: options.config.value_bytes_max,
+    };
     let peer = PeerService { cluster: node.cluster(), inbound, stop: stop_server_rx.clone() };
     let admin = AdminService {
         control: control.clone(),

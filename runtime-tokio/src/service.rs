@@ -4,6 +4,8 @@
 //! gRPC status codes.
 
 use crate::node::{Call, CallResult};
+use crate::policy::{self, ValuePolicy};
+use memo_engine::kv::Change;
 use memo_engine::list::ListQuery;
 use memo_engine::{KvError, Request, Response};
 use memo_proto::kvs::key_value_store_server::KeyValueStore;
@@ -113,6 +115,10 @@ pub(crate) struct KvService {
     pub admission: Arc<Admission>,
     /// This node's name, the `node` label of its request metrics.
     pub node: Arc<str>,
+    /// How values written through this node are encoded.
+    pub policy: ValuePolicy,
+    /// The largest value a client may write, and the most a stored value may decode to.
+    pub value_bytes_max: usize,
 }
 
 impl KvService {
@@ -149,6 +155,24 @@ impl KvService {
         // outcome is unknown (R6).
         let result = outcome.map_err(|_| status_from(stopped("the node stopped")))?;
         result.map_err(status_from)
+    }
+
+    /// A write of `value` to `key`: the value is checked against the limit as the
+    /// client sent it, then encoded under this node's policy.
+    fn encoded(
+        &self,
+        key: String,
+        value: Vec<u8>,
+        change: fn(memo_engine::Value) -> Change,
+    ) -> Result<Request, Status> {
+        if value.len() > self.value_bytes_max {
+            return Err(status_from(KvError::InvalidArgument(format!(
+                "value of {} bytes is over the limit of {} bytes",
+                value.len(),
+                self.value_bytes_max
+            ))));
+        }
+        Ok(Request::Kv { key, change: change(self.policy.encode(value)) })
     }
 
     async fn write(&self, request: Request) -> Result<(), Status> {
@@ -198,7 +222,7 @@ impl KeyValueStore for KvService {
     async fn insert(&self, request: tonic::Request<InsertRequest>) -> RpcResult<InsertResponse> {
         self.observe("Insert", async {
             let InsertRequest { key, value } = request.into_inner();
-            self.write(Request::insert(key, value)).await?;
+            self.write(self.encoded(key, value, Change::Insert)?).await?;
             Ok(tonic::Response::new(InsertResponse {}))
         })
         .await
@@ -207,7 +231,7 @@ impl KeyValueStore for KvService {
     async fn update(&self, request: tonic::Request<UpdateRequest>) -> RpcResult<UpdateResponse> {
         self.observe("Update", async {
             let UpdateRequest { key, value } = request.into_inner();
-            self.write(Request::update(key, value)).await?;
+            self.write(self.encoded(key, value, Change::Update)?).await?;
             Ok(tonic::Response::new(UpdateResponse {}))
         })
         .await
@@ -216,7 +240,7 @@ impl KeyValueStore for KvService {
     async fn upsert(&self, request: tonic::Request<UpsertRequest>) -> RpcResult<UpsertResponse> {
         self.observe("Upsert", async {
             let UpsertRequest { key, value } = request.into_inner();
-            self.write(Request::upsert(key, value)).await?;
+            self.write(self.encoded(key, value, Change::Upsert)?).await?;
             Ok(tonic::Response::new(UpsertResponse {}))
         })
         .await
@@ -226,7 +250,10 @@ impl KeyValueStore for KvService {
         self.observe("Fetch", async {
             let FetchRequest { key } = request.into_inner();
             match self.submit(Request::fetch(key)).await? {
-                Response::Value(value) => Ok(tonic::Response::new(FetchResponse { value })),
+                Response::Value(value) => {
+                    let value = policy::decode(value, self.value_bytes_max).map_err(status_from)?;
+                    Ok(tonic::Response::new(FetchResponse { value }))
+                }
                 other => Err(unexpected(&other)),
             }
         })

@@ -132,6 +132,8 @@ pub struct Cluster {
     founders: usize,
     /// More `memo node run` flags for every node.
     pub extra_args: Vec<String>,
+    /// More flags for node `i` only (after `extra_args`), where present.
+    pub node_args: Vec<Vec<String>>,
 }
 
 impl Cluster {
@@ -151,6 +153,7 @@ impl Cluster {
             paused: vec![false; nodes],
             founders,
             extra_args: Vec::new(),
+            node_args: Vec::new(),
         }
     }
 
@@ -195,6 +198,7 @@ impl Cluster {
         args.extend(["--cluster-token".into(), "memo-tests".into()]);
         args.extend(["--data-dir".into(), self.data_dir(i).display().to_string()]);
         args.extend(self.extra_args.iter().cloned());
+        args.extend(self.node_args.get(i).into_iter().flatten().cloned());
         args
     }
 

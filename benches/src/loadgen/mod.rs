@@ -101,6 +101,9 @@ pub struct Options {
     /// Value size in bytes.
     #[arg(long, global = true, default_value_t = 100)]
     pub val_size: usize,
+    /// What the value holds: the alphabet repeated, or JSON records (for compression).
+    #[arg(long, global = true, value_enum, default_value_t = ValueKind::Alphabet)]
+    pub value_kind: ValueKind,
     /// Number of distinct keys; each request picks one uniformly.
     #[arg(long, global = true, default_value_t = 100_000)]
     pub key_space: u64,
@@ -293,7 +296,7 @@ pub async fn run(options: Options, workload: Workload, checked: Checked) -> Resu
         }
         sets.push(set);
     }
-    let value: Vec<u8> = (0..options.val_size).map(|i| b'a' + (i % 26) as u8).collect();
+    let value = options.value_kind.value(options.val_size);
 
     let (mut prefill_keys, mut prefill_errors, mut prefill_secs) = (0, 0, 0.0);
     if checked.prefill {
@@ -538,6 +541,46 @@ impl SplitMix64 {
     }
 }
 
+/// What a benchmark's values hold.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum ValueKind {
+    /// `abc…z` repeated.
+    #[default]
+    Alphabet,
+    /// JSON records with varied numbers and names, as a document store holds.
+    Json,
+}
+
+impl ValueKind {
+    /// A value of exactly `size` bytes.
+    pub fn value(self, size: usize) -> Vec<u8> {
+        match self {
+            ValueKind::Alphabet => (0..size).map(|i| b'a' + (i % 26) as u8).collect(),
+            ValueKind::Json => {
+                let mut out = String::from("[");
+                let mut i: u64 = 0;
+                while out.len() < size {
+                    let x = i.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 40;
+                    out.push_str(&format!(
+                        "{{\"id\":{},\"user\":\"user-{}\",\"score\":{}.{},\"tags\":[\"t{}\",\"t{}\"],\"active\":{}}},",
+                        1_000_000 + i,
+                        x % 5000,
+                        x % 1000,
+                        x % 97,
+                        x % 13,
+                        x % 29,
+                        x.is_multiple_of(3)
+                    ));
+                    i += 1;
+                }
+                let mut bytes = out.into_bytes();
+                bytes.truncate(size);
+                bytes
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -581,6 +624,18 @@ mod tests {
         let (o, w) = options(&["mixed", "--read-ratio", "1.5"]);
         assert!(check(&o, w).is_err());
         assert!(Cli::try_parse_from(["memo-bench", "--total", "5", "--duration", "1", "put"]).is_err());
+    }
+
+    #[test]
+    fn values_have_the_asked_size_and_json_values_vary() {
+        for size in [0, 1, 100, 4096] {
+            assert_eq!(ValueKind::Alphabet.value(size).len(), size);
+            assert_eq!(ValueKind::Json.value(size).len(), size);
+        }
+        let json = String::from_utf8(ValueKind::Json.value(4096)).unwrap();
+        assert!(json.starts_with("[{\"id\":1000000,"), "{json}");
+        let users: std::collections::BTreeSet<&str> = json.split("\"user\":").skip(1).map(|r| &r[..12]).collect();
+        assert!(users.len() > 20, "the records repeat: {users:?}");
     }
 
     #[test]

@@ -43,7 +43,7 @@ mod timers;
 use crate::KvError;
 use crate::config::{Config, KEY_BYTES_MAX};
 use crate::ids::{ClusterId, NodeId, NodeTag, OpId};
-use crate::kv::{Answer, Change};
+use crate::kv::{Answer, Change, Value};
 use crate::list::{ListPage, ListQuery};
 use crate::message::{self, Envelope, Message, PeerError};
 use crate::placement::PartitionMap;
@@ -78,15 +78,15 @@ pub enum Request {
 impl Request {
     /// Insert `value` under `key` if absent.
     pub fn insert(key: impl Into<String>, value: impl Into<Vec<u8>>) -> Self {
-        Request::Kv { key: key.into(), change: Change::Insert(value.into()) }
+        Request::Kv { key: key.into(), change: Change::Insert(Value::plain(value)) }
     }
     /// Replace the value of present `key`.
     pub fn update(key: impl Into<String>, value: impl Into<Vec<u8>>) -> Self {
-        Request::Kv { key: key.into(), change: Change::Update(value.into()) }
+        Request::Kv { key: key.into(), change: Change::Update(Value::plain(value)) }
     }
     /// Set `key` to `value`.
     pub fn upsert(key: impl Into<String>, value: impl Into<Vec<u8>>) -> Self {
-        Request::Kv { key: key.into(), change: Change::Upsert(value.into()) }
+        Request::Kv { key: key.into(), change: Change::Upsert(Value::plain(value)) }
     }
     /// Delete present `key`.
     pub fn delete(key: impl Into<String>) -> Self {
@@ -103,8 +103,8 @@ impl Request {
 pub enum Response {
     /// The write took effect.
     Done,
-    /// Fetch's value.
-    Value(Vec<u8>),
+    /// Fetch's value, as stored: the runtime decodes it ([`Value::encoding`]).
+    Value(Value),
     /// List's page.
     List(ListPage),
 }
@@ -457,7 +457,7 @@ impl<S: Storage> Node<S> {
     fn validate(&self, key: &str, change: &Change) -> Result<(), KvError> {
         validate_key(key)?;
         let value_len = match change {
-            Change::Insert(v) | Change::Update(v) | Change::Upsert(v) => v.len(),
+            Change::Insert(v) | Change::Update(v) | Change::Upsert(v) => v.bytes.len(),
             Change::Delete | Change::Fetch => 0,
         };
         if value_len > self.cfg.value_bytes_max {

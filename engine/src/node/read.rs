@@ -158,8 +158,8 @@ impl<S: Storage> Node<S> {
 }
 
 fn fetch_answer(state: Option<&State>) -> Answer {
-    match state.and_then(State::value) {
-        Some(v) => Answer::Value(v.to_vec()),
+    match state.and_then(State::stored) {
+        Some(v) => Answer::Value(v),
         None => Answer::NotFound,
     }
 }

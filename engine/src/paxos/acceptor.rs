@@ -190,7 +190,7 @@ impl Register {
 mod tests {
     use super::*;
     use crate::ids::{NodeTag, OpId};
-    use crate::kv::Applied;
+    use crate::kv::{Applied, Encoding};
 
     fn b(round: u64, node: u64) -> Ballot {
         Ballot { epoch: 1, round, node: NodeTag(node), restart: 1 }
@@ -199,6 +199,7 @@ mod tests {
         let op = OpId { node: NodeTag(9), restart: 1, seq: 1 };
         Some(State::Value {
             value: s.as_bytes().to_vec(),
+            encoding: Encoding::PLAIN,
             recent: vec![Applied { ballot: b(1, 9), op }],
             aborted: Default::default(),
         })

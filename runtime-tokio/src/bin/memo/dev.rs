@@ -2,6 +2,7 @@
 
 use clap::Args;
 use memo_node::dev::DEV_PARTITIONS_DEFAULT;
+use memo_node::policy::{Compression, ValuePolicy};
 use memo_node::{DevOptions, spawn_dev_cluster};
 use std::path::{Path, PathBuf};
 
@@ -23,6 +24,10 @@ pub struct DevArgs {
     /// directory and flags finds it again. Without it, data lives in memory.
     #[arg(long)]
     data_dir: Option<PathBuf>,
+    /// Compress the values written to the cluster: none, lz4, zstd or zstd:LEVEL (values
+    /// that do not shrink are stored as sent).
+    #[arg(long, env = "MEMO_COMPRESSION", default_value = "none")]
+    compression: Compression,
     /// Serve Prometheus metrics of every node on this address (HOST:PORT).
     #[arg(long, env = "MEMO_METRICS_ADDR")]
     metrics_addr: Option<std::net::SocketAddr>,
@@ -36,6 +41,7 @@ pub async fn run(args: DevArgs) -> Result<(), String> {
     options.partitions = args.partitions;
     options.replication = args.replication;
     options.data_dir = args.data_dir.clone();
+    options.value_policy = ValuePolicy { compression: args.compression };
     let mut cluster = spawn_dev_cluster(options).await.map_err(|e| e.to_string())?;
     print_banner(&cluster, args.partitions, args.replication, args.data_dir.as_deref());
     let failed = tokio::select! {

@@ -4,6 +4,7 @@ use crate::LogFormat;
 use clap::builder::BoolishValueParser;
 use clap::{Args, Subcommand};
 use memo_engine::{ClusterParams, Config, MemoryStorage, NodeId};
+use memo_node::policy::{Compression, ValuePolicy};
 use memo_node::{CommitMode, NodeOptions, RedbOptions, SharedStorage, datadir, spawn_node};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -84,6 +85,11 @@ pub struct RunArgs {
     /// [default: 64]
     #[arg(long, env = "MEMO_REGISTER_CACHE_MIB")]
     register_cache_mib: Option<usize>,
+    /// Compress the values clients write to this node: none, lz4, zstd or zstd:LEVEL
+    /// (values that do not shrink are stored as sent). Every value records how it was
+    /// stored, so nodes with different settings read each other's values. [default: none]
+    #[arg(long, env = "MEMO_COMPRESSION")]
+    compression: Option<Compression>,
     /// Skip verifying every page checksum of the database at start (faster start for a
     /// big database; a damaged file may then go unnoticed). =false undoes a config file's
     /// true.
@@ -136,6 +142,7 @@ struct FileSettings {
     data_dir: Option<PathBuf>,
     cache_mib: Option<usize>,
     register_cache_mib: Option<usize>,
+    compression: Option<String>,
     skip_integrity_check: Option<bool>,
     log_format: Option<LogFormat>,
 }
@@ -184,6 +191,7 @@ pub struct Settings {
     data_dir: Option<PathBuf>,
     cache_mib: usize,
     register_cache_mib: usize,
+    compression: Compression,
     skip_integrity_check: bool,
     /// From the file only: `--log-format` and `MEMO_LOG_FORMAT` belong to `memo` itself
     /// and override this.
@@ -245,6 +253,11 @@ impl Settings {
             duration(args.rebalance_delay, "rebalance_delay", &file.rebalance_delay, REBALANCE_DELAY_DEFAULT)?;
         let eviction_delay =
             duration(args.eviction_delay, "eviction_delay", &file.eviction_delay, EVICTION_DELAY_DEFAULT)?;
+        let compression = match (args.compression, &file.compression) {
+            (Some(c), _) => c,
+            (None, Some(text)) => text.parse().map_err(|why| in_file("compression", why))?,
+            (None, None) => Compression::None,
+        };
         Ok(Settings {
             id: (args.id.or(file.id)).ok_or_else(|| missing("the node's name", "--id", "MEMO_ID", "id"))?,
             listen,
@@ -263,6 +276,7 @@ impl Settings {
             cache_mib: args.cache_mib.or(file.cache_mib).unwrap_or(CACHE_MIB_DEFAULT),
             register_cache_mib: (args.register_cache_mib.or(file.register_cache_mib))
                 .unwrap_or(REGISTER_CACHE_MIB_DEFAULT),
+            compression,
             skip_integrity_check: args.skip_integrity_check.or(file.skip_integrity_check).unwrap_or(false),
             log_format: file.log_format,
         })
@@ -384,6 +398,7 @@ pub async fn run(args: Settings) -> Result<(), String> {
     config.membership = Some(membership);
     let mut options = NodeOptions::new(config, args.listen, peers, super::os_seed());
     options.commit_mode = commit_mode;
+    options.value_policy = ValuePolicy { compression: args.compression };
     let mut node = spawn_node(options, storage).await.map_err(|e| e.to_string())?;
     if let Some(seed) = &seed {
         tracing::info!(seed = %seed.member.addr, node = %me, "joining the cluster");
@@ -517,12 +532,13 @@ log_format = "json"
             data_dir,
             cache_mib,
             register_cache_mib,
+            compression,
             skip_integrity_check,
             log_format,
         } = &file;
         assert!(id.is_some() && listen.is_some() && metrics_addr.is_some() && initial_nodes.is_some());
         assert!(join.is_some() && advertise.is_some() && rebalance_delay.is_some() && eviction_delay.is_some());
-        assert!(moves_max.is_some() && register_cache_mib.is_some());
+        assert!(moves_max.is_some() && register_cache_mib.is_some() && compression.is_some());
         assert!(partitions.is_some() && replication.is_some() && cluster_token.is_some() && data_dir.is_some());
         assert!(cache_mib.is_some() && skip_integrity_check.is_some() && log_format.is_some());
 

@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Compression on a compressible data set (docs/PERFORMANCE.md, "Compression"): for each
+# setting, a fresh 3-node durable cluster on loopback with --compression SETTING, then
+# 64-client puts of JSON records (--value-kind json, VAL bytes) over KEYS keys, each
+# written once, then 64-client gets of them; throughput, server CPU per operation, peer
+# bytes per put and the data directories' size after the puts.
+#   MEMO=target/loadgen/release/memo MEMO_BENCH=target/loadgen/release/memo-bench \
+#     benches/scripts/compression.sh none lz4 zstd
+set -u
+MEMO=${MEMO:-target/loadgen/release/memo}
+BENCH=${MEMO_BENCH:-target/loadgen/release/memo-bench}
+VAL=${VAL:-4096}; KEYS=${KEYS:-20000}; GETS=${GETS:-40000}
+C="--key-size 16 --val-size $VAL --value-kind json --max-secs 300 --no-progress --json"
+peer_bytes() { for p in 7101 7102 7103; do "$MEMO" status --endpoint 127.0.0.1:$p --output json; done | python3 -c '
+import json,sys
+text=sys.stdin.read(); dec=json.JSONDecoder(); i=0; b=0
+while True:
+    rest=text[i:].lstrip()
+    if not rest: break
+    d,n=dec.raw_decode(rest); i=len(text)-len(rest)+n; b+=d["stats"]["peer_bytes_sent"]
+print(b)'; }
+summ() { python3 -c '
+import json,sys
+d=json.load(sys.stdin)
+p={x["percent"]:x["secs"]*1000 for x in d["latency"]["percentiles"]}
+print("%-14s %8.0f req/s  p50 %.2f ms  server cpu %6.1f us/op  errors %s" % (sys.argv[1], d["requests_per_sec"], p[50.0], d.get("server_cpu_us_per_request") or 0, d.get("errors")), flush=True)' "$1"; }
+for setting in "$@"; do
+  dir=$(mktemp -d /tmp/memo-compression.XXXX)
+  nodes=n1=127.0.0.1:7101,n2=127.0.0.1:7102,n3=127.0.0.1:7103
+  pids=()
+  for i in 1 2 3; do
+    "$MEMO" node run --id n$i --listen 127.0.0.1:710$i --initial-nodes $nodes --data-dir $dir/n$i \
+      --compression "$setting" >$dir/log$i 2>&1 &
+    pids+=($!)
+  done
+  sleep 2
+  mp=$(IFS=,; echo "${pids[*]}")
+  m=127.0.0.1:7101,127.0.0.1:7102,127.0.0.1:7103
+  b0=$(peer_bytes)
+  # --key-space KEYS with --prefill writes every key once (not measured), so the put run
+  # below measures KEYS more writes as updates; the prefill's own numbers are printed.
+  $BENCH --endpoints $m --clients 64 --conns 8 --total $KEYS --key-space $KEYS $C --server-pids $mp put | summ "$setting put"
+  b1=$(peer_bytes)
+  echo "$setting peer bytes per put: $(( (b1 - b0) / KEYS ))  data dirs: $(du -sm $dir | cut -f1) MiB (values written: $(( KEYS * VAL / 1048576 )) MiB, less the overwritten)"
+  $BENCH --endpoints $m --clients 64 --conns 8 --total $GETS --key-space $KEYS $C --no-prefill --server-pids $mp get | summ "$setting get"
+  kill "${pids[@]}"; wait "${pids[@]}" 2>/dev/null; rm -rf "$dir"
+done
