@@ -443,20 +443,27 @@ fn discard_unfinished_database(dir: &Path, db_path: &Path, options: &RedbOptions
         }
         return Ok(());
     }
-    // Probed without its log: a creation that crashed may not have made one yet, and
-    // replaying one is not needed to see whether the database holds anything.
-    let probe = RedbOptions { wal: false, ..options.clone() };
-    let holds_data = match RedbStorage::try_open(db_path, &probe) {
-        Ok(storage) => {
-            let any = storage.scan(&[], &[0xff; 8], 1)?;
-            storage.close()?;
-            !any.is_empty()
-        }
-        // Another process is creating or running this node right now.
-        Err(OpenError::InUse(e)) => return Err(e.into()),
-        // A creation that crashed may leave a file redb cannot open.
-        Err(OpenError::Failed(_)) => false,
+    // Writes since the last checkpoint live only in the log (and in no redb page), so a
+    // log with anything in it is data. The database is probed without its log: a creation
+    // that crashed may not have made one yet.
+    let logged = match std::fs::metadata(&wal) {
+        Ok(meta) => meta.len() > 0,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+        Err(e) => return Err(io("look for", &wal)(e)),
     };
+    let probe = RedbOptions { wal: false, ..options.clone() };
+    let holds_data = logged
+        || match RedbStorage::try_open(db_path, &probe) {
+            Ok(storage) => {
+                let any = storage.scan(&[], &[0xff; 8], 1)?;
+                storage.close()?;
+                !any.is_empty()
+            }
+            // Another process is creating or running this node right now.
+            Err(OpenError::InUse(e)) => return Err(e.into()),
+            // A creation that crashed may leave a file redb cannot open.
+            Err(OpenError::Failed(_)) => false,
+        };
     if holds_data {
         return Err(DataDirError::Refused(format!(
             "{} holds data but {} is missing: restore {MARKER_FILE}, or move the directory away to start this node \

@@ -8,11 +8,21 @@
 //! 1. one log record holding every write of the group, appended and synced (one small
 //!    write into space already zeroed, one `fdatasync`): when `commit` returns `Ok`, the
 //!    group survives a crash of the process or of the machine;
-//! 2. one redb write transaction applying the group, committed with [`Durability::None`]
-//!    (visible to every later read, not synced), which also records the record's sequence
-//!    number in the silo's own table;
-//! 3. once the log holds [`RedbOptions::wal_checkpoint_bytes`], a *checkpoint*: a durable
-//!    redb commit (every dirty page written, fsynced) and the log truncated.
+//! 2. the group's writes put in the *memtable*, an ordered map of every write logged since
+//!    the last checkpoint, which reads consult before the database;
+//! 3. once the log holds [`RedbOptions::wal_checkpoint_bytes`], a *checkpoint*: the
+//!    memtable applied in one durable redb commit (every dirty page written, fsynced),
+//!    which also records the last record's sequence number in the silo's own table, then
+//!    the log truncated and the memtable dropped.
+//!
+//! A checkpoint freezes the memtable (reads go on consulting it) and starts a new one, so
+//! the engine reads through it while redb commits. Until `34fc93a` step 2 was a
+//! non-durable redb transaction per group: on three durable nodes its inserts and commits
+//! were 15% of a node's CPU at saturation, and since redb reuses the pages such a commit
+//! frees only after the next durable commit, the database file grew to 3.6× its live
+//! data between checkpoints (docs/PERFORMANCE.md, "Footprint"). One transaction per
+//! checkpoint dirties each page once. The price is memory: the memtable holds up to a
+//! checkpoint's worth of writes (twice that while a checkpoint runs).
 //!
 //! Opening the database replays the records it lacks (sequence numbers above the one it
 //! recorded), durably, then empties the log. A torn last record is dropped (it was never
@@ -52,14 +62,16 @@ use super::wal;
 use memo_engine::Storage;
 use memo_engine::storage::{Entries, PersistBatch, StorageError};
 use redb::{Builder, Database, Durability, ReadableDatabase, StorageBackend, TableDefinition, TableError};
+use std::collections::BTreeMap;
 use std::fmt::Display;
 use std::fs::{File, OpenOptions};
 use std::io::Read as _;
+use std::ops::Bound;
 use std::os::unix::fs::FileExt as _;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 /// The one table: the engine already namespaces its keys (see `memo_engine::storage`).
 const TABLE: TableDefinition<&[u8], &[u8]> = TableDefinition::new("memo");
@@ -136,6 +148,53 @@ pub struct RedbStorage {
     two_phase_commit: bool,
     /// The write-ahead log, if the database has one.
     wal: Option<Mutex<Log>>,
+    /// Writes logged since the last checkpoint (with the log only; see the module docs).
+    memtables: Mutex<Memtables>,
+}
+
+/// A write logged but not checkpointed: `None` deletes.
+type Memtable = BTreeMap<Vec<u8>, Option<Vec<u8>>>;
+
+/// The writes reads see before the database's: the active memtable, then the one a
+/// running checkpoint is committing.
+#[derive(Debug, Default)]
+struct Memtables {
+    active: Memtable,
+    frozen: Option<Arc<Memtable>>,
+}
+
+impl Memtables {
+    /// The newest logged write of `key`, if any.
+    fn get(&self, key: &[u8]) -> Option<&Option<Vec<u8>>> {
+        self.active.get(key).or_else(|| self.frozen.as_ref().and_then(|f| f.get(key)))
+    }
+
+    /// The logged writes in `[start, end)`, in key order, the newest for each key.
+    fn range<'a>(&'a self, start: &[u8], end: &[u8]) -> impl Iterator<Item = (&'a [u8], &'a Option<Vec<u8>>)> + 'a {
+        let bounds = (Bound::Included(start.to_vec()), Bound::Excluded(end.to_vec()));
+        let active = self.active.range::<Vec<u8>, _>(bounds.clone()).map(|(k, v)| (k.as_slice(), v));
+        let frozen =
+            self.frozen.iter().flat_map(move |f| f.range::<Vec<u8>, _>(bounds.clone())).map(|(k, v)| (k.as_slice(), v));
+        merge(active, frozen)
+    }
+}
+
+/// Merges two key-ordered streams; on equal keys the first one's entry wins.
+fn merge<'a, V: 'a>(
+    first: impl Iterator<Item = (&'a [u8], V)>,
+    second: impl Iterator<Item = (&'a [u8], V)>,
+) -> impl Iterator<Item = (&'a [u8], V)> {
+    let (mut a, mut b) = (first.peekable(), second.peekable());
+    std::iter::from_fn(move || match (a.peek(), b.peek()) {
+        (Some((ka, _)), Some((kb, _))) if ka < kb => a.next(),
+        (Some((ka, _)), Some((kb, _))) if ka > kb => b.next(),
+        (Some(_), Some(_)) => {
+            b.next();
+            a.next()
+        }
+        (Some(_), None) => a.next(),
+        (None, _) => b.next(),
+    })
 }
 
 /// An open write-ahead log.
@@ -241,10 +300,10 @@ impl RedbStorage {
         }
         let last = missing.last().map_or(applied, |r| r.seq);
         if !missing.is_empty() {
-            let batches: Vec<PersistBatch> =
-                missing.into_iter().map(|r| PersistBatch { id: r.seq, writes: r.writes }).collect();
-            self.transact(&batches, true, Some(last))?;
-            tracing::info!(log = %label, records = batches.len(), "replayed the write-ahead log");
+            let records = missing.len();
+            let writes = missing.iter().flat_map(|r| &r.writes);
+            self.transact(writes.map(|(k, v)| (k.as_slice(), v.as_deref())), true, Some(last))?;
+            tracing::info!(log = %label, records, "replayed the write-ahead log");
         }
         let log = Log {
             file,
@@ -301,12 +360,42 @@ impl RedbStorage {
         log.file.sync_data().map_err(|e| error(&log.label, "cannot sync the write-ahead log", e))
     }
 
-    /// A durable redb commit of everything applied so far (the log's records included),
-    /// then the log emptied.
+    /// The memtable applied in one durable redb commit (with the last logged record's
+    /// sequence number), then the log emptied. Reads see the frozen memtable until the
+    /// commit is done; on an error it goes back under the active one, newer writes first.
     fn checkpoint(&self, log: &mut Log) -> Result<(), StorageError> {
-        self.transact(&[], true, None)?;
+        let frozen = {
+            let mut tables = self.lock_memtables();
+            let frozen = Arc::new(std::mem::take(&mut tables.active));
+            tables.frozen = Some(frozen.clone());
+            frozen
+        };
+        let writes = frozen.iter().map(|(k, v)| (k.as_slice(), v.as_deref()));
+        if let Err(e) = self.transact(writes, true, Some(log.next_seq - 1)) {
+            let mut tables = self.lock_memtables();
+            let newer = std::mem::take(&mut tables.active);
+            tables.active = Arc::unwrap_or_clone(frozen);
+            tables.active.extend(newer);
+            tables.frozen = None;
+            return Err(e);
+        }
+        self.lock_memtables().frozen = None;
         self.unsynced.store(false, Ordering::Release);
         self.truncate_log(log)
+    }
+
+    fn lock_memtables(&self) -> MutexGuard<'_, Memtables> {
+        // Memtables change only after the writes they hold are logged; a panic while one
+        // was held stops the node anyway.
+        self.memtables.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Puts logged writes in the active memtable.
+    fn stage(&self, batches: &[PersistBatch]) {
+        let mut tables = self.lock_memtables();
+        for (key, value) in batches.iter().flat_map(|b| &b.writes) {
+            tables.active.insert(key.clone(), value.clone());
+        }
     }
 
     fn truncate_log(&self, log: &mut Log) -> Result<(), StorageError> {
@@ -337,6 +426,7 @@ impl RedbStorage {
             unsynced: AtomicBool::new(false),
             two_phase_commit: options.two_phase_commit,
             wal: None,
+            memtables: Mutex::new(Memtables::default()),
         }
     }
 
@@ -417,6 +507,11 @@ fn guard_panics<T>(label: &str, open: impl FnOnce() -> T) -> Result<T, StorageEr
 
 impl Storage for RedbStorage {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+        // The memtables first, then a read transaction begun after: a checkpoint drops its
+        // frozen memtable only once its commit is visible.
+        if let Some(logged) = self.lock_memtables().get(key) {
+            return Ok(logged.clone());
+        }
         let txn = self.db.begin_read().map_err(|e| self.error("cannot start a read", e))?;
         let table = match txn.open_table(TABLE) {
             Ok(table) => table,
@@ -431,17 +526,50 @@ impl Storage for RedbStorage {
         if start >= end || limit == 0 {
             return Ok(Vec::new());
         }
+        // The memtables' writes over the database's entries, in key order. The memtables
+        // are locked first and stay locked for the scan (the committer waits at most one
+        // scan's time), so no checkpoint moves writes from them into the database between
+        // the two reads.
+        let tables = self.lock_memtables();
+        let mut logged = tables.range(start, end).peekable();
         let txn = self.db.begin_read().map_err(|e| self.error("cannot start a read", e))?;
-        let table = match txn.open_table(TABLE) {
-            Ok(table) => table,
-            Err(TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+        let mut range = match txn.open_table(TABLE) {
+            Ok(table) => table.range::<&[u8]>(start..end).map_err(|e| self.error("cannot scan", e))?,
+            Err(TableError::TableDoesNotExist(_)) => {
+                return Ok(logged.filter_map(|(k, v)| Some((k.to_vec(), v.clone()?))).take(limit).collect());
+            }
             Err(e) => return Err(self.error("cannot open the table", e)),
         };
-        let range = table.range::<&[u8]>(start..end).map_err(|e| self.error("cannot scan", e))?;
+        let mut stored: Option<(Vec<u8>, Vec<u8>)> = None;
         let mut entries = Vec::new();
-        for entry in range.take(limit) {
-            let (k, v) = entry.map_err(|e| self.error("cannot scan", e))?;
-            entries.push((k.value().to_vec(), v.value().to_vec()));
+        while entries.len() < limit {
+            if stored.is_none()
+                && let Some(entry) = range.next()
+            {
+                let (k, v) = entry.map_err(|e| self.error("cannot scan", e))?;
+                stored = Some((k.value().to_vec(), v.value().to_vec()));
+            }
+            let from_log = match (&stored, logged.peek()) {
+                (None, None) => break,
+                (Some((k, _)), Some((l, _))) => match k.as_slice().cmp(l) {
+                    std::cmp::Ordering::Less => false,
+                    std::cmp::Ordering::Equal => {
+                        stored = None; // overwritten or deleted since the last checkpoint
+                        true
+                    }
+                    std::cmp::Ordering::Greater => true,
+                },
+                (None, Some(_)) => true,
+                (Some(_), None) => false,
+            };
+            if from_log {
+                let (k, v) = logged.next().expect("peeked");
+                if let Some(v) = v {
+                    entries.push((k.to_vec(), v.clone()));
+                }
+            } else {
+                entries.extend(stored.take());
+            }
         }
         Ok(entries)
     }
@@ -450,10 +578,10 @@ impl Storage for RedbStorage {
         let batches = std::slice::from_ref(batch);
         match self.lock_log() {
             Some(mut log) => {
-                let seq = self.append(&mut log, batches)?;
-                self.transact(batches, false, Some(seq))?;
+                self.append(&mut log, batches)?;
+                self.stage(batches);
             }
-            None => self.transact(batches, false, None)?,
+            None => self.transact(writes_of(batches), false, None)?,
         }
         self.unsynced.store(true, Ordering::Release);
         Ok(())
@@ -465,7 +593,7 @@ impl Storage for RedbStorage {
         }
         let synced = match self.lock_log() {
             Some(mut log) => Self::sync_log(&log).and_then(|()| self.checkpoint_if_due(&mut log)),
-            None => self.transact(&[], true, None),
+            None => self.transact(std::iter::empty(), true, None),
         };
         if synced.is_err() {
             self.unsynced.store(true, Ordering::Release);
@@ -474,21 +602,21 @@ impl Storage for RedbStorage {
     }
 
     /// The whole group at once. With the log: one record appended and synced (one small
-    /// write, one fsync), then one non-durable redb transaction, and a checkpoint when the
+    /// write, one fsync), then its writes put in the memtable, and a checkpoint when the
     /// log is big enough. Without: one durable redb transaction. Either way earlier
     /// unsynced `write`s become durable too.
     fn commit(&self, batches: &[PersistBatch]) -> Result<(), StorageError> {
         let Some(mut log) = self.lock_log() else {
             let was_unsynced = self.unsynced.swap(false, Ordering::AcqRel);
-            let committed = self.transact(batches, true, None);
+            let committed = self.transact(writes_of(batches), true, None);
             if committed.is_err() && was_unsynced {
                 self.unsynced.store(true, Ordering::Release);
             }
             return committed;
         };
-        let seq = self.append(&mut log, batches)?;
+        self.append(&mut log, batches)?;
         Self::sync_log(&log)?;
-        self.transact(batches, false, Some(seq))?;
+        self.stage(batches);
         self.unsynced.store(false, Ordering::Release);
         self.checkpoint_if_due(&mut log)
     }
@@ -499,23 +627,29 @@ impl RedbStorage {
         if log.len >= log.checkpoint_bytes { self.checkpoint(log) } else { Ok(()) }
     }
 
-    /// Applies `batches` in order in one write transaction and commits it, durably
+    /// Applies `writes` in order in one write transaction and commits it, durably
     /// ([`Durability::Immediate`], two-phase if configured) or not ([`Durability::None`]).
     /// `wal_seq` records, in the same transaction, the last log record it applies. On an
     /// error, dropping the transaction aborts it: nothing of it is applied.
-    fn transact(&self, batches: &[PersistBatch], durable: bool, wal_seq: Option<u64>) -> Result<(), StorageError> {
+    fn transact<'a>(
+        &self,
+        writes: impl Iterator<Item = (&'a [u8], Option<&'a [u8]>)>,
+        durable: bool,
+        wal_seq: Option<u64>,
+    ) -> Result<(), StorageError> {
         let mut txn = self.db.begin_write().map_err(|e| self.error("cannot start a transaction", e))?;
         let durability = if durable { Durability::Immediate } else { Durability::None };
         txn.set_durability(durability).map_err(|e| self.error("cannot set the durability", e))?;
         if durable {
             txn.set_two_phase_commit(self.two_phase_commit);
         }
-        if batches.iter().any(|batch| !batch.writes.is_empty()) {
+        let mut writes = writes.peekable();
+        if writes.peek().is_some() {
             let mut table = txn.open_table(TABLE).map_err(|e| self.error("cannot open the table", e))?;
-            for (key, value) in batches.iter().flat_map(|batch| &batch.writes) {
+            for (key, value) in writes {
                 match value {
-                    Some(value) => table.insert(key.as_slice(), value.as_slice()).map(drop),
-                    None => table.remove(key.as_slice()).map(drop),
+                    Some(value) => table.insert(key, value).map(drop),
+                    None => table.remove(key).map(drop),
                 }
                 .map_err(|e| self.error("cannot write", e))?;
             }
@@ -527,6 +661,11 @@ impl RedbStorage {
         let what = if durable { "cannot make the writes durable" } else { "cannot commit" };
         txn.commit().map_err(|e| self.error(what, e))
     }
+}
+
+/// The writes of `batches`, in order.
+fn writes_of(batches: &[PersistBatch]) -> impl Iterator<Item = (&[u8], Option<&[u8]>)> {
+    batches.iter().flat_map(|b| &b.writes).map(|(k, v)| (k.as_slice(), v.as_deref()))
 }
 
 #[cfg(test)]

@@ -379,3 +379,61 @@ fn a_database_open_in_another_handle_is_refused() {
     let error = RedbStorage::open(&dir.file(), &options).expect_err("already open");
     assert!(error.0.contains("already open"), "{error}");
 }
+
+/// Reads through the memtable and the database agree with a model, across checkpoints,
+/// a crash and the replay: random puts and deletes over 40 keys in groups, checkpoints
+/// every few groups (a 700-byte log), and after each group a `get` of every key and scans
+/// of random ranges and limits.
+#[test]
+fn reads_merge_the_memtable_over_the_database_like_a_model() {
+    let dir = TempDir::new("memtable-model");
+    let options = RedbOptions { wal_checkpoint_bytes: 700, ..RedbOptions::default() };
+    let (storage, dead) = killable_with_log(&dir.file(), &options);
+    let mut model = BTreeMap::<Vec<u8>, Vec<u8>>::new();
+    let mut rng = 0x5eed_u64;
+    let mut next = move |n: u64| {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng % n
+    };
+    let key = |i: u64| format!("k{i:02}").into_bytes();
+    let check = |storage: &RedbStorage, model: &BTreeMap<Vec<u8>, Vec<u8>>, next: &mut dyn FnMut(u64) -> u64| {
+        for i in 0..40 {
+            assert_eq!(storage.get(&key(i)).expect("get"), model.get(&key(i)).cloned(), "get k{i:02}");
+        }
+        for _ in 0..8 {
+            let (a, b) = (next(42), next(42));
+            let (start, end) = (key(a.min(b)), key(a.max(b)));
+            let limit = next(12) as usize;
+            let expected: Entries =
+                model.range(start.clone()..end.clone()).take(limit).map(|(k, v)| (k.clone(), v.clone())).collect();
+            assert_eq!(storage.scan(&start, &end, limit).expect("scan"), expected, "scan {a}..{b} limit {limit}");
+        }
+    };
+    let mut checkpoints = 0;
+    for group in 1..=120u64 {
+        let mut writes = Vec::new();
+        for _ in 0..1 + next(4) {
+            let k = key(next(40));
+            let value = (next(3) > 0).then(|| format!("v{group}-{}", next(1000)).into_bytes());
+            match &value {
+                Some(v) => model.insert(k.clone(), v.clone()),
+                None => model.remove(&k),
+            };
+            writes.push((k, value));
+        }
+        let before = std::fs::metadata(wal_path(&dir.file())).expect("log").len();
+        storage.commit(&[PersistBatch { id: group, writes }]).expect("commit");
+        if std::fs::metadata(wal_path(&dir.file())).expect("log").len() < before {
+            checkpoints += 1;
+        }
+        check(&storage, &model, &mut next);
+    }
+    assert!(checkpoints >= 5, "only {checkpoints} checkpoints: the test needs writes on both sides of them");
+    assert!(!storage.lock_memtables().active.is_empty(), "the crash must leave writes only in the log");
+    dead.store(true, Ordering::Release);
+    drop(storage);
+    let storage = RedbStorage::open(&dir.file(), &options).expect("recovers");
+    check(&storage, &model, &mut next);
+}
