@@ -81,7 +81,7 @@ const META: TableDefinition<&str, u64> = TableDefinition::new("memo-silo");
 const WAL_APPLIED: &str = "wal-applied";
 
 /// Default log size that triggers a checkpoint.
-pub const WAL_CHECKPOINT_BYTES_DEFAULT: u64 = 16 * 1024 * 1024;
+pub const WAL_CHECKPOINT_BYTES_DEFAULT: u64 = 8 * 1024 * 1024;
 /// The log file is grown by writing this many zeros at a time, ahead of the records, so
 /// that an append overwrites allocated blocks and its `fdatasync` has no file size to
 /// update (appending to the end of a file cost about 35% more per sync here, see
