@@ -33,8 +33,10 @@ pub enum PlantedBug {
     /// The copier's scan is answered by a member that did not adopt the joint config, so
     /// it may still accept writes of the old epoch after it answered (breaks F3).
     CopierReadsUnfenced,
-    /// A member added to a partition keeps the data it held from an earlier spell
-    /// (breaks F5).
+    /// A member added to a partition keeps the data it held from an earlier spell: it
+    /// neither wipes the partition when added back nor releases it when a config leaves
+    /// it out (breaks F5; the release alone would hide the missing wipe from a node that
+    /// learned it was left out).
     NoWipeOnAdd,
     /// The rebalancer proposes the final config of a joint epoch without copying it
     /// (breaks F4).

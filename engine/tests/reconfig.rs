@@ -57,17 +57,20 @@ fn settle_on(sim: &mut Sim, members: &[usize]) {
     panic!("partition 0 did not settle on {want:?}");
 }
 
-/// F5's counterexample: `n0` holds `k = old`, leaves the partition, `k` is deleted and its
-/// tombstone collected everywhere else, then `n0` is added back. Keeping its old register,
-/// it would answer a read quorum with `old` at the highest accepted ballot: the deleted
-/// value comes back. Returns what a read through `{n0, n1}` answers.
+/// F5's counterexample: `n0` holds `k = old` and goes down; the partition moves away from
+/// it (had `n0` been up, it would have released its registers on learning that), `k` is
+/// deleted and its tombstone collected everywhere else, then `n0` returns and is added
+/// back. Keeping its old register, it would answer a read quorum with `old` at the
+/// highest accepted ballot: the deleted value comes back. Returns what a read through
+/// `{n0, n1}` answers.
 fn returning_member_read(bug: Option<PlantedBug>, seed: u64) -> Result<Response, KvError> {
     let mut sim = Sim::with_config(3, 1, 3, seed, Faults::none(), tune);
     sim.set_membership(&[0, 1, 2]);
     assert_eq!(call(&mut sim, 1, Request::upsert("k", "old")), Ok(Response::Done));
     sim.run_for(Duration::from_millis(200));
     let n3 = sim.add_node();
-    sim.set_membership(&[0, 1, 2, n3]);
+    sim.crash(0);
+    sim.set_membership(&[1, 2, n3]);
     settle_on(&mut sim, &[1, 2, n3]);
     assert_eq!(call(&mut sim, 1, Request::delete("k")), Ok(Response::Done));
     sim.run_for(Duration::from_secs(1)); // the tombstone is collected on n1, n2, n3
@@ -75,11 +78,22 @@ fn returning_member_read(bug: Option<PlantedBug>, seed: u64) -> Result<Response,
     assert!(collected, "the tombstone was collected while n0 was away");
     if let Some(bug) = bug {
         // Planted only now: the move away from n0 above ran with the rule intact.
-        sim.crash(0);
         sim.plant(0, bug);
-        sim.restart(0);
     }
+    // n0 comes back cut off until the move that adds it back is settled, so the first
+    // config it learns is the one that lists it again (as after an eviction).
+    sim.restart(0);
+    sim.isolate(0);
     sim.set_membership(&[0, 1, 2]);
+    let n0 = sim.ids()[0].clone();
+    for _ in 0..200 {
+        let c = sim.node(1).unwrap().map().config(0).clone();
+        if !c.is_joint() && c.contains(&n0) {
+            break;
+        }
+        sim.run_for(Duration::from_millis(50));
+    }
+    sim.heal();
     settle_on(&mut sim, &[0, 1, 2]);
     sim.isolate(2); // the read quorum is {n0, n1}
     call(&mut sim, 1, Request::fetch("k"))
@@ -96,6 +110,43 @@ fn f5_a_member_added_back_wipes_what_it_held_before() {
 fn f5_without_the_wipe_a_collected_value_comes_back() {
     let read = returning_member_read(Some(PlantedBug::NoWipeOnAdd), 0);
     assert_eq!(read, Ok(Response::Value(b"old".to_vec().into())), "the planted bug must resurrect the value");
+}
+
+/// Registers of partition 0 in node `i`'s silo.
+fn registers_held(sim: &Sim, i: usize) -> usize {
+    let start = memo_engine::storage::register_key(0, b"");
+    let end = memo_engine::storage::register_key(1, b"");
+    sim.storage(i).snapshot().range(start..end).count()
+}
+
+/// A node that a chosen config no longer lists deletes its registers of the partition
+/// (the disk space of a partition moved away is reclaimed), and every key still reads
+/// back through the new members; a node that stays keeps its registers.
+#[test]
+fn a_node_that_a_move_leaves_out_releases_the_partition() {
+    let mut sim = Sim::with_config(3, 1, 3, 0, Faults::none(), tune);
+    sim.set_membership(&[0, 1, 2]);
+    for i in 0..20 {
+        assert_eq!(call(&mut sim, 1, Request::upsert(format!("k{i}"), "v")), Ok(Response::Done));
+    }
+    sim.run_for(Duration::from_millis(200));
+    assert_eq!(registers_held(&sim, 0), 20, "n0 holds every key before the move");
+    let n3 = sim.add_node();
+    sim.set_membership(&[1, 2, n3]);
+    settle_on(&mut sim, &[1, 2, n3]);
+    sim.run_for(Duration::from_millis(200));
+    assert!(sim.node(0).unwrap().map().config(0).members.len() == 3);
+    assert!(!sim.node(0).unwrap().map().config(0).contains(&sim.ids()[0].clone()), "n0 learned the move");
+    assert_eq!(registers_held(&sim, 0), 0, "n0 released the partition");
+    assert_eq!(registers_held(&sim, 1), 20, "n1 is still a member and keeps its registers");
+    sim.isolate(1); // reads through {n2, n3}
+    for i in 0..20 {
+        assert_eq!(
+            call(&mut sim, 2, Request::fetch(format!("k{i}"))),
+            Ok(Response::Value(b"v".to_vec().into())),
+            "k{i}"
+        );
+    }
 }
 
 fn is_config_message(msg: &Message) -> bool {

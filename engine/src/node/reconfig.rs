@@ -46,6 +46,9 @@ pub struct MoveStats {
     pub keys_copied: u64,
     /// Partitions this node wiped before answering as an added member (F5).
     pub partitions_wiped: u64,
+    /// Partitions whose registers this node deleted once a chosen config no longer
+    /// listed it (their disk space is reclaimed).
+    pub partitions_released: u64,
     /// Configs this node adopted.
     pub configs_adopted: u64,
 }
@@ -235,7 +238,12 @@ impl<S: Storage> Node<S> {
 
     /// Adopts a chosen config if it is newer than the one held (F6): persists it, resets the
     /// decree instance, and wipes the partition if this node was added since the config it
-    /// held (F5). Returns whether it was adopted.
+    /// held (F5), or if the config no longer lists it. Returns whether it was adopted.
+    ///
+    /// Releasing a partition is safe once a chosen config leaves this node out: that
+    /// config was reached through a joint epoch whose copy completed (F4), so no quorum of
+    /// it or of any later epoch counts on this node's registers, and a message of an older
+    /// epoch is refused here by its config. Should the node be added back, F5 wipes again.
     pub(super) fn adopt_config(&mut self, config: PartitionConfig) -> bool {
         let p = config.partition;
         if p >= self.map.partitions()
@@ -267,6 +275,12 @@ impl<S: Storage> Node<S> {
             }
             self.persist.put_floor(p, floor);
             self.reconfig.stats.partitions_wiped += 1;
+        } else if held.contains(&me) && !config.contains(&me) && self.cfg.planted_bug != Some(PlantedBug::NoWipeOnAdd) {
+            if self.wipe_partition(p).is_err() {
+                self.stats.storage_errors += 1;
+                return false;
+            }
+            self.reconfig.stats.partitions_released += 1;
         }
         for n in config.acceptors() {
             self.learn_node(n);
@@ -293,7 +307,7 @@ impl<S: Storage> Node<S> {
         true
     }
 
-    /// Deletes every register of `partition` (F5), in the open batch.
+    /// Deletes every register of `partition` (F5, or released), in the open batch.
     fn wipe_partition(&mut self, p: PartitionId) -> Result<(), StorageError> {
         let start = storage::register_key(p, b"");
         let end = storage::register_key(p + 1, b"");
