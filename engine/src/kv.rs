@@ -140,12 +140,6 @@ impl From<Vec<u8>> for Value {
     }
 }
 
-impl From<&[u8]> for Value {
-    fn from(bytes: &[u8]) -> Self {
-        Value::plain(bytes)
-    }
-}
-
 /// What a register holds once something was ever chosen for it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum State {

@@ -165,13 +165,7 @@ impl KvService {
         value: Vec<u8>,
         change: fn(memo_engine::Value) -> Change,
     ) -> Result<Request, Status> {
-        if value.len() > self.value_bytes_max {
-            return Err(status_from(KvError::InvalidArgument(format!(
-                "value of {} bytes is over the limit of {} bytes",
-                value.len(),
-                self.value_bytes_max
-            ))));
-        }
+        memo_engine::node::validate_value_len(value.len(), self.value_bytes_max).map_err(status_from)?;
         Ok(Request::Kv { key, change: change(self.policy.encode(value)) })
     }
 

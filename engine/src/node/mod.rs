@@ -460,13 +460,7 @@ impl<S: Storage> Node<S> {
             Change::Insert(v) | Change::Update(v) | Change::Upsert(v) => v.bytes.len(),
             Change::Delete | Change::Fetch => 0,
         };
-        if value_len > self.cfg.value_bytes_max {
-            return Err(KvError::InvalidArgument(format!(
-                "value of {value_len} bytes is over the limit of {} bytes",
-                self.cfg.value_bytes_max
-            )));
-        }
-        Ok(())
+        validate_value_len(value_len, self.cfg.value_bytes_max)
     }
 
     fn register_request(&mut self, origin: Origin, now: Instant) -> ReqKey {
@@ -758,6 +752,14 @@ fn answer_to_response(answer: Answer) -> Result<Response, KvError> {
         Answer::AlreadyExists => Err(KvError::AlreadyExists),
         Answer::NotFound => Err(KvError::NotFound),
     }
+}
+
+/// Checks a value's length against the node's limit ([`Config::value_bytes_max`]).
+pub fn validate_value_len(len: usize, max: usize) -> Result<(), KvError> {
+    if len > max {
+        return Err(KvError::InvalidArgument(format!("value of {len} bytes is over the limit of {max} bytes")));
+    }
+    Ok(())
 }
 
 /// Checks a key against the API's limits: 1 to [`KEY_BYTES_MAX`] bytes of UTF-8.

@@ -180,10 +180,10 @@ impl Memtables {
 }
 
 /// Merges two key-ordered streams; on equal keys the first one's entry wins.
-fn merge<'a, V: 'a>(
-    first: impl Iterator<Item = (&'a [u8], V)>,
-    second: impl Iterator<Item = (&'a [u8], V)>,
-) -> impl Iterator<Item = (&'a [u8], V)> {
+fn merge<K: Ord, V>(
+    first: impl Iterator<Item = (K, V)>,
+    second: impl Iterator<Item = (K, V)>,
+) -> impl Iterator<Item = (K, V)> {
     let (mut a, mut b) = (first.peekable(), second.peekable());
     std::iter::from_fn(move || match (a.peek(), b.peek()) {
         (Some((ka, _)), Some((kb, _))) if ka < kb => a.next(),
@@ -531,47 +531,30 @@ impl Storage for RedbStorage {
         // scan's time), so no checkpoint moves writes from them into the database between
         // the two reads.
         let tables = self.lock_memtables();
-        let mut logged = tables.range(start, end).peekable();
+        let logged = tables.range(start, end);
         let txn = self.db.begin_read().map_err(|e| self.error("cannot start a read", e))?;
-        let mut range = match txn.open_table(TABLE) {
+        let range = match txn.open_table(TABLE) {
             Ok(table) => table.range::<&[u8]>(start..end).map_err(|e| self.error("cannot scan", e))?,
             Err(TableError::TableDoesNotExist(_)) => {
                 return Ok(logged.filter_map(|(k, v)| Some((k.to_vec(), v.clone()?))).take(limit).collect());
             }
             Err(e) => return Err(self.error("cannot open the table", e)),
         };
-        let mut stored: Option<(Vec<u8>, Vec<u8>)> = None;
-        let mut entries = Vec::new();
-        while entries.len() < limit {
-            if stored.is_none()
-                && let Some(entry) = range.next()
-            {
-                let (k, v) = entry.map_err(|e| self.error("cannot scan", e))?;
-                stored = Some((k.value().to_vec(), v.value().to_vec()));
+        let mut failed = None;
+        let stored = range.map_while(|entry| match entry {
+            Ok((k, v)) => Some((k.value().to_vec(), Some(v.value().to_vec()))),
+            Err(e) => {
+                failed = Some(e);
+                None
             }
-            let from_log = match (&stored, logged.peek()) {
-                (None, None) => break,
-                (Some((k, _)), Some((l, _))) => match k.as_slice().cmp(l) {
-                    std::cmp::Ordering::Less => false,
-                    std::cmp::Ordering::Equal => {
-                        stored = None; // overwritten or deleted since the last checkpoint
-                        true
-                    }
-                    std::cmp::Ordering::Greater => true,
-                },
-                (None, Some(_)) => true,
-                (Some(_), None) => false,
-            };
-            if from_log {
-                let (k, v) = logged.next().expect("peeked");
-                if let Some(v) = v {
-                    entries.push((k.to_vec(), v.clone()));
-                }
-            } else {
-                entries.extend(stored.take());
-            }
+        });
+        // A logged write replaces the stored entry of its key; a logged delete hides it.
+        let logged = logged.map(|(k, v)| (k.to_vec(), v.clone()));
+        let entries: Entries = merge(logged, stored).filter_map(|(k, v)| Some((k, v?))).take(limit).collect();
+        match failed {
+            Some(e) => Err(self.error("cannot scan", e)),
+            None => Ok(entries),
         }
-        Ok(entries)
     }
 
     fn write(&self, batch: &PersistBatch) -> Result<(), StorageError> {
