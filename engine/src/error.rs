@@ -15,6 +15,9 @@ pub enum KvError {
     /// Update, Delete or Fetch on an absent key (NOT_FOUND).
     #[error("key not found")]
     NotFound,
+    /// A swap found another value than the one it expected (ABORTED).
+    #[error("the value changed since it was read")]
+    Conflict,
     /// No quorum answered in time, or the outcome of a write is unknown (UNAVAILABLE):
     /// the request may or may not have taken effect.
     #[error("unavailable: {0}")]

@@ -249,6 +249,15 @@ pub enum Change {
     Delete,
     /// Read the value (linearizable).
     Fetch,
+    /// Set to `value` if the stored value is `expected`, bytes and encoding (`None`:
+    /// absent), else CONFLICT and nothing changes: a compare-and-set for memo's own
+    /// read-modify-write records (the policy table). Not on the public API.
+    Swap {
+        /// The value the key must hold.
+        expected: Option<Value>,
+        /// The value it gets.
+        value: Value,
+    },
 }
 
 impl Change {
@@ -269,6 +278,8 @@ pub enum Answer {
     AlreadyExists,
     /// Update, Delete or Fetch on an absent key.
     NotFound,
+    /// Swap on a key that does not hold the expected value.
+    Conflict,
 }
 
 /// Applies `change` (made by `op`, proposed at `ballot`) to `state` in place and returns its
@@ -297,7 +308,10 @@ pub fn apply(state: &mut Option<State>, change: &Change, op: OpId, ballot: Ballo
         }
         Change::Insert(_) if present => return Ok(Answer::AlreadyExists),
         Change::Update(_) | Change::Delete if !present => return Ok(Answer::NotFound),
-        Change::Insert(v) | Change::Update(v) | Change::Upsert(v) => State::Value {
+        Change::Swap { expected, .. } if state.as_ref().and_then(State::stored) != *expected => {
+            return Ok(Answer::Conflict);
+        }
+        Change::Insert(v) | Change::Update(v) | Change::Upsert(v) | Change::Swap { value: v, .. } => State::Value {
             value: v.bytes.clone(),
             encoding: v.encoding,
             recent: Vec::new(),
@@ -371,8 +385,21 @@ mod tests {
             (dead.clone(), Change::Delete, Answer::NotFound, None),
             (live.clone(), Change::Delete, Answer::Done, None),
             (None, Change::Fetch, Answer::NotFound, None),
-            (dead, Change::Fetch, Answer::NotFound, None),
-            (live, Change::Fetch, Answer::Value(v("a")), Some(v("a"))),
+            (dead.clone(), Change::Fetch, Answer::NotFound, None),
+            (live.clone(), Change::Fetch, Answer::Value(v("a")), Some(v("a"))),
+            (None, Change::Swap { expected: None, value: v("x") }, Answer::Done, Some(v("x"))),
+            (dead.clone(), Change::Swap { expected: None, value: v("x") }, Answer::Done, Some(v("x"))),
+            (live.clone(), Change::Swap { expected: None, value: v("x") }, Answer::Conflict, Some(v("a"))),
+            (live.clone(), Change::Swap { expected: Some(v("a")), value: v("x") }, Answer::Done, Some(v("x"))),
+            (live.clone(), Change::Swap { expected: Some(v("b")), value: v("x") }, Answer::Conflict, Some(v("a"))),
+            (dead, Change::Swap { expected: Some(v("a")), value: v("x") }, Answer::Conflict, None),
+            // The encoding is part of the value a swap expects.
+            (
+                live,
+                Change::Swap { expected: Some(Value { bytes: b"a".to_vec(), encoding: Encoding(1) }), value: v("x") },
+                Answer::Conflict,
+                Some(v("a")),
+            ),
         ];
         for (i, (mut state, change, answer, after)) in table.into_iter().enumerate() {
             assert_eq!(apply(&mut state, &change, op(9), b(2)), Ok(answer.clone()), "row {i}");

@@ -1,6 +1,7 @@
 //! Whole-cluster behaviour of the engine through the deterministic harness: the KV API's
 //! status codes, routing, the fast path, List.
 
+use memo_engine::kv::{Change, Value};
 use memo_engine::list::{ListQuery, list_reference};
 use memo_engine::testing::{Faults, Sim};
 use memo_engine::{KvError, Request, Response};
@@ -30,6 +31,33 @@ fn every_operation_answers_with_memos_status_codes() {
     assert_eq!(call(&mut sim, 1, Request::fetch("k")), Err(KvError::NotFound));
     assert_eq!(call(&mut sim, 2, Request::insert("k", "v5")), Ok(Response::Done));
     assert_eq!(call(&mut sim, 0, Request::fetch("k")), Ok(Response::Value(b"v5".to_vec().into())));
+}
+
+fn swap(key: &str, expected: Option<&str>, value: &str) -> Request {
+    let expected = expected.map(|e| Value::plain(e.as_bytes()));
+    Request::Kv { key: key.into(), change: Change::Swap { expected, value: Value::plain(value.as_bytes()) } }
+}
+
+/// The compare-and-set that memo's read-modify-write records use: of two swaps from the
+/// same value, racing from two nodes, exactly one takes effect.
+#[test]
+fn of_two_racing_swaps_from_one_value_exactly_one_takes_effect() {
+    for seed in 0..20 {
+        let mut sim = Sim::new(3, 16, 3, 100 + seed, Faults::none());
+        assert_eq!(call(&mut sim, 0, swap("t", Some("v0"), "v1")), Err(KvError::Conflict), "absent is not v0");
+        assert_eq!(call(&mut sim, 0, swap("t", None, "v0")), Ok(Response::Done));
+        let a = sim.submit(1, swap("t", Some("v0"), "a"));
+        let b = sim.submit(2, swap("t", Some("v0"), "b"));
+        sim.run_for(LIMIT);
+        let replies: Vec<_> = sim.take_replies().into_iter().filter(|(_, r)| r.id == a || r.id == b).collect();
+        assert_eq!(replies.len(), 2, "seed {seed}: {replies:?}");
+        let done: Vec<_> = replies.iter().filter(|(_, r)| r.result == Ok(Response::Done)).collect();
+        assert_eq!(done.len(), 1, "seed {seed}: {replies:?}");
+        let conflicts = replies.iter().filter(|(_, r)| r.result == Err(KvError::Conflict)).count();
+        assert_eq!(conflicts, 1, "seed {seed}: {replies:?}");
+        let winner = if done[0].1.id == a { "a" } else { "b" };
+        assert_eq!(call(&mut sim, 0, Request::fetch("t")), Ok(Response::Value(winner.as_bytes().to_vec().into())));
+    }
 }
 
 #[test]

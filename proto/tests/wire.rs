@@ -190,6 +190,10 @@ fn admin_schema() {
             ("Members", ".memo.admin.MembersRequest", ".memo.admin.MembersResponse"),
             ("Leave", ".memo.admin.LeaveRequest", ".memo.admin.LeaveResponse"),
             ("Remove", ".memo.admin.RemoveRequest", ".memo.admin.RemoveResponse"),
+            ("PolicyList", ".memo.admin.PolicyListRequest", ".memo.admin.PolicyListResponse"),
+            ("PolicySet", ".memo.admin.PolicySetRequest", ".memo.admin.PolicyChangeResponse"),
+            ("PolicyDelete", ".memo.admin.PolicyDeleteRequest", ".memo.admin.PolicyChangeResponse"),
+            ("PolicyInstall", ".memo.admin.PolicyInstallRequest", ".memo.admin.PolicyInstallResponse"),
         ]
     );
 }

@@ -12,13 +12,18 @@
 
 use crate::node::{Control, LoopStatus};
 use crate::peer::{LinkState as PeerLinkState, LinkStatus};
+use crate::policy::table::{self, Policies, PolicyTable};
 use crate::service::status_from;
+use memo_engine::membership::MemberState;
 use memo_engine::placement::PartitionConfig;
 use memo_engine::{ClusterId, KvError, NodeId};
+use memo_proto::admin::admin_client::AdminClient;
 use memo_proto::admin::admin_server::Admin;
 use memo_proto::admin::{
     ClusterInfo, LeaveRequest, LeaveResponse, LinkState, MemberInfo, MembersRequest, MembersResponse, Moves, NodeInfo,
-    NodeStats, PartitionInfo, RemoveRequest, RemoveResponse, StatusRequest, StatusResponse,
+    NodeStats, PartitionInfo, PolicyChangeResponse, PolicyDeleteRequest, PolicyInstallRequest, PolicyInstallResponse,
+    PolicyListRequest, PolicyListResponse, PolicyRule, PolicySetRequest, RemoveRequest, RemoveResponse, StatusRequest,
+    StatusResponse,
 };
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -52,6 +57,9 @@ pub(crate) struct AdminService {
     /// cluster id from them and its token).
     pub initial_nodes: Vec<String>,
     pub peers: Arc<BTreeMap<NodeId, PeerView>>,
+    /// For the policy table's reads and swaps ([`crate::policy::table`]).
+    pub kv: crate::service::KvService,
+    pub policies: Arc<Policies>,
 }
 
 /// Partitions a node is primary of, and holds a replica of (primaries included).
@@ -250,8 +258,136 @@ fn refused(why: String) -> Status {
     if why.starts_with("no member") { Status::not_found(why) } else { Status::failed_precondition(why) }
 }
 
+impl AdminService {
+    /// Changes the policy table in the cluster, applies it here, and pushes it to every
+    /// other member (docs in [`crate::policy::table`]).
+    async fn change_policy(
+        &self,
+        edit: impl Fn(&mut PolicyTable) -> Result<(), Status>,
+    ) -> Result<PolicyChangeResponse, Status> {
+        let table = table::change(&self.kv, edit).await?;
+        self.policies.install(table.clone()).await.map_err(|e| Status::internal(e.to_string()))?;
+        let unconfirmed = self.push_policy(&table).await?;
+        if !unconfirmed.is_empty() {
+            tracing::warn!(revision = table.revision, ?unconfirmed, "members did not confirm the policy table");
+        }
+        Ok(PolicyChangeResponse { revision: table.revision, unconfirmed })
+    }
+
+    /// Sends `table` to every other member at once; returns the names of those that did
+    /// not confirm it within [`table::INSTALL_TIMEOUT`] (down ones included).
+    async fn push_policy(&self, table: &PolicyTable) -> Result<Vec<String>, Status> {
+        let members = self.ask(Control::Members).await?.members;
+        let bytes = table.encode();
+        let mut unconfirmed = Vec::new();
+        let mut pushes = Vec::new();
+        for member in members {
+            if member.id.name == self.me.name || member.state == MemberState::Left {
+                continue;
+            }
+            let addr = (member.addr.parse().ok()).or_else(|| self.peers.get(&member.id).map(|p| p.address));
+            match (member.state, addr) {
+                (MemberState::Alive | MemberState::Suspect, Some(addr)) => {
+                    let request = PolicyInstallRequest { table: bytes.clone() };
+                    pushes.push((member.id.name, tokio::spawn(install_on(addr, request))));
+                }
+                _ => unconfirmed.push(member.id.name),
+            }
+        }
+        for (name, push) in pushes {
+            match push.await {
+                Ok(Ok(revision)) if revision >= table.revision => {}
+                Ok(Ok(revision)) => {
+                    tracing::warn!(node = %name, revision, "a member applies an older policy table");
+                    unconfirmed.push(name);
+                }
+                Ok(Err(status)) => {
+                    tracing::warn!(node = %name, %status, "a member did not confirm the policy table");
+                    unconfirmed.push(name);
+                }
+                Err(_) => unconfirmed.push(name),
+            }
+        }
+        unconfirmed.sort();
+        Ok(unconfirmed)
+    }
+}
+
+/// Sends a table to the member at `addr`; its answer is the revision it applies.
+async fn install_on(addr: SocketAddr, request: PolicyInstallRequest) -> Result<u64, Status> {
+    let call = async {
+        let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|e| Status::internal(e.to_string()))?
+            .connect_timeout(table::INSTALL_TIMEOUT);
+        let channel = endpoint.connect().await.map_err(|e| Status::unavailable(crate::peer::error_chain(&e)))?;
+        let answer = AdminClient::new(channel).policy_install(request).await?;
+        Ok(answer.into_inner().revision)
+    };
+    match tokio::time::timeout(table::INSTALL_TIMEOUT, call).await {
+        Ok(answer) => answer,
+        Err(_) => Err(Status::unavailable("no answer in time")),
+    }
+}
+
+fn rules_of(table: &PolicyTable) -> Vec<PolicyRule> {
+    (table.rules.iter())
+        .map(|(prefix, rule)| PolicyRule { prefix: prefix.clone(), compression: rule.compression.to_string() })
+        .collect()
+}
+
 #[tonic::async_trait]
 impl Admin for AdminService {
+    async fn policy_list(
+        &self,
+        _: tonic::Request<PolicyListRequest>,
+    ) -> Result<tonic::Response<PolicyListResponse>, Status> {
+        let (_, table) = table::read(&self.kv).await?;
+        // What the cluster holds is at least as new as any push: apply it if this node
+        // missed one.
+        let node_revision = self.policies.install(table.clone()).await.map_err(|e| Status::internal(e.to_string()))?;
+        Ok(tonic::Response::new(PolicyListResponse {
+            revision: table.revision,
+            rules: rules_of(&table),
+            node_revision,
+        }))
+    }
+
+    async fn policy_set(
+        &self,
+        request: tonic::Request<PolicySetRequest>,
+    ) -> Result<tonic::Response<PolicyChangeResponse>, Status> {
+        let rule = request.into_inner().rule.ok_or_else(|| Status::invalid_argument("the request carries no rule"))?;
+        let policy = table::parse_rule(&rule.compression).map_err(Status::invalid_argument)?;
+        table::validate_prefix(&rule.prefix).map_err(Status::invalid_argument)?;
+        let answer = self
+            .change_policy(|table| table.set(rule.prefix.clone(), policy).map_err(Status::failed_precondition))
+            .await?;
+        Ok(tonic::Response::new(answer))
+    }
+
+    async fn policy_delete(
+        &self,
+        request: tonic::Request<PolicyDeleteRequest>,
+    ) -> Result<tonic::Response<PolicyChangeResponse>, Status> {
+        let prefix = request.into_inner().prefix;
+        let answer = self
+            .change_policy(|table| match table.rules.remove(&prefix) {
+                Some(_) => Ok(()),
+                None => Err(Status::not_found(format!("no rule for the prefix {prefix:?}"))),
+            })
+            .await?;
+        Ok(tonic::Response::new(answer))
+    }
+
+    async fn policy_install(
+        &self,
+        request: tonic::Request<PolicyInstallRequest>,
+    ) -> Result<tonic::Response<PolicyInstallResponse>, Status> {
+        let table = PolicyTable::decode(&request.into_inner().table).map_err(Status::invalid_argument)?;
+        let revision = self.policies.install(table).await.map_err(|e| Status::internal(e.to_string()))?;
+        Ok(tonic::Response::new(PolicyInstallResponse { revision }))
+    }
+
     async fn members(&self, _: tonic::Request<MembersRequest>) -> Result<tonic::Response<MembersResponse>, Status> {
         match tokio::time::timeout(STATUS_TIMEOUT, AdminService::members(self)).await {
             Ok(answer) => answer.map(tonic::Response::new),

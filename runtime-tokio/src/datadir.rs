@@ -6,6 +6,8 @@
 //!                parameters and id. Written once, when the directory is created.
 //!   data.redb    the redb silo (see crate::silo::redb)
 //!   data.wal     its write-ahead log (crate::silo::wal)
+//!   policy.table the node's copy of the cluster's policy table (crate::policy::table),
+//!                written once the node applies a table; fetched again if deleted
 //! ```
 //!
 //! **Creation** happens when `memo.toml` is absent: the database is created and synced
@@ -43,6 +45,8 @@ pub const MARKER_FILE: &str = "memo.toml";
 pub const DATABASE_FILE: &str = "data.redb";
 /// Its write-ahead log's file name (`silo::redb::wal_path` of the database).
 pub const WAL_FILE: &str = "data.wal";
+/// The node's copy of the policy table's file name.
+pub const POLICY_FILE: &str = "policy.table";
 /// The marker is written here first, then renamed.
 const MARKER_TEMP_FILE: &str = "memo.toml.tmp";
 /// Entries a directory may hold besides ours and still be used for a new node (the root

@@ -133,6 +133,7 @@ pub async fn spawn_dev_cluster(options: DevOptions) -> Result<DevCluster, Error>
                 let redb = RedbOptions { cache_bytes: DEV_CACHE_BYTES, ..RedbOptions::default() };
                 let name = &node_options.config.me.name;
                 let (_, storage) = crate::datadir::open(&dir.join(name), name, &params, &redb)?;
+                node_options.policy_file = Some(dir.join(name).join(crate::datadir::POLICY_FILE));
                 node_options.commit_mode = CommitMode::Blocking;
                 Arc::new(storage)
             }

@@ -108,6 +108,9 @@ pub enum Error {
     /// The data directory cannot be used.
     #[error(transparent)]
     DataDir(#[from] datadir::DataDirError),
+    /// The node's copy of the policy table cannot be loaded.
+    #[error(transparent)]
+    Policy(#[from] policy::table::PolicyFileError),
     /// One of the node's tasks stopped unexpectedly (its error was logged).
     #[error("the node's {0} stopped unexpectedly")]
     TaskFailed(&'static str),
@@ -134,8 +137,14 @@ pub struct NodeOptions {
     pub peer_transport: PeerTransport,
     /// How the committer calls the silo.
     pub commit_mode: CommitMode,
-    /// How this node encodes the values clients write to it ([`policy`]).
+    /// How this node encodes the values clients write to it when no rule of the
+    /// cluster's policy table covers their key ([`policy`]).
     pub value_policy: policy::ValuePolicy,
+    /// Where the node saves its copy of the policy table (`None`: kept in memory only).
+    pub policy_file: Option<std::path::PathBuf>,
+    /// How often the node rereads the policy table from the cluster (`None`: only when a
+    /// change is pushed to it).
+    pub policy_refresh: Option<Duration>,
 }
 
 impl NodeOptions {
@@ -151,6 +160,8 @@ impl NodeOptions {
             peer_transport: PeerTransport::default(),
             commit_mode: CommitMode::default(),
             value_policy: policy::ValuePolicy::default(),
+            policy_file: None,
+            policy_refresh: Some(policy::table::REFRESH_INTERVAL),
         }
     }
 
@@ -323,12 +334,13 @@ pub async fn spawn_node_on(
 
     // The services first: nothing is running yet if they cannot be set up.
     let admission = Arc::new(Admission::default());
+    let policies = Arc::new(policy::table::Policies::open(options.value_policy, options.policy_file.clone())?);
     let kv = KvService {
         calls,
         reply_timeout,
         admission: admission.clone(),
         node: name.clone(),
-        policy: options.value_policy,
+        policies: policies.clone(),
         value_bytes_max: options.config.value_bytes_max,
     };
     let peer = PeerService { cluster: node.cluster(), inbound, stop: stop_server_rx.clone() };
@@ -345,7 +357,12 @@ pub async fn spawn_node_on(
             names
         },
         peers: Arc::new(views),
+        kv: kv.clone(),
+        policies: policies.clone(),
     };
+    let refresher = options
+        .policy_refresh
+        .map(|interval| policy::table::refresh(kv.clone(), policies.clone(), interval, stop_node_rx.clone()));
     let health = Health::default();
     let router = server::router(kv, kv_message_bytes_max, peer, admin, &health)?;
 
@@ -375,6 +392,9 @@ pub async fn spawn_node_on(
         leaves: Vec::new(),
     };
     let event_loop = tokio::spawn(event_loop.run());
+    if let Some(refresher) = refresher {
+        tokio::spawn(refresher);
+    }
     health.set_serving(true).await;
     let server = tokio::spawn(server::serve(listener, router, stop_server_rx));
     tracing::info!(node = %me, %addr, "serving");

@@ -4,7 +4,8 @@
 //! gRPC status codes.
 
 use crate::node::{Call, CallResult};
-use crate::policy::{self, ValuePolicy};
+use crate::policy;
+use crate::policy::table::{self, Policies, RESERVED_PREFIX};
 use memo_engine::kv::Change;
 use memo_engine::list::ListQuery;
 use memo_engine::{KvError, Request, Response};
@@ -30,6 +31,7 @@ pub fn status_from(error: KvError) -> Status {
         KvError::InvalidArgument(why) => Status::invalid_argument(why),
         KvError::AlreadyExists => Status::already_exists(KvError::AlreadyExists.to_string()),
         KvError::NotFound => Status::not_found(KvError::NotFound.to_string()),
+        KvError::Conflict => Status::aborted(KvError::Conflict.to_string()),
         KvError::Unavailable(why) => Status::unavailable(why),
         KvError::ResourceExhausted(why) => Status::resource_exhausted(why),
         KvError::Internal(why) => Status::internal(why),
@@ -115,8 +117,9 @@ pub(crate) struct KvService {
     pub admission: Arc<Admission>,
     /// This node's name, the `node` label of its request metrics.
     pub node: Arc<str>,
-    /// How values written through this node are encoded.
-    pub policy: ValuePolicy,
+    /// How values written through this node are encoded: the cluster's policy table as
+    /// this node has it.
+    pub policies: Arc<Policies>,
     /// The largest value a client may write, and the most a stored value may decode to.
     pub value_bytes_max: usize,
 }
@@ -138,7 +141,7 @@ impl KvService {
     }
 
     /// Submits a request and waits for the engine's answer.
-    async fn submit(&self, request: Request) -> Result<Response, Status> {
+    pub(crate) async fn submit(&self, request: Request) -> Result<Response, Status> {
         let Some(_admitted) = self.admission.enter() else {
             return Err(status_from(stopped("the node is stopping")));
         };
@@ -165,8 +168,10 @@ impl KvService {
         value: Vec<u8>,
         change: fn(memo_engine::Value) -> Change,
     ) -> Result<Request, Status> {
+        check_key(&key)?;
         memo_engine::node::validate_value_len(value.len(), self.value_bytes_max).map_err(status_from)?;
-        Ok(Request::Kv { key, change: change(self.policy.encode(value)) })
+        let value = self.policies.encode(&key, value);
+        Ok(Request::Kv { key, change: change(value) })
     }
 
     async fn write(&self, request: Request) -> Result<(), Status> {
@@ -202,6 +207,19 @@ fn queue_error(e: mpsc::error::TrySendError<Call>) -> KvError {
 
 fn stopped(why: &str) -> KvError {
     KvError::Unavailable(why.into())
+}
+
+/// Refuses memo's own keys (the policy table's rule P5).
+fn check_key(key: &str) -> Result<(), Status> {
+    if table::is_reserved(key) {
+        return Err(Status::invalid_argument(format!("keys beginning with {RESERVED_PREFIX:?} are reserved")));
+    }
+    Ok(())
+}
+
+/// Whether a List answer's common prefix would show memo's own keys.
+fn hides_reserved(prefix: &str) -> bool {
+    table::is_reserved(prefix) || (!prefix.is_empty() && RESERVED_PREFIX.starts_with(prefix))
 }
 
 /// An answer of the wrong kind: an engine bug, reported rather than panicking a server.
@@ -243,6 +261,7 @@ impl KeyValueStore for KvService {
     async fn fetch(&self, request: tonic::Request<FetchRequest>) -> RpcResult<FetchResponse> {
         self.observe("Fetch", async {
             let FetchRequest { key } = request.into_inner();
+            check_key(&key)?;
             match self.submit(Request::fetch(key)).await? {
                 Response::Value(value) => {
                     let value = policy::decode(value, self.value_bytes_max).map_err(status_from)?;
@@ -257,6 +276,7 @@ impl KeyValueStore for KvService {
     async fn delete(&self, request: tonic::Request<DeleteRequest>) -> RpcResult<DeleteResponse> {
         self.observe("Delete", async {
             let DeleteRequest { key } = request.into_inner();
+            check_key(&key)?;
             self.write(Request::delete(key)).await?;
             Ok(tonic::Response::new(DeleteResponse {}))
         })
@@ -272,8 +292,11 @@ impl KeyValueStore for KvService {
                 other => return Err(unexpected(&other)),
             };
             Ok(tonic::Response::new(ListResponse {
-                items: page.items.into_iter().map(|key| ListItem { key }).collect(),
-                prefixes: page.prefixes,
+                items: (page.items.into_iter())
+                    .filter(|key| !table::is_reserved(key))
+                    .map(|key| ListItem { key })
+                    .collect(),
+                prefixes: page.prefixes.into_iter().filter(|p| !hides_reserved(p)).collect(),
                 truncated: page.truncated,
             }))
         })
@@ -292,6 +315,7 @@ mod tests {
             (KvError::InvalidArgument("x".into()), Code::InvalidArgument),
             (KvError::AlreadyExists, Code::AlreadyExists),
             (KvError::NotFound, Code::NotFound),
+            (KvError::Conflict, Code::Aborted),
             (KvError::Unavailable("x".into()), Code::Unavailable),
             (KvError::ResourceExhausted("x".into()), Code::ResourceExhausted),
             (KvError::Internal("x".into()), Code::Internal),

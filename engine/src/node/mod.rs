@@ -457,7 +457,7 @@ impl<S: Storage> Node<S> {
     fn validate(&self, key: &str, change: &Change) -> Result<(), KvError> {
         validate_key(key)?;
         let value_len = match change {
-            Change::Insert(v) | Change::Update(v) | Change::Upsert(v) => v.bytes.len(),
+            Change::Insert(v) | Change::Update(v) | Change::Upsert(v) | Change::Swap { value: v, .. } => v.bytes.len(),
             Change::Delete | Change::Fetch => 0,
         };
         validate_value_len(value_len, self.cfg.value_bytes_max)
@@ -751,6 +751,7 @@ fn answer_to_response(answer: Answer) -> Result<Response, KvError> {
         Answer::Value(v) => Ok(Response::Value(v)),
         Answer::AlreadyExists => Err(KvError::AlreadyExists),
         Answer::NotFound => Err(KvError::NotFound),
+        Answer::Conflict => Err(KvError::Conflict),
     }
 }
 

@@ -16,6 +16,7 @@ mod cluster;
 mod dev;
 mod kv;
 mod node;
+mod policy;
 mod status;
 
 /// mimalloc instead of glibc's malloc: a node allocates and frees many small buffers per
@@ -70,6 +71,9 @@ enum Command {
     /// See and change the cluster's membership: members, leave, remove.
     #[command(subcommand)]
     Cluster(cluster::ClusterCommand),
+    /// See and change the cluster's policy table: how values are stored, by key prefix.
+    #[command(subcommand)]
+    Policy(policy::PolicyCommand),
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -115,6 +119,10 @@ async fn run(command: Command, format: Option<LogFormat>) -> Result<(), String> 
         Command::Cluster(command) => {
             init_logs(format.unwrap_or_default(), "warn");
             cluster::run(command).await
+        }
+        Command::Policy(command) => {
+            init_logs(format.unwrap_or_default(), "warn");
+            policy::run(command).await
         }
     }
 }

@@ -399,6 +399,7 @@ pub async fn run(args: Settings) -> Result<(), String> {
     let mut options = NodeOptions::new(config, args.listen, peers, super::os_seed());
     options.commit_mode = commit_mode;
     options.value_policy = ValuePolicy { compression: args.compression };
+    options.policy_file = args.data_dir.as_ref().map(|dir| dir.join(datadir::POLICY_FILE));
     let mut node = spawn_node(options, storage).await.map_err(|e| e.to_string())?;
     if let Some(seed) = &seed {
         tracing::info!(seed = %seed.member.addr, node = %me, "joining the cluster");

@@ -23,7 +23,10 @@
 //! | 0–3 | compression: 0 none, 1 lz4 (block format, 4-byte little-endian length first), 2 zstd (one frame) |
 //! | 4–7 | reserved (encryption); a value with any of them set is refused by this build |
 
+pub mod table;
+
 use memo_engine::{Encoding, KvError, Value};
+use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::str::FromStr;
 
@@ -36,7 +39,7 @@ const CODEC_ZSTD: u8 = 2;
 pub const ZSTD_LEVEL_DEFAULT: i32 = 3;
 
 /// How values are compressed when they enter the cluster.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Compression {
     /// Stored as the client sent them.
     #[default]
@@ -82,7 +85,7 @@ impl fmt::Display for Compression {
 }
 
 /// What a node does to the values it takes in.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ValuePolicy {
     /// Compression of new values.
     pub compression: Compression,

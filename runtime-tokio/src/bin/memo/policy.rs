@@ -1,0 +1,136 @@
+//! `memo policy`: the cluster's policy table (`memo.admin.Admin/PolicyList`, `PolicySet`,
+//! `PolicyDelete`; docs/OPERATIONS.md, "Policies"). Exit code 0 on success; on an error,
+//! or when a change is stored but some member did not confirm it, `error: ...` on stderr
+//! and exit code 1.
+
+use crate::client::{Align, Output, RESPONSE_BYTES_MAX, connect, describe, print, print_json, table};
+use clap::{Args, Subcommand};
+use memo_node::policy::Compression;
+use memo_proto::admin::admin_client::AdminClient;
+use memo_proto::admin::{PolicyChangeResponse, PolicyDeleteRequest, PolicyListRequest, PolicyRule, PolicySetRequest};
+use serde::Serialize;
+
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Set the rule of a key prefix (the longest matching prefix wins; "" is the
+    /// default for every key). It applies to writes made after it; stored values keep
+    /// their encoding.
+    Set(SetArgs),
+    /// List the rules, as stored in the cluster.
+    List(ListArgs),
+    /// Delete the rule of a key prefix.
+    Delete(DeleteArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct EndpointArgs {
+    /// The node to ask (HOST:PORT or http://HOST:PORT).
+    #[arg(long, env = "MEMO_ENDPOINT", default_value = "127.0.0.1:7001")]
+    endpoint: String,
+}
+
+#[derive(Debug, Args)]
+pub struct SetArgs {
+    #[command(flatten)]
+    endpoint: EndpointArgs,
+    /// The key prefix ("" for every key).
+    prefix: String,
+    /// How new values under the prefix are compressed: none, lz4, zstd or zstd:LEVEL.
+    #[arg(long)]
+    compression: Compression,
+}
+
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    #[command(flatten)]
+    endpoint: EndpointArgs,
+    /// Print aligned text or one JSON document.
+    #[arg(long, value_enum, default_value_t = Output::Text)]
+    output: Output,
+}
+
+#[derive(Debug, Args)]
+pub struct DeleteArgs {
+    #[command(flatten)]
+    endpoint: EndpointArgs,
+    /// The key prefix whose rule goes.
+    prefix: String,
+}
+
+pub async fn run(command: PolicyCommand) -> Result<(), String> {
+    match command {
+        PolicyCommand::Set(args) => {
+            let rule = PolicyRule { prefix: args.prefix.clone(), compression: args.compression.to_string() };
+            let mut client = client(&args.endpoint.endpoint).await?;
+            let answer = client.policy_set(PolicySetRequest { rule: Some(rule) }).await.map_err(describe)?;
+            changed(&format!("rule for {:?} set", args.prefix), answer.into_inner())
+        }
+        PolicyCommand::Delete(args) => {
+            let mut client = client(&args.endpoint.endpoint).await?;
+            let request = PolicyDeleteRequest { prefix: args.prefix.clone() };
+            let answer = client.policy_delete(request).await.map_err(describe)?;
+            changed(&format!("rule for {:?} deleted", args.prefix), answer.into_inner())
+        }
+        PolicyCommand::List(args) => {
+            let mut client = client(&args.endpoint.endpoint).await?;
+            let answer = client.policy_list(PolicyListRequest {}).await.map_err(describe)?.into_inner();
+            let report = Report {
+                revision: answer.revision,
+                node_revision: answer.node_revision,
+                rules: (answer.rules.into_iter())
+                    .map(|r| Rule { prefix: r.prefix, compression: r.compression })
+                    .collect(),
+            };
+            match args.output {
+                Output::Json => print_json(&report),
+                Output::Text => print(&report.text()),
+            }
+        }
+    }
+}
+
+/// Reports a stored change; an error if some member did not confirm it.
+fn changed(what: &str, answer: PolicyChangeResponse) -> Result<(), String> {
+    if answer.unconfirmed.is_empty() {
+        return print(&format!("{what} (revision {}), confirmed by every member\n", answer.revision));
+    }
+    Err(format!(
+        "{what} (revision {}), but not confirmed by {}: they apply it once they reach the cluster again \
+         (each node rereads the table every 10 s); writes through them may use the old rule until then",
+        answer.revision,
+        answer.unconfirmed.join(", ")
+    ))
+}
+
+async fn client(endpoint: &str) -> Result<AdminClient<tonic::transport::Channel>, String> {
+    let channel = connect(endpoint).await?;
+    Ok(AdminClient::new(channel).max_decoding_message_size(RESPONSE_BYTES_MAX))
+}
+
+/// The table as `memo policy list` prints it; the JSON document of `--output json`.
+#[derive(Debug, Serialize)]
+struct Report {
+    revision: u64,
+    node_revision: u64,
+    rules: Vec<Rule>,
+}
+
+#[derive(Debug, Serialize)]
+struct Rule {
+    prefix: String,
+    compression: String,
+}
+
+impl Report {
+    fn text(&self) -> String {
+        let headers = [("PREFIX", Align::Left), ("COMPRESSION", Align::Left)];
+        let rows: Vec<Vec<String>> =
+            (self.rules.iter()).map(|r| vec![format!("{:?}", r.prefix), r.compression.clone()]).collect();
+        let rules = if rows.is_empty() {
+            "no rules: every node compresses as its --compression says\n".to_string()
+        } else {
+            table(&headers, &rows)
+        };
+        format!("policy table, revision {}:\n{rules}", self.revision)
+    }
+}

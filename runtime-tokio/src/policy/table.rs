@@ -1,0 +1,424 @@
+//! The cluster's policy table: which [`ValuePolicy`] applies to a key, by the longest
+//! matching key prefix, the same on every node (docs/OPERATIONS.md, "Policies").
+//!
+//! # Algorithm
+//!
+//! - **Stored in the cluster.** The table is one record under the reserved key
+//!   [`TABLE_KEY`], a register like any other, so reading it is linearizable. A change
+//!   is a read-modify-write: fetch the record, change the table, and store it with a
+//!   swap that expects exactly the record read ([`Change::Swap`]); a swap that finds
+//!   another record lost a race and starts again from the winner's table. Each change
+//!   adds one to the table's revision.
+//! - **Pushed to every member.** The node that made a change applies it, then sends the
+//!   new table to every other member (`memo.admin.Admin/PolicyInstall`) and answers the
+//!   operator once each live member confirmed it, naming the members that did not.
+//! - **Cached and saved on every node.** A node encodes each write under its cached
+//!   table, saves every table it applies in its data directory before it confirms it,
+//!   loads the saved table before it serves, and refreshes from the cluster at start and
+//!   every [`REFRESH_INTERVAL`] (catching up on pushes it missed while down or cut off).
+//!
+//! # Rules
+//!
+//! - **P1 newer only.** A node applies a table only if its revision is higher than the
+//!   one it has: pushes and refreshes may arrive in any order, and a node never goes back.
+//! - **P2 saved before confirmed.** A node confirms a push only once the table is on its
+//!   disk, so a restarted node applies at least every table it confirmed.
+//! - **P3 one table per revision.** Revisions are decided by the swap on the table's
+//!   register: two concurrent changes never both store the same revision, and neither is
+//!   lost (the loser retries on the winner's table).
+//! - **P4 values carry their own encoding.** A rule decides how new writes are encoded;
+//!   a stored value is decoded by its own encoding byte, so a rule change never rewrites
+//!   a value and never makes one unreadable.
+//! - **P5 reserved keys.** Clients cannot read, write or list keys under
+//!   [`RESERVED_PREFIX`].
+//!
+//! What a change promises: once `memo policy set` answered with no unconfirmed member,
+//! every write that enters the cluster afterwards is encoded under the new rule. A write
+//! racing the change may be encoded under either rule, and reads back the same either way.
+
+use super::{Compression, ValuePolicy};
+use memo_engine::config::KEY_BYTES_MAX;
+use memo_engine::kv::Change;
+use memo_engine::{Request, Response, Value};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::ops::Bound;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+/// Keys under this prefix are memo's own: clients cannot read, write or list them.
+pub const RESERVED_PREFIX: &str = "\u{0}memo/";
+/// The key of the policy table's record.
+pub const TABLE_KEY: &str = "\u{0}memo/policy";
+/// How often a node rereads the table from the cluster.
+pub const REFRESH_INTERVAL: Duration = Duration::from_secs(10);
+/// How soon a node retries a failed refresh (the cluster may still be starting).
+pub const REFRESH_RETRY: Duration = Duration::from_secs(1);
+/// How long a member may take to confirm a pushed table.
+pub const INSTALL_TIMEOUT: Duration = Duration::from_secs(3);
+/// Read-modify-write attempts of one change before it gives up (each lost attempt means
+/// another change won).
+pub const SWAP_ATTEMPTS_MAX: usize = 16;
+/// Rules in one table, at most.
+pub const RULES_MAX: usize = 1024;
+
+/// The first byte of a stored table: its format.
+const TABLE_FORMAT: u8 = 1;
+
+/// The table: a revision and the rules by key prefix.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyTable {
+    /// One more with every change; 0 is the empty table no one stored yet.
+    pub revision: u64,
+    /// The rule of each prefix; the empty prefix is the cluster's default.
+    pub rules: BTreeMap<String, ValuePolicy>,
+}
+
+impl PolicyTable {
+    /// The rule of the longest prefix of `key`, and that prefix.
+    ///
+    /// Scanning back from `key` in byte order finds it first: of two prefixes of one key
+    /// the longer sorts after the shorter, and both sort at or before the key.
+    pub fn rule_for(&self, key: &str) -> Option<(&str, &ValuePolicy)> {
+        (self.rules.range::<str, _>((Bound::Unbounded, Bound::Included(key))).rev())
+            .find(|(prefix, _)| key.starts_with(prefix.as_str()))
+            .map(|(prefix, rule)| (prefix.as_str(), rule))
+    }
+
+    /// The stored form: the format byte, then the table in postcard.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut bytes = vec![TABLE_FORMAT];
+        bytes.extend(postcard::to_stdvec(self).expect("a table always serializes"));
+        bytes
+    }
+
+    /// Reads a stored table, refusing anything malformed.
+    pub fn decode(bytes: &[u8]) -> Result<Self, String> {
+        let (format, body) = bytes.split_first().ok_or("an empty policy table record")?;
+        if *format != TABLE_FORMAT {
+            return Err(format!("a policy table in format {format}, unknown to this build"));
+        }
+        let table: PolicyTable = postcard::from_bytes(body).map_err(|e| format!("a malformed policy table: {e}"))?;
+        if table.rules.len() > RULES_MAX {
+            return Err(format!("a policy table with {} rules (at most {RULES_MAX})", table.rules.len()));
+        }
+        if let Some(prefix) = table.rules.keys().find(|p| validate_prefix(p).is_err()) {
+            return Err(format!("a policy table with an invalid prefix {prefix:?}"));
+        }
+        Ok(table)
+    }
+
+    /// Sets the rule of `prefix`.
+    pub fn set(&mut self, prefix: String, rule: ValuePolicy) -> Result<(), String> {
+        validate_prefix(&prefix)?;
+        if !self.rules.contains_key(&prefix) && self.rules.len() >= RULES_MAX {
+            return Err(format!("the policy table holds {RULES_MAX} rules already"));
+        }
+        self.rules.insert(prefix, rule);
+        Ok(())
+    }
+}
+
+/// Checks a rule's prefix: not over the key limit, not under the reserved prefix.
+pub fn validate_prefix(prefix: &str) -> Result<(), String> {
+    if prefix.len() > KEY_BYTES_MAX {
+        return Err(format!("a prefix of {} bytes is over the key limit of {KEY_BYTES_MAX} bytes", prefix.len()));
+    }
+    if is_reserved(prefix) || RESERVED_PREFIX.starts_with(prefix) && !prefix.is_empty() {
+        return Err(format!("the prefix {prefix:?} covers memo's reserved keys"));
+    }
+    Ok(())
+}
+
+/// Whether `key` is one of memo's own (P5).
+pub fn is_reserved(key: &str) -> bool {
+    key.starts_with(RESERVED_PREFIX)
+}
+
+/// Why a node could not load or save its copy of the table.
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyFileError {
+    /// Reading or writing the file failed.
+    #[error("policy table file {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+    /// The file is damaged (checksum or format).
+    #[error(
+        "policy table file {path} is damaged ({why}); delete it to fetch the table from the cluster again at start"
+    )]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        why: String,
+    },
+}
+
+/// A node's policies: its cached copy of the cluster's table, where it saves it, and the
+/// node's own default for keys no rule covers (its `--compression`).
+#[derive(Debug)]
+pub struct Policies {
+    node_default: ValuePolicy,
+    table: RwLock<Arc<PolicyTable>>,
+    file: Option<PathBuf>,
+    /// Serializes installs, so that saving and applying happen in revision order.
+    installing: tokio::sync::Mutex<()>,
+}
+
+impl Policies {
+    /// The node's policies, with the table saved in `file` if there is one (loaded now).
+    pub fn open(node_default: ValuePolicy, file: Option<PathBuf>) -> Result<Self, PolicyFileError> {
+        let table = match &file {
+            Some(path) => load(path)?,
+            None => PolicyTable::default(),
+        };
+        Ok(Policies { node_default, table: RwLock::new(Arc::new(table)), file, installing: Default::default() })
+    }
+
+    /// Policies with no saved table (memory silos, tests).
+    pub fn in_memory(node_default: ValuePolicy) -> Self {
+        Self::open(node_default, None).expect("no file to load")
+    }
+
+    /// The table this node applies.
+    pub fn table(&self) -> Arc<PolicyTable> {
+        self.table.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The policy for a write to `key`: the longest matching rule, else the node's default.
+    pub fn policy_for(&self, key: &str) -> ValuePolicy {
+        let table = self.table.read().unwrap_or_else(|e| e.into_inner());
+        table.rule_for(key).map_or(self.node_default, |(_, rule)| *rule)
+    }
+
+    /// Encodes a client's value for `key`.
+    pub fn encode(&self, key: &str, plain: Vec<u8>) -> Value {
+        self.policy_for(key).encode(plain)
+    }
+
+    /// Applies `table` if it is newer than the current one (P1), saving it first (P2).
+    /// Returns the revision applied now.
+    pub async fn install(&self, table: PolicyTable) -> Result<u64, PolicyFileError> {
+        let _installing = self.installing.lock().await;
+        let current = self.table().revision;
+        if table.revision <= current {
+            return Ok(current);
+        }
+        if let Some(path) = &self.file {
+            save(path, &table)?;
+        }
+        let revision = table.revision;
+        *self.table.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(table);
+        tracing::info!(revision, "applying policy table");
+        Ok(revision)
+    }
+}
+
+/// The saved table: its stored form, then its CRC-32 (little-endian).
+fn load(path: &Path) -> Result<PolicyTable, PolicyFileError> {
+    let bytes = match std::fs::read(path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(PolicyTable::default()),
+        Err(source) => return Err(PolicyFileError::Io { path: path.into(), source }),
+    };
+    let corrupt = |why: String| PolicyFileError::Corrupt { path: path.into(), why };
+    let Some(split) = bytes.len().checked_sub(4) else { return Err(corrupt("truncated".into())) };
+    let (body, crc) = bytes.split_at(split);
+    if crc32fast::hash(body).to_le_bytes() != crc {
+        return Err(corrupt("checksum mismatch".into()));
+    }
+    PolicyTable::decode(body).map_err(corrupt)
+}
+
+/// Saves atomically: a temporary file, synced, renamed over the old one, and the
+/// directory synced.
+fn save(path: &Path, table: &PolicyTable) -> Result<(), PolicyFileError> {
+    use std::io::Write;
+    let io = |source| PolicyFileError::Io { path: path.into(), source };
+    let mut bytes = table.encode();
+    bytes.extend(crc32fast::hash(&bytes).to_le_bytes());
+    let tmp = path.with_extension("tmp");
+    let mut file = std::fs::File::create(&tmp).map_err(io)?;
+    file.write_all(&bytes).map_err(io)?;
+    file.sync_all().map_err(io)?;
+    std::fs::rename(&tmp, path).map_err(io)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io)?;
+    }
+    Ok(())
+}
+
+/// Reads the table's record from the cluster (linearizable): the record as stored (what
+/// a swap must expect) and the table.
+pub(crate) async fn read(kv: &crate::service::KvService) -> Result<(Option<Value>, PolicyTable), tonic::Status> {
+    match kv.submit(Request::fetch(TABLE_KEY)).await {
+        Ok(Response::Value(value)) => {
+            let table = PolicyTable::decode(&value.bytes).map_err(tonic::Status::data_loss)?;
+            Ok((Some(value), table))
+        }
+        Ok(other) => Err(tonic::Status::internal(format!("unexpected engine response: {other:?}"))),
+        Err(status) if status.code() == tonic::Code::NotFound => Ok((None, PolicyTable::default())),
+        Err(status) => Err(status),
+    }
+}
+
+/// Changes the table in the cluster by read-modify-write (P3); returns the table stored.
+pub(crate) async fn change(
+    kv: &crate::service::KvService,
+    edit: impl Fn(&mut PolicyTable) -> Result<(), tonic::Status>,
+) -> Result<PolicyTable, tonic::Status> {
+    for _ in 0..SWAP_ATTEMPTS_MAX {
+        let (stored, mut table) = read(kv).await?;
+        edit(&mut table)?;
+        table.revision += 1;
+        let swap = Change::Swap { expected: stored, value: Value::plain(table.encode()) };
+        match kv.submit(Request::Kv { key: TABLE_KEY.into(), change: swap }).await {
+            Ok(_) => return Ok(table),
+            Err(status) if status.code() == tonic::Code::Aborted => continue,
+            Err(status) => return Err(status),
+        }
+    }
+    Err(tonic::Status::aborted("the policy table kept changing under this change; try again"))
+}
+
+/// Rereads the table from the cluster at start and every [`REFRESH_INTERVAL`], and
+/// applies it if it is newer; runs until `stop` is set.
+pub(crate) async fn refresh(
+    kv: crate::service::KvService,
+    policies: Arc<Policies>,
+    interval: Duration,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    loop {
+        let delay = match read(&kv).await {
+            Ok((_, table)) => match policies.install(table).await {
+                Ok(_) => interval,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot save the policy table");
+                    REFRESH_RETRY.min(interval)
+                }
+            },
+            Err(status) => {
+                tracing::debug!(%status, "policy table refresh failed");
+                REFRESH_RETRY.min(interval)
+            }
+        };
+        tokio::select! {
+            _ = stop.changed() => return,
+            () = tokio::time::sleep(delay) => {}
+        }
+    }
+}
+
+/// Parses a rule's compression as the admin API carries it.
+pub fn parse_rule(compression: &str) -> Result<ValuePolicy, String> {
+    Ok(ValuePolicy { compression: compression.parse::<Compression>()? })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rule(compression: Compression) -> ValuePolicy {
+        ValuePolicy { compression }
+    }
+
+    fn table(rules: &[(&str, Compression)]) -> PolicyTable {
+        PolicyTable { revision: 1, rules: rules.iter().map(|(p, c)| (p.to_string(), rule(*c))).collect() }
+    }
+
+    #[test]
+    fn the_longest_matching_prefix_wins() {
+        let t = table(&[
+            ("", Compression::Lz4),
+            ("a", Compression::Zstd(1)),
+            ("ab", Compression::None),
+            ("abc/", Compression::Zstd(9)),
+            ("b", Compression::Zstd(2)),
+        ]);
+        let cases = [
+            ("", ""),
+            ("x", ""),
+            ("a", "a"),
+            ("aa", "a"),
+            // "ab" sorts between "a" and "ac" but is not a prefix of "ac".
+            ("ac", "a"),
+            ("ab", "ab"),
+            ("abc", "ab"),
+            ("abc/", "abc/"),
+            ("abc/d", "abc/"),
+            ("abd", "ab"),
+            ("b", "b"),
+            ("ba", "b"),
+            ("c", ""),
+        ];
+        for (key, prefix) in cases {
+            assert_eq!(t.rule_for(key).map(|(p, _)| p), Some(prefix), "key {key:?}");
+        }
+        assert_eq!(table(&[("a", Compression::Lz4)]).rule_for("b"), None);
+    }
+
+    #[tokio::test]
+    async fn policies_fall_back_to_the_nodes_default() {
+        let policies = Policies::in_memory(rule(Compression::Lz4));
+        assert_eq!(policies.policy_for("k"), rule(Compression::Lz4));
+        let t = table(&[("z/", Compression::None)]);
+        policies.install(t).await.unwrap();
+        assert_eq!(policies.policy_for("z/1"), rule(Compression::None));
+        assert_eq!(policies.policy_for("k"), rule(Compression::Lz4));
+    }
+
+    #[test]
+    fn a_table_round_trips_and_garbage_is_refused() {
+        let t = table(&[("", Compression::Lz4), ("logs/", Compression::Zstd(19))]);
+        assert_eq!(PolicyTable::decode(&t.encode()), Ok(t.clone()));
+        let mut wrong_format = t.encode();
+        wrong_format[0] = 9;
+        for bad in [vec![], wrong_format, vec![TABLE_FORMAT, 0xff, 0xff], t.encode()[..5].to_vec()] {
+            assert!(PolicyTable::decode(&bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn prefixes_must_not_cover_reserved_keys_or_exceed_the_key_limit() {
+        let mut t = PolicyTable::default();
+        assert!(t.set("".into(), rule(Compression::Lz4)).is_ok());
+        for bad in ["\u{0}", "\u{0}me", "\u{0}memo/", "\u{0}memo/x", &"k".repeat(KEY_BYTES_MAX + 1)] {
+            assert!(t.set(bad.to_string(), rule(Compression::Lz4)).is_err(), "{bad:?}");
+        }
+        assert!(t.set("\u{1}".into(), rule(Compression::Lz4)).is_ok());
+        assert!(is_reserved(TABLE_KEY));
+    }
+
+    #[tokio::test]
+    async fn a_node_applies_newer_tables_only_and_saves_them_first() {
+        let dir = std::env::temp_dir().join(format!("memo-policy-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("policy.table");
+        let _ = std::fs::remove_file(&path);
+        let policies = Policies::open(ValuePolicy::default(), Some(path.clone())).unwrap();
+        let mut t2 = table(&[("a", Compression::Lz4)]);
+        t2.revision = 2;
+        let mut t1 = table(&[("a", Compression::Zstd(3))]);
+        t1.revision = 1;
+        assert_eq!(policies.install(t2.clone()).await.unwrap(), 2);
+        assert_eq!(policies.install(t1).await.unwrap(), 2, "an older table is ignored");
+        assert_eq!(*policies.table(), t2);
+        // A restarted node loads what it saved.
+        let reopened = Policies::open(ValuePolicy::default(), Some(path.clone())).unwrap();
+        assert_eq!(*reopened.table(), t2);
+        // A damaged file is a clear error, not an empty table.
+        let mut bytes = std::fs::read(&path).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 1;
+        std::fs::write(&path, &bytes).unwrap();
+        let error = Policies::open(ValuePolicy::default(), Some(path.clone())).unwrap_err();
+        assert!(error.to_string().contains("damaged"), "{error}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
