@@ -1,8 +1,9 @@
-//! What the client commands (`memo kv`, `memo status`) share: connecting to a node,
+//! What the client commands (`memo kv`, `memo status`, `memo cluster`, `memo policy`) share: connecting to a node,
 //! describing errors, and printing what they list as aligned text or as JSON.
 
 use clap::ValueEnum;
 use memo_node::service::code_name;
+use memo_proto::admin::admin_client::AdminClient;
 use std::io::Write;
 use std::time::Duration;
 use tonic::Status;
@@ -38,6 +39,20 @@ pub async fn connect(endpoint: &str) -> Result<Channel, String> {
         .connect()
         .await
         .map_err(|e| format!("cannot connect to {endpoint}: {}", memo_node::peer::error_chain(&e)))
+}
+
+/// An admin client (`memo.admin.Admin`) of the node at `endpoint`.
+pub async fn admin(endpoint: &str) -> Result<AdminClient<Channel>, String> {
+    let channel = connect(endpoint).await?;
+    Ok(AdminClient::new(channel).max_decoding_message_size(RESPONSE_BYTES_MAX))
+}
+
+/// The node an admin command asks.
+#[derive(Debug, clap::Args)]
+pub struct EndpointArgs {
+    /// The node to ask (HOST:PORT or http://HOST:PORT).
+    #[arg(long, env = "MEMO_ENDPOINT", default_value = "127.0.0.1:7001")]
+    pub endpoint: String,
 }
 
 /// `CODE: message`, e.g. `NOT_FOUND: key not found`.

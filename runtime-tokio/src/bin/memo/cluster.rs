@@ -2,9 +2,8 @@
 //! `Leave`, `Remove`). Exit code 0 on success; on an error, `error: ...` on stderr and
 //! exit code 1, as `memo kv`.
 
-use crate::client::{Align, Output, RESPONSE_BYTES_MAX, connect, describe, print, print_json, table};
+use crate::client::{Align, EndpointArgs, Output, admin, describe, print, print_json, table};
 use clap::{Args, Subcommand};
-use memo_proto::admin::admin_client::AdminClient;
 use memo_proto::admin::{LeaveRequest, MembersRequest, MembersResponse, RemoveRequest};
 use serde::Serialize;
 
@@ -18,13 +17,6 @@ pub enum ClusterCommand {
     Leave(EndpointArgs),
     /// Remove a dead node at once (no eviction delay), through any member.
     Remove(RemoveArgs),
-}
-
-#[derive(Debug, Args)]
-pub struct EndpointArgs {
-    /// The node to ask (HOST:PORT or http://HOST:PORT).
-    #[arg(long, env = "MEMO_ENDPOINT", default_value = "127.0.0.1:7001")]
-    endpoint: String,
 }
 
 #[derive(Debug, Args)]
@@ -47,7 +39,7 @@ pub struct RemoveArgs {
 pub async fn run(command: ClusterCommand) -> Result<(), String> {
     match command {
         ClusterCommand::Members(args) => {
-            let mut client = client(&args.endpoint.endpoint).await?;
+            let mut client = admin(&args.endpoint.endpoint).await?;
             let response = client.members(MembersRequest {}).await.map_err(describe)?.into_inner();
             let report = Report::from(response);
             match args.output {
@@ -56,7 +48,7 @@ pub async fn run(command: ClusterCommand) -> Result<(), String> {
             }
         }
         ClusterCommand::Leave(args) => {
-            let mut client = client(&args.endpoint).await?;
+            let mut client = admin(&args.endpoint).await?;
             client.leave(LeaveRequest {}).await.map_err(describe)?;
             print(&format!(
                 "{} is leaving: its partitions move to the other nodes, then it stops (watch `memo cluster members`)\n",
@@ -64,16 +56,11 @@ pub async fn run(command: ClusterCommand) -> Result<(), String> {
             ))
         }
         ClusterCommand::Remove(args) => {
-            let mut client = client(&args.endpoint.endpoint).await?;
+            let mut client = admin(&args.endpoint.endpoint).await?;
             client.remove(RemoveRequest { node: args.node.clone() }).await.map_err(describe)?;
             print(&format!("{} removed: its partitions move to the other nodes\n", args.node))
         }
     }
-}
-
-async fn client(endpoint: &str) -> Result<AdminClient<tonic::transport::Channel>, String> {
-    let channel = connect(endpoint).await?;
-    Ok(AdminClient::new(channel).max_decoding_message_size(RESPONSE_BYTES_MAX))
 }
 
 /// The members as `memo cluster members` prints them; the JSON document of

@@ -3,10 +3,9 @@
 //! or when a change is stored but some member did not confirm it, `error: ...` on stderr
 //! and exit code 1.
 
-use crate::client::{Align, Output, RESPONSE_BYTES_MAX, connect, describe, print, print_json, table};
+use crate::client::{Align, EndpointArgs, Output, admin, describe, print, print_json, table};
 use clap::{Args, Subcommand};
 use memo_node::policy::Compression;
-use memo_proto::admin::admin_client::AdminClient;
 use memo_proto::admin::{PolicyChangeResponse, PolicyDeleteRequest, PolicyListRequest, PolicyRule, PolicySetRequest};
 use serde::Serialize;
 
@@ -20,13 +19,6 @@ pub enum PolicyCommand {
     List(ListArgs),
     /// Delete the rule of a key prefix.
     Delete(DeleteArgs),
-}
-
-#[derive(Debug, Args)]
-pub struct EndpointArgs {
-    /// The node to ask (HOST:PORT or http://HOST:PORT).
-    #[arg(long, env = "MEMO_ENDPOINT", default_value = "127.0.0.1:7001")]
-    endpoint: String,
 }
 
 #[derive(Debug, Args)]
@@ -61,18 +53,18 @@ pub async fn run(command: PolicyCommand) -> Result<(), String> {
     match command {
         PolicyCommand::Set(args) => {
             let rule = PolicyRule { prefix: args.prefix.clone(), compression: args.compression.to_string() };
-            let mut client = client(&args.endpoint.endpoint).await?;
+            let mut client = admin(&args.endpoint.endpoint).await?;
             let answer = client.policy_set(PolicySetRequest { rule: Some(rule) }).await.map_err(describe)?;
             changed(&format!("rule for {:?} set", args.prefix), answer.into_inner())
         }
         PolicyCommand::Delete(args) => {
-            let mut client = client(&args.endpoint.endpoint).await?;
+            let mut client = admin(&args.endpoint.endpoint).await?;
             let request = PolicyDeleteRequest { prefix: args.prefix.clone() };
             let answer = client.policy_delete(request).await.map_err(describe)?;
             changed(&format!("rule for {:?} deleted", args.prefix), answer.into_inner())
         }
         PolicyCommand::List(args) => {
-            let mut client = client(&args.endpoint.endpoint).await?;
+            let mut client = admin(&args.endpoint.endpoint).await?;
             let answer = client.policy_list(PolicyListRequest {}).await.map_err(describe)?.into_inner();
             let report = Report {
                 revision: answer.revision,
@@ -100,11 +92,6 @@ fn changed(what: &str, answer: PolicyChangeResponse) -> Result<(), String> {
         answer.revision,
         answer.unconfirmed.join(", ")
     ))
-}
-
-async fn client(endpoint: &str) -> Result<AdminClient<tonic::transport::Channel>, String> {
-    let channel = connect(endpoint).await?;
-    Ok(AdminClient::new(channel).max_decoding_message_size(RESPONSE_BYTES_MAX))
 }
 
 /// The table as `memo policy list` prints it; the JSON document of `--output json`.

@@ -1,9 +1,8 @@
 //! `memo status`: the cluster as one node sees it (`memo.admin.Admin/Status`). Exit code
 //! 0 on success; on an error, `error: ...` on stderr and exit code 1, as `memo kv`.
 
-use crate::client::{Align, Output, RESPONSE_BYTES_MAX, connect, describe, print, print_json, table};
+use crate::client::{Align, Output, admin, describe, print, print_json, table};
 use clap::Args;
-use memo_proto::admin::admin_client::AdminClient;
 use memo_proto::admin::{LinkState, NodeInfo, NodeStats, PartitionInfo, StatusRequest, StatusResponse};
 use serde::Serialize;
 
@@ -21,8 +20,7 @@ pub struct StatusArgs {
 }
 
 pub async fn run(args: StatusArgs) -> Result<(), String> {
-    let channel = connect(&args.endpoint).await?;
-    let mut client = AdminClient::new(channel).max_decoding_message_size(RESPONSE_BYTES_MAX);
+    let mut client = admin(&args.endpoint).await?;
     let request = StatusRequest { partitions: args.partitions };
     let response = client.status(request).await.map_err(describe)?.into_inner();
     let mut report = Report::new(response, args.partitions);
