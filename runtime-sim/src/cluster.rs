@@ -358,6 +358,7 @@ impl ServerParts {
                 // No scenario changes the policy table yet, and a periodic refresh would
                 // add a read of its key every 10 s to every run's schedule (the planted
                 // bugs' teeth are tuned on the runs without it).
+                keyring: None,
                 policy_file: None,
                 policy_refresh: None,
             };

@@ -20,10 +20,10 @@ use memo_engine::{ClusterId, KvError, NodeId};
 use memo_proto::admin::admin_client::AdminClient;
 use memo_proto::admin::admin_server::Admin;
 use memo_proto::admin::{
-    ClusterInfo, LeaveRequest, LeaveResponse, LinkState, MemberInfo, MembersRequest, MembersResponse, Moves, NodeInfo,
-    NodeStats, PartitionInfo, PolicyChangeResponse, PolicyDeleteRequest, PolicyInstallRequest, PolicyInstallResponse,
-    PolicyListRequest, PolicyListResponse, PolicyRule, PolicySetRequest, RemoveRequest, RemoveResponse, StatusRequest,
-    StatusResponse,
+    ClusterInfo, DataKeyInfo, LeaveRequest, LeaveResponse, LinkState, MemberInfo, MembersRequest, MembersResponse,
+    Moves, NodeInfo, NodeStats, PartitionInfo, PolicyChangeResponse, PolicyDeleteRequest, PolicyInstallRequest,
+    PolicyInstallResponse, PolicyListRequest, PolicyListResponse, PolicyRule, PolicySetRequest, RemoveRequest,
+    RemoveResponse, StatusRequest, StatusResponse,
 };
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -331,7 +331,11 @@ async fn install_on(addr: SocketAddr, request: PolicyInstallRequest) -> Result<u
 
 fn rules_of(table: &PolicyTable) -> Vec<PolicyRule> {
     (table.rules.iter())
-        .map(|(prefix, rule)| PolicyRule { prefix: prefix.clone(), compression: rule.compression.to_string() })
+        .map(|(prefix, rule)| PolicyRule {
+            prefix: prefix.clone(),
+            compression: rule.compression.to_string(),
+            encryption: rule.encrypt,
+        })
         .collect()
 }
 
@@ -344,11 +348,16 @@ impl Admin for AdminService {
         let (_, table) = table::read(&self.kv).await?;
         // What the cluster holds is at least as new as any push: apply it if this node
         // missed one.
-        let node_revision = self.policies.install(table.clone()).await.map_err(|e| Status::internal(e.to_string()))?;
+        let node_revision = (self.policies.install(table.clone()).await)
+            .map_err(|e| Status::failed_precondition(format!("this node cannot apply the table: {e}")))?;
+        let keys = (table.keys.iter())
+            .map(|(name, fingerprint)| DataKeyInfo { name: name.clone(), fingerprint: fingerprint.to_string() })
+            .collect();
         Ok(tonic::Response::new(PolicyListResponse {
             revision: table.revision,
             rules: rules_of(&table),
             node_revision,
+            keys,
         }))
     }
 
@@ -357,10 +366,25 @@ impl Admin for AdminService {
         request: tonic::Request<PolicySetRequest>,
     ) -> Result<tonic::Response<PolicyChangeResponse>, Status> {
         let rule = request.into_inner().rule.ok_or_else(|| Status::invalid_argument("the request carries no rule"))?;
-        let policy = table::parse_rule(&rule.compression).map_err(Status::invalid_argument)?;
+        let policy = table::parse_rule(&rule.compression, rule.encryption).map_err(Status::invalid_argument)?;
         table::validate_prefix(&rule.prefix).map_err(Status::invalid_argument)?;
+        // An encrypting rule records this node's key fingerprints (E5): the keys the
+        // other nodes must hold the same bytes for.
+        let keys = match (policy.encrypt, self.policies.keyring()) {
+            (false, _) => BTreeMap::new(),
+            (true, Some(keyring)) => keyring.fingerprints(),
+            (true, None) => {
+                return Err(Status::failed_precondition(
+                    "this node has no --encryption-key-file: set an encrypting rule through a node that has the keys",
+                ));
+            }
+        };
         let answer = self
-            .change_policy(|table| table.set(rule.prefix.clone(), policy).map_err(Status::failed_precondition))
+            .change_policy(|table| {
+                table.check_keys(&keys).map_err(Status::failed_precondition)?;
+                table.keys.extend(keys.clone());
+                table.set(rule.prefix.clone(), policy).map_err(Status::failed_precondition)
+            })
             .await?;
         Ok(tonic::Response::new(answer))
     }
@@ -384,7 +408,10 @@ impl Admin for AdminService {
         request: tonic::Request<PolicyInstallRequest>,
     ) -> Result<tonic::Response<PolicyInstallResponse>, Status> {
         let table = PolicyTable::decode(&request.into_inner().table).map_err(Status::invalid_argument)?;
-        let revision = self.policies.install(table).await.map_err(|e| Status::internal(e.to_string()))?;
+        let revision = self.policies.install(table).await.map_err(|e| {
+            tracing::error!(error = %e, "refused a policy table");
+            Status::failed_precondition(e.to_string())
+        })?;
         Ok(tonic::Response::new(PolicyInstallResponse { revision }))
     }
 

@@ -40,6 +40,8 @@ pub struct DevOptions {
     pub data_dir: Option<PathBuf>,
     /// How every node encodes the values written to it.
     pub value_policy: crate::policy::ValuePolicy,
+    /// Every node's data keys (one key file for the whole dev cluster).
+    pub keyring: Option<Arc<crate::policy::crypt::Keyring>>,
 }
 
 impl DevOptions {
@@ -55,6 +57,7 @@ impl DevOptions {
             peer_transport: PeerTransport::default(),
             data_dir: None,
             value_policy: crate::policy::ValuePolicy::default(),
+            keyring: None,
         }
     }
 
@@ -126,6 +129,7 @@ pub async fn spawn_dev_cluster(options: DevOptions) -> Result<DevCluster, Error>
         let mut node_options = NodeOptions::new(config, listener.local_addr(), peers.clone(), seed);
         node_options.peer_transport = options.peer_transport;
         node_options.value_policy = options.value_policy;
+        node_options.keyring = options.keyring.clone();
         let storage: SharedStorage = match &options.data_dir {
             None => Arc::new(MemoryStorage::new()),
             Some(dir) => {

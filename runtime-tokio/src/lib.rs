@@ -110,7 +110,7 @@ pub enum Error {
     DataDir(#[from] datadir::DataDirError),
     /// The node's copy of the policy table cannot be loaded.
     #[error(transparent)]
-    Policy(#[from] policy::table::PolicyFileError),
+    Policy(#[from] policy::table::PolicyError),
     /// One of the node's tasks stopped unexpectedly (its error was logged).
     #[error("the node's {0} stopped unexpectedly")]
     TaskFailed(&'static str),
@@ -140,6 +140,9 @@ pub struct NodeOptions {
     /// How this node encodes the values clients write to it when no rule of the
     /// cluster's policy table covers their key ([`policy`]).
     pub value_policy: policy::ValuePolicy,
+    /// The node's data keys (`--encryption-key-file`), for prefixes the policy table
+    /// encrypts.
+    pub keyring: Option<Arc<policy::crypt::Keyring>>,
     /// Where the node saves its copy of the policy table (`None`: kept in memory only).
     pub policy_file: Option<std::path::PathBuf>,
     /// How often the node rereads the policy table from the cluster (`None`: only when a
@@ -160,6 +163,7 @@ impl NodeOptions {
             peer_transport: PeerTransport::default(),
             commit_mode: CommitMode::default(),
             value_policy: policy::ValuePolicy::default(),
+            keyring: None,
             policy_file: None,
             policy_refresh: Some(policy::table::REFRESH_INTERVAL),
         }
@@ -334,7 +338,11 @@ pub async fn spawn_node_on(
 
     // The services first: nothing is running yet if they cannot be set up.
     let admission = Arc::new(Admission::default());
-    let policies = Arc::new(policy::table::Policies::open(options.value_policy, options.policy_file.clone())?);
+    let policies = Arc::new(policy::table::Policies::open(
+        options.value_policy,
+        options.policy_file.clone(),
+        options.keyring.clone(),
+    )?);
     let kv = KvService {
         calls,
         reply_timeout,

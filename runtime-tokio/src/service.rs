@@ -4,7 +4,6 @@
 //! gRPC status codes.
 
 use crate::node::{Call, CallResult};
-use crate::policy;
 use crate::policy::table::{self, Policies, RESERVED_PREFIX};
 use memo_engine::kv::Change;
 use memo_engine::list::ListQuery;
@@ -170,7 +169,7 @@ impl KvService {
     ) -> Result<Request, Status> {
         check_key(&key)?;
         memo_engine::node::validate_value_len(value.len(), self.value_bytes_max).map_err(status_from)?;
-        let value = self.policies.encode(&key, value);
+        let value = self.policies.encode(&key, value).map_err(status_from)?;
         Ok(Request::Kv { key, change: change(value) })
     }
 
@@ -262,9 +261,9 @@ impl KeyValueStore for KvService {
         self.observe("Fetch", async {
             let FetchRequest { key } = request.into_inner();
             check_key(&key)?;
-            match self.submit(Request::fetch(key)).await? {
+            match self.submit(Request::fetch(key.clone())).await? {
                 Response::Value(value) => {
-                    let value = policy::decode(value, self.value_bytes_max).map_err(status_from)?;
+                    let value = self.policies.decode(&key, value, self.value_bytes_max).map_err(status_from)?;
                     Ok(tonic::Response::new(FetchResponse { value }))
                 }
                 other => Err(unexpected(&other)),

@@ -21,8 +21,10 @@
 //! | bits | meaning |
 //! |---|---|
 //! | 0–3 | compression: 0 none, 1 lz4 (block format, 4-byte little-endian length first), 2 zstd (one frame) |
-//! | 4–7 | reserved (encryption); a value with any of them set is refused by this build |
+//! | 4 | encrypted ([`crypt`]): XChaCha20-Poly1305 over the (compressed) bytes |
+//! | 5–7 | reserved; a value with any of them set is refused by this build |
 
+pub mod crypt;
 pub mod table;
 
 use memo_engine::{Encoding, KvError, Value};
@@ -89,10 +91,13 @@ impl fmt::Display for Compression {
 pub struct ValuePolicy {
     /// Compression of new values.
     pub compression: Compression,
+    /// Whether new values are encrypted ([`crypt`]), after compression.
+    pub encrypt: bool,
 }
 
 impl ValuePolicy {
-    /// Encodes a client's value for storage under this policy.
+    /// Compresses a client's value under this policy (encryption is the caller's:
+    /// it needs the node's keys and the KV key, see [`table::Policies::encode`]).
     pub fn encode(&self, plain: Vec<u8>) -> Value {
         let compressed = match self.compression {
             Compression::None => None,
@@ -113,8 +118,11 @@ impl ValuePolicy {
 /// allocated for it.
 pub fn decode(value: Value, limit: usize) -> Result<Vec<u8>, KvError> {
     let Value { bytes, encoding } = value;
+    if encoding.0 & crypt::ENCRYPTED != 0 {
+        return Err(undecodable(encoding, "it is encrypted"));
+    }
     if encoding.0 & !CODEC_MASK != 0 {
-        return Err(undecodable(encoding, "it is encrypted or encoded by a newer memo"));
+        return Err(undecodable(encoding, "it is encoded by a newer memo"));
     }
     match encoding.0 & CODEC_MASK {
         CODEC_NONE => Ok(bytes),
@@ -131,7 +139,7 @@ pub fn decode(value: Value, limit: usize) -> Result<Vec<u8>, KvError> {
     }
 }
 
-fn undecodable(encoding: Encoding, why: &str) -> KvError {
+pub(crate) fn undecodable(encoding: Encoding, why: &str) -> KvError {
     KvError::Internal(format!("a stored value (encoding {:#04x}) does not decode: {why}", encoding.0))
 }
 
@@ -149,7 +157,7 @@ mod tests {
     fn every_compression_round_trips_and_shrinks_a_compressible_value() {
         let plain = json(200);
         for compression in [Compression::Lz4, Compression::Zstd(1), Compression::Zstd(ZSTD_LEVEL_DEFAULT)] {
-            let stored = ValuePolicy { compression }.encode(plain.clone());
+            let stored = ValuePolicy { compression, encrypt: false }.encode(plain.clone());
             assert_ne!(stored.encoding, Encoding::PLAIN, "{compression}");
             assert!(stored.bytes.len() * 3 < plain.len(), "{compression}: {} bytes", stored.bytes.len());
             assert_eq!(decode(stored, LIMIT).unwrap(), plain, "{compression}");
@@ -168,7 +176,7 @@ mod tests {
         let incompressible: Vec<u8> = (0..64u64).flat_map(|i| mix(i).to_le_bytes()).collect();
         for compression in [Compression::None, Compression::Lz4, Compression::Zstd(3)] {
             for plain in [Vec::new(), b"x".to_vec(), incompressible.clone()] {
-                let stored = ValuePolicy { compression }.encode(plain.clone());
+                let stored = ValuePolicy { compression, encrypt: false }.encode(plain.clone());
                 assert_eq!(stored, Value::plain(plain.clone()), "{compression}");
             }
         }
@@ -179,7 +187,7 @@ mod tests {
         // Written under lz4, read by a node whose policy is zstd or none: decode takes no
         // policy at all, only the value.
         let plain = json(50);
-        let stored = ValuePolicy { compression: Compression::Lz4 }.encode(plain.clone());
+        let stored = ValuePolicy { compression: Compression::Lz4, encrypt: false }.encode(plain.clone());
         assert_eq!(decode(stored, LIMIT).unwrap(), plain);
         assert_eq!(decode(Value::plain(b"old".to_vec()), LIMIT).unwrap(), b"old");
     }
@@ -200,7 +208,7 @@ mod tests {
         // A value that decodes to more than the limit is refused, in either codec.
         let big = vec![0u8; 4096];
         for compression in [Compression::Lz4, Compression::Zstd(3)] {
-            let stored = ValuePolicy { compression }.encode(big.clone());
+            let stored = ValuePolicy { compression, encrypt: false }.encode(big.clone());
             assert!(stored.bytes.len() < 200, "{compression}");
             assert!(decode(stored.clone(), 4095).is_err(), "{compression}");
             assert_eq!(decode(stored, 4096).unwrap(), big, "{compression}");

@@ -36,10 +36,11 @@
 //! every write that enters the cluster afterwards is encoded under the new rule. A write
 //! racing the change may be encoded under either rule, and reads back the same either way.
 
+use super::crypt::{self, Fingerprint, Keyring};
 use super::{Compression, ValuePolicy};
 use memo_engine::config::KEY_BYTES_MAX;
 use memo_engine::kv::Change;
-use memo_engine::{Request, Response, Value};
+use memo_engine::{Encoding, KvError, Request, Response, Value};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::ops::Bound;
@@ -73,6 +74,9 @@ pub struct PolicyTable {
     pub revision: u64,
     /// The rule of each prefix; the empty prefix is the cluster's default.
     pub rules: BTreeMap<String, ValuePolicy>,
+    /// The fingerprint of every data key named under an encrypting rule (E5 in
+    /// [`crypt`]): a node whose key of that name differs refuses the table.
+    pub keys: BTreeMap<String, Fingerprint>,
 }
 
 impl PolicyTable {
@@ -109,6 +113,25 @@ impl PolicyTable {
         Ok(table)
     }
 
+    /// The prefixes whose rule encrypts.
+    pub fn encrypted_prefixes(&self) -> Vec<&str> {
+        self.rules.iter().filter(|(_, rule)| rule.encrypt).map(|(prefix, _)| prefix.as_str()).collect()
+    }
+
+    /// Checks a node's keys against the table's fingerprints (E5): a key of the same name
+    /// with other bytes is a wrong key file.
+    pub fn check_keys(&self, keys: &BTreeMap<String, Fingerprint>) -> Result<(), String> {
+        for (name, fingerprint) in keys {
+            if let Some(known) = self.keys.get(name).filter(|known| *known != fingerprint) {
+                return Err(format!(
+                    "the data key {name:?} of this node (fingerprint {fingerprint}) is not the cluster's \
+                     (fingerprint {known}): a wrong key file"
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// Sets the rule of `prefix`.
     pub fn set(&mut self, prefix: String, rule: ValuePolicy) -> Result<(), String> {
         validate_prefix(&prefix)?;
@@ -138,7 +161,7 @@ pub fn is_reserved(key: &str) -> bool {
 
 /// Why a node could not load or save its copy of the table.
 #[derive(Debug, thiserror::Error)]
-pub enum PolicyFileError {
+pub enum PolicyError {
     /// Reading or writing the file failed.
     #[error("policy table file {path}: {source}")]
     Io {
@@ -147,6 +170,10 @@ pub enum PolicyFileError {
         /// What the OS said.
         source: std::io::Error,
     },
+    /// This node's keys do not fit the table: a wrong key file, or none where the
+    /// cluster encrypts.
+    #[error("{0}")]
+    Keys(String),
     /// The file is damaged (checksum or format).
     #[error(
         "policy table file {path} is damaged ({why}); delete it to fetch the table from the cluster again at start"
@@ -164,6 +191,7 @@ pub enum PolicyFileError {
 #[derive(Debug)]
 pub struct Policies {
     node_default: ValuePolicy,
+    keyring: Option<Arc<Keyring>>,
     table: RwLock<Arc<PolicyTable>>,
     file: Option<PathBuf>,
     /// Serializes installs, so that saving and applying happen in revision order.
@@ -171,18 +199,52 @@ pub struct Policies {
 }
 
 impl Policies {
-    /// The node's policies, with the table saved in `file` if there is one (loaded now).
-    pub fn open(node_default: ValuePolicy, file: Option<PathBuf>) -> Result<Self, PolicyFileError> {
+    /// The node's policies, with the table saved in `file` if there is one (loaded now),
+    /// and the node's data keys if it has a key file. Refuses a saved table that
+    /// encrypts when the node has no keys, or whose fingerprints its keys contradict.
+    pub fn open(
+        node_default: ValuePolicy,
+        file: Option<PathBuf>,
+        keyring: Option<Arc<Keyring>>,
+    ) -> Result<Self, PolicyError> {
         let table = match &file {
             Some(path) => load(path)?,
             None => PolicyTable::default(),
         };
-        Ok(Policies { node_default, table: RwLock::new(Arc::new(table)), file, installing: Default::default() })
+        let policies = Policies {
+            node_default,
+            keyring,
+            table: RwLock::new(Arc::new(table)),
+            file,
+            installing: Default::default(),
+        };
+        let table = policies.table();
+        policies.check(&table)?;
+        if policies.keyring.is_none() && !table.encrypted_prefixes().is_empty() {
+            return Err(PolicyError::Keys(format!(
+                "the cluster encrypts the keys under {:?}, and this node has no --encryption-key-file",
+                table.encrypted_prefixes()
+            )));
+        }
+        Ok(policies)
     }
 
-    /// Policies with no saved table (memory silos, tests).
+    /// Policies with no saved table and no keys (memory silos, tests).
     pub fn in_memory(node_default: ValuePolicy) -> Self {
-        Self::open(node_default, None).expect("no file to load")
+        Self::open(node_default, None, None).expect("no file to load")
+    }
+
+    /// The node's data keys.
+    pub fn keyring(&self) -> Option<&Keyring> {
+        self.keyring.as_deref()
+    }
+
+    /// Checks this node's keys against a table (E5).
+    fn check(&self, table: &PolicyTable) -> Result<(), PolicyError> {
+        match &self.keyring {
+            Some(keys) => table.check_keys(&keys.fingerprints()).map_err(PolicyError::Keys),
+            None => Ok(()),
+        }
     }
 
     /// The table this node applies.
@@ -196,19 +258,48 @@ impl Policies {
         table.rule_for(key).map_or(self.node_default, |(_, rule)| *rule)
     }
 
-    /// Encodes a client's value for `key`.
-    pub fn encode(&self, key: &str, plain: Vec<u8>) -> Value {
-        self.policy_for(key).encode(plain)
+    /// Encodes a client's value for `key`: compressed, then encrypted if its rule says so.
+    /// A node without keys refuses a write its rule encrypts, rather than store it in
+    /// plaintext.
+    pub fn encode(&self, key: &str, plain: Vec<u8>) -> Result<Value, KvError> {
+        let policy = self.policy_for(key);
+        let value = policy.encode(plain);
+        if !policy.encrypt {
+            return Ok(value);
+        }
+        let keyring = self.keyring.as_ref().ok_or_else(|| {
+            KvError::Unavailable(
+                "the policy table encrypts this key, and this node has no --encryption-key-file: \
+                 write through a node that has one"
+                    .into(),
+            )
+        })?;
+        let (bytes, encoding) = keyring.encrypt(key, value.encoding.0, &value.bytes);
+        Ok(Value { bytes, encoding: Encoding(encoding) })
+    }
+
+    /// Decodes a stored value of `key` back to the client's bytes: decrypted if it is
+    /// encrypted (E3), then decompressed within `limit`.
+    pub fn decode(&self, key: &str, value: Value, limit: usize) -> Result<Vec<u8>, KvError> {
+        if value.encoding.0 & crypt::ENCRYPTED == 0 {
+            return super::decode(value, limit);
+        }
+        let keyring = (self.keyring.as_ref())
+            .ok_or_else(|| super::undecodable(value.encoding, "it is encrypted, and this node has no key file"))?;
+        let inner = (keyring.decrypt(key, value.encoding.0, &value.bytes))
+            .map_err(|why| super::undecodable(value.encoding, &why))?;
+        super::decode(Value { bytes: inner, encoding: Encoding(value.encoding.0 & !crypt::ENCRYPTED) }, limit)
     }
 
     /// Applies `table` if it is newer than the current one (P1), saving it first (P2).
     /// Returns the revision applied now.
-    pub async fn install(&self, table: PolicyTable) -> Result<u64, PolicyFileError> {
+    pub async fn install(&self, table: PolicyTable) -> Result<u64, PolicyError> {
         let _installing = self.installing.lock().await;
         let current = self.table().revision;
         if table.revision <= current {
             return Ok(current);
         }
+        self.check(&table)?;
         if let Some(path) = &self.file {
             save(path, &table)?;
         }
@@ -220,13 +311,13 @@ impl Policies {
 }
 
 /// The saved table: its stored form, then its CRC-32 (little-endian).
-fn load(path: &Path) -> Result<PolicyTable, PolicyFileError> {
+fn load(path: &Path) -> Result<PolicyTable, PolicyError> {
     let bytes = match std::fs::read(path) {
         Ok(bytes) => bytes,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(PolicyTable::default()),
-        Err(source) => return Err(PolicyFileError::Io { path: path.into(), source }),
+        Err(source) => return Err(PolicyError::Io { path: path.into(), source }),
     };
-    let corrupt = |why: String| PolicyFileError::Corrupt { path: path.into(), why };
+    let corrupt = |why: String| PolicyError::Corrupt { path: path.into(), why };
     let Some(split) = bytes.len().checked_sub(4) else { return Err(corrupt("truncated".into())) };
     let (body, crc) = bytes.split_at(split);
     if crc32fast::hash(body).to_le_bytes() != crc {
@@ -237,9 +328,9 @@ fn load(path: &Path) -> Result<PolicyTable, PolicyFileError> {
 
 /// Saves atomically: a temporary file, synced, renamed over the old one, and the
 /// directory synced.
-fn save(path: &Path, table: &PolicyTable) -> Result<(), PolicyFileError> {
+fn save(path: &Path, table: &PolicyTable) -> Result<(), PolicyError> {
     use std::io::Write;
-    let io = |source| PolicyFileError::Io { path: path.into(), source };
+    let io = |source| PolicyError::Io { path: path.into(), source };
     let mut bytes = table.encode();
     bytes.extend(crc32fast::hash(&bytes).to_le_bytes());
     let tmp = path.with_extension("tmp");
@@ -315,9 +406,10 @@ pub(crate) async fn refresh(
     }
 }
 
-/// Parses a rule's compression as the admin API carries it.
-pub fn parse_rule(compression: &str) -> Result<ValuePolicy, String> {
-    Ok(ValuePolicy { compression: compression.parse::<Compression>()? })
+/// Parses a rule as the admin API carries it (an empty compression is `none`).
+pub fn parse_rule(compression: &str, encrypt: bool) -> Result<ValuePolicy, String> {
+    let compression = if compression.is_empty() { Compression::None } else { compression.parse()? };
+    Ok(ValuePolicy { compression, encrypt })
 }
 
 #[cfg(test)]
@@ -325,11 +417,12 @@ mod tests {
     use super::*;
 
     fn rule(compression: Compression) -> ValuePolicy {
-        ValuePolicy { compression }
+        ValuePolicy { compression, encrypt: false }
     }
 
     fn table(rules: &[(&str, Compression)]) -> PolicyTable {
-        PolicyTable { revision: 1, rules: rules.iter().map(|(p, c)| (p.to_string(), rule(*c))).collect() }
+        let rules = rules.iter().map(|(p, c)| (p.to_string(), rule(*c))).collect();
+        PolicyTable { revision: 1, rules, keys: BTreeMap::new() }
     }
 
     #[test]
@@ -401,7 +494,7 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("policy.table");
         let _ = std::fs::remove_file(&path);
-        let policies = Policies::open(ValuePolicy::default(), Some(path.clone())).unwrap();
+        let policies = Policies::open(ValuePolicy::default(), Some(path.clone()), None).unwrap();
         let mut t2 = table(&[("a", Compression::Lz4)]);
         t2.revision = 2;
         let mut t1 = table(&[("a", Compression::Zstd(3))]);
@@ -410,14 +503,14 @@ mod tests {
         assert_eq!(policies.install(t1).await.unwrap(), 2, "an older table is ignored");
         assert_eq!(*policies.table(), t2);
         // A restarted node loads what it saved.
-        let reopened = Policies::open(ValuePolicy::default(), Some(path.clone())).unwrap();
+        let reopened = Policies::open(ValuePolicy::default(), Some(path.clone()), None).unwrap();
         assert_eq!(*reopened.table(), t2);
         // A damaged file is a clear error, not an empty table.
         let mut bytes = std::fs::read(&path).unwrap();
         let last = bytes.len() - 1;
         bytes[last] ^= 1;
         std::fs::write(&path, &bytes).unwrap();
-        let error = Policies::open(ValuePolicy::default(), Some(path.clone())).unwrap_err();
+        let error = Policies::open(ValuePolicy::default(), Some(path.clone()), None).unwrap_err();
         assert!(error.to_string().contains("damaged"), "{error}");
         std::fs::remove_dir_all(&dir).unwrap();
     }

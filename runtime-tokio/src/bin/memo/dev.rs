@@ -2,6 +2,7 @@
 
 use clap::Args;
 use memo_node::dev::DEV_PARTITIONS_DEFAULT;
+use memo_node::policy::crypt::{Keyring, nonce_seed};
 use memo_node::policy::{Compression, ValuePolicy};
 use memo_node::{DevOptions, spawn_dev_cluster};
 use std::path::{Path, PathBuf};
@@ -28,6 +29,11 @@ pub struct DevArgs {
     /// that do not shrink are stored as sent).
     #[arg(long, env = "MEMO_COMPRESSION", default_value = "none")]
     compression: Compression,
+    /// The data keys for the prefixes the policy table encrypts (`memo policy set PREFIX
+    /// --encryption on`): one `NAME HEX` per line (64 hex digits), oldest first; the last
+    /// one encrypts. Every node of the dev cluster uses it.
+    #[arg(long, env = "MEMO_ENCRYPTION_KEY_FILE")]
+    encryption_key_file: Option<PathBuf>,
     /// Serve Prometheus metrics of every node on this address (HOST:PORT).
     #[arg(long, env = "MEMO_METRICS_ADDR")]
     metrics_addr: Option<std::net::SocketAddr>,
@@ -41,7 +47,11 @@ pub async fn run(args: DevArgs) -> Result<(), String> {
     options.partitions = args.partitions;
     options.replication = args.replication;
     options.data_dir = args.data_dir.clone();
-    options.value_policy = ValuePolicy { compression: args.compression };
+    options.value_policy = ValuePolicy { compression: args.compression, encrypt: false };
+    if let Some(path) = &args.encryption_key_file {
+        let seed = nonce_seed(super::os_seed());
+        options.keyring = Some(std::sync::Arc::new(Keyring::load(path, seed)?));
+    }
     let mut cluster = spawn_dev_cluster(options).await.map_err(|e| e.to_string())?;
     print_banner(&cluster, args.partitions, args.replication, args.data_dir.as_deref());
     let failed = tokio::select! {

@@ -4,6 +4,7 @@ use crate::LogFormat;
 use clap::builder::BoolishValueParser;
 use clap::{Args, Subcommand};
 use memo_engine::{ClusterParams, Config, MemoryStorage, NodeId};
+use memo_node::policy::crypt::{Keyring, nonce_seed};
 use memo_node::policy::{Compression, ValuePolicy};
 use memo_node::{CommitMode, NodeOptions, RedbOptions, SharedStorage, datadir, spawn_node};
 use serde::{Deserialize, Serialize};
@@ -90,6 +91,11 @@ pub struct RunArgs {
     /// stored, so nodes with different settings read each other's values. [default: none]
     #[arg(long, env = "MEMO_COMPRESSION")]
     compression: Option<Compression>,
+    /// The data keys for the prefixes the policy table encrypts: one `NAME HEX` per line
+    /// (64 hex digits), oldest first; the last one encrypts. Required once the cluster
+    /// encrypts anything.
+    #[arg(long, env = "MEMO_ENCRYPTION_KEY_FILE")]
+    encryption_key_file: Option<PathBuf>,
     /// Skip verifying every page checksum of the database at start (faster start for a
     /// big database; a damaged file may then go unnoticed). =false undoes a config file's
     /// true.
@@ -143,6 +149,7 @@ struct FileSettings {
     cache_mib: Option<usize>,
     register_cache_mib: Option<usize>,
     compression: Option<String>,
+    encryption_key_file: Option<PathBuf>,
     skip_integrity_check: Option<bool>,
     log_format: Option<LogFormat>,
 }
@@ -192,6 +199,7 @@ pub struct Settings {
     cache_mib: usize,
     register_cache_mib: usize,
     compression: Compression,
+    encryption_key_file: Option<PathBuf>,
     skip_integrity_check: bool,
     /// From the file only: `--log-format` and `MEMO_LOG_FORMAT` belong to `memo` itself
     /// and override this.
@@ -277,6 +285,7 @@ impl Settings {
             register_cache_mib: (args.register_cache_mib.or(file.register_cache_mib))
                 .unwrap_or(REGISTER_CACHE_MIB_DEFAULT),
             compression,
+            encryption_key_file: args.encryption_key_file.or(file.encryption_key_file),
             skip_integrity_check: args.skip_integrity_check.or(file.skip_integrity_check).unwrap_or(false),
             log_format: file.log_format,
         })
@@ -398,7 +407,11 @@ pub async fn run(args: Settings) -> Result<(), String> {
     config.membership = Some(membership);
     let mut options = NodeOptions::new(config, args.listen, peers, super::os_seed());
     options.commit_mode = commit_mode;
-    options.value_policy = ValuePolicy { compression: args.compression };
+    options.value_policy = ValuePolicy { compression: args.compression, encrypt: false };
+    options.keyring = match &args.encryption_key_file {
+        Some(path) => Some(Arc::new(Keyring::load(path, nonce_seed(super::os_seed()))?)),
+        None => None,
+    };
     options.policy_file = args.data_dir.as_ref().map(|dir| dir.join(datadir::POLICY_FILE));
     let mut node = spawn_node(options, storage).await.map_err(|e| e.to_string())?;
     if let Some(seed) = &seed {
@@ -534,12 +547,14 @@ log_format = "json"
             cache_mib,
             register_cache_mib,
             compression,
+            encryption_key_file,
             skip_integrity_check,
             log_format,
         } = &file;
         assert!(id.is_some() && listen.is_some() && metrics_addr.is_some() && initial_nodes.is_some());
         assert!(join.is_some() && advertise.is_some() && rebalance_delay.is_some() && eviction_delay.is_some());
         assert!(moves_max.is_some() && register_cache_mib.is_some() && compression.is_some());
+        assert!(encryption_key_file.is_some());
         assert!(partitions.is_some() && replication.is_some() && cluster_token.is_some() && data_dir.is_some());
         assert!(cache_mib.is_some() && skip_integrity_check.is_some() && log_format.is_some());
 

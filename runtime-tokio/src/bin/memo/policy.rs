@@ -28,8 +28,19 @@ pub struct SetArgs {
     /// The key prefix ("" for every key).
     prefix: String,
     /// How new values under the prefix are compressed: none, lz4, zstd or zstd:LEVEL.
-    #[arg(long)]
+    #[arg(long, default_value = "none")]
     compression: Compression,
+    /// Whether new values under the prefix are encrypted at rest (every node needs the
+    /// keys: --encryption-key-file).
+    #[arg(long, value_enum, default_value_t = Switch::Off)]
+    encryption: Switch,
+}
+
+/// `on` or `off`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Switch {
+    On,
+    Off,
 }
 
 #[derive(Debug, Args)]
@@ -52,7 +63,11 @@ pub struct DeleteArgs {
 pub async fn run(command: PolicyCommand) -> Result<(), String> {
     match command {
         PolicyCommand::Set(args) => {
-            let rule = PolicyRule { prefix: args.prefix.clone(), compression: args.compression.to_string() };
+            let rule = PolicyRule {
+                prefix: args.prefix.clone(),
+                compression: args.compression.to_string(),
+                encryption: args.encryption == Switch::On,
+            };
             let mut client = admin(&args.endpoint.endpoint).await?;
             let answer = client.policy_set(PolicySetRequest { rule: Some(rule) }).await.map_err(describe)?;
             changed(&format!("rule for {:?} set", args.prefix), answer.into_inner())
@@ -70,8 +85,9 @@ pub async fn run(command: PolicyCommand) -> Result<(), String> {
                 revision: answer.revision,
                 node_revision: answer.node_revision,
                 rules: (answer.rules.into_iter())
-                    .map(|r| Rule { prefix: r.prefix, compression: r.compression })
+                    .map(|r| Rule { prefix: r.prefix, compression: r.compression, encryption: r.encryption })
                     .collect(),
+                keys: answer.keys.into_iter().map(|k| DataKey { name: k.name, fingerprint: k.fingerprint }).collect(),
             };
             match args.output {
                 Output::Json => print_json(&report),
@@ -100,24 +116,36 @@ struct Report {
     revision: u64,
     node_revision: u64,
     rules: Vec<Rule>,
+    keys: Vec<DataKey>,
 }
 
 #[derive(Debug, Serialize)]
 struct Rule {
     prefix: String,
     compression: String,
+    encryption: bool,
+}
+
+#[derive(Debug, Serialize)]
+struct DataKey {
+    name: String,
+    fingerprint: String,
 }
 
 impl Report {
     fn text(&self) -> String {
-        let headers = [("PREFIX", Align::Left), ("COMPRESSION", Align::Left)];
-        let rows: Vec<Vec<String>> =
-            (self.rules.iter()).map(|r| vec![format!("{:?}", r.prefix), r.compression.clone()]).collect();
+        let headers = [("PREFIX", Align::Left), ("COMPRESSION", Align::Left), ("ENCRYPTION", Align::Left)];
+        let on_off = |on: bool| if on { "on" } else { "off" }.to_string();
+        let rows: Vec<Vec<String>> = (self.rules.iter())
+            .map(|r| vec![format!("{:?}", r.prefix), r.compression.clone(), on_off(r.encryption)])
+            .collect();
         let rules = if rows.is_empty() {
             "no rules: every node compresses as its --compression says\n".to_string()
         } else {
             table(&headers, &rows)
         };
-        format!("policy table, revision {}:\n{rules}", self.revision)
+        let keys: String =
+            self.keys.iter().map(|k| format!("data key {} (fingerprint {})\n", k.name, k.fingerprint)).collect();
+        format!("policy table, revision {}:\n{rules}{keys}", self.revision)
     }
 }
