@@ -4,8 +4,11 @@
 # KEYS 64-client puts of JSON records (--value-kind json, VAL bytes) over KEYS keys, then
 # GETS 64-client gets (after every key is written once, unmeasured); throughput, server
 # CPU per operation, peer bytes per put and the data directories' size after the puts.
+# A setting ending in +enc also encrypts (docs/PERFORMANCE.md, "Encryption"): the nodes
+# get a key file, and the policy table gets the rule "" --compression SETTING
+# --encryption on before the puts.
 #   MEMO=target/loadgen/release/memo MEMO_BENCH=target/loadgen/release/memo-bench \
-#     benches/scripts/compression.sh none lz4 zstd
+#     benches/scripts/compression.sh none lz4 zstd none+enc zstd+enc
 set -u
 MEMO=${MEMO:-target/loadgen/release/memo}
 BENCH=${MEMO_BENCH:-target/loadgen/release/memo-bench}
@@ -27,13 +30,25 @@ print("%-14s %8.0f req/s  p50 %.2f ms  server cpu %6.1f us/op  errors %s" % (sys
 for setting in "$@"; do
   dir=$(mktemp -d /tmp/memo-compression.XXXX)
   nodes=n1=127.0.0.1:7101,n2=127.0.0.1:7102,n3=127.0.0.1:7103
+  codec=${setting%+enc}
+  keys=()
+  if [ "$codec" != "$setting" ]; then
+    printf 'k1 %s\n' "$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')" >$dir/keys
+    keys=(--encryption-key-file $dir/keys)
+  fi
   pids=()
   for i in 1 2 3; do
     "$MEMO" node run --id n$i --listen 127.0.0.1:710$i --initial-nodes $nodes --data-dir $dir/n$i \
-      --compression "$setting" >$dir/log$i 2>&1 &
+      --compression "$codec" "${keys[@]}" >$dir/log$i 2>&1 &
     pids+=($!)
   done
   sleep 2
+  if [ ${#keys[@]} -gt 0 ]; then
+    for _ in 1 2 3 4 5 6 7 8 9 10; do
+      "$MEMO" policy set "" --compression "$codec" --encryption on --endpoint 127.0.0.1:7101 >/dev/null && break
+      sleep 1
+    done
+  fi
   mp=$(IFS=,; echo "${pids[*]}")
   m=127.0.0.1:7101,127.0.0.1:7102,127.0.0.1:7103
   b0=$(peer_bytes)

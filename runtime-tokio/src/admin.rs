@@ -266,7 +266,7 @@ impl AdminService {
         edit: impl Fn(&mut PolicyTable) -> Result<(), Status>,
     ) -> Result<PolicyChangeResponse, Status> {
         let table = table::change(&self.kv, edit).await?;
-        self.policies.install(table.clone()).await.map_err(|e| Status::internal(e.to_string()))?;
+        self.policies.install(table.clone()).map_err(|e| Status::internal(e.to_string()))?;
         let unconfirmed = self.push_policy(&table).await?;
         if !unconfirmed.is_empty() {
             tracing::warn!(revision = table.revision, ?unconfirmed, "members did not confirm the policy table");
@@ -348,7 +348,9 @@ impl Admin for AdminService {
         let (_, table) = table::read(&self.kv).await?;
         // What the cluster holds is at least as new as any push: apply it if this node
         // missed one.
-        let node_revision = (self.policies.install(table.clone()).await)
+        let node_revision = self
+            .policies
+            .install(table.clone())
             .map_err(|e| Status::failed_precondition(format!("this node cannot apply the table: {e}")))?;
         let keys = (table.keys.iter())
             .map(|(name, fingerprint)| DataKeyInfo { name: name.clone(), fingerprint: fingerprint.to_string() })
@@ -408,7 +410,7 @@ impl Admin for AdminService {
         request: tonic::Request<PolicyInstallRequest>,
     ) -> Result<tonic::Response<PolicyInstallResponse>, Status> {
         let table = PolicyTable::decode(&request.into_inner().table).map_err(Status::invalid_argument)?;
-        let revision = self.policies.install(table).await.map_err(|e| {
+        let revision = self.policies.install(table).map_err(|e| {
             tracing::error!(error = %e, "refused a policy table");
             Status::failed_precondition(e.to_string())
         })?;

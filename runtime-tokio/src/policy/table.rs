@@ -195,7 +195,7 @@ pub struct Policies {
     table: RwLock<Arc<PolicyTable>>,
     file: Option<PathBuf>,
     /// Serializes installs, so that saving and applying happen in revision order.
-    installing: tokio::sync::Mutex<()>,
+    installing: std::sync::Mutex<()>,
 }
 
 impl Policies {
@@ -293,8 +293,8 @@ impl Policies {
 
     /// Applies `table` if it is newer than the current one (P1), saving it first (P2).
     /// Returns the revision applied now.
-    pub async fn install(&self, table: PolicyTable) -> Result<u64, PolicyError> {
-        let _installing = self.installing.lock().await;
+    pub fn install(&self, table: PolicyTable) -> Result<u64, PolicyError> {
+        let _installing = self.installing.lock().unwrap_or_else(|e| e.into_inner());
         let current = self.table().revision;
         if table.revision <= current {
             return Ok(current);
@@ -387,7 +387,7 @@ pub(crate) async fn refresh(
 ) {
     loop {
         let delay = match read(&kv).await {
-            Ok((_, table)) => match policies.install(table).await {
+            Ok((_, table)) => match policies.install(table) {
                 Ok(_) => interval,
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot save the policy table");
@@ -456,12 +456,12 @@ mod tests {
         assert_eq!(table(&[("a", Compression::Lz4)]).rule_for("b"), None);
     }
 
-    #[tokio::test]
-    async fn policies_fall_back_to_the_nodes_default() {
+    #[test]
+    fn policies_fall_back_to_the_nodes_default() {
         let policies = Policies::in_memory(rule(Compression::Lz4));
         assert_eq!(policies.policy_for("k"), rule(Compression::Lz4));
         let t = table(&[("z/", Compression::None)]);
-        policies.install(t).await.unwrap();
+        policies.install(t).unwrap();
         assert_eq!(policies.policy_for("z/1"), rule(Compression::None));
         assert_eq!(policies.policy_for("k"), rule(Compression::Lz4));
     }
@@ -488,8 +488,8 @@ mod tests {
         assert!(is_reserved(TABLE_KEY));
     }
 
-    #[tokio::test]
-    async fn a_node_applies_newer_tables_only_and_saves_them_first() {
+    #[test]
+    fn a_node_applies_newer_tables_only_and_saves_them_first() {
         let dir = std::env::temp_dir().join(format!("memo-policy-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("policy.table");
@@ -499,8 +499,8 @@ mod tests {
         t2.revision = 2;
         let mut t1 = table(&[("a", Compression::Zstd(3))]);
         t1.revision = 1;
-        assert_eq!(policies.install(t2.clone()).await.unwrap(), 2);
-        assert_eq!(policies.install(t1).await.unwrap(), 2, "an older table is ignored");
+        assert_eq!(policies.install(t2.clone()).unwrap(), 2);
+        assert_eq!(policies.install(t1).unwrap(), 2, "an older table is ignored");
         assert_eq!(*policies.table(), t2);
         // A restarted node loads what it saved.
         let reopened = Policies::open(ValuePolicy::default(), Some(path.clone()), None).unwrap();
