@@ -280,7 +280,25 @@ pub const ALL: &[fn() -> Scenario] = &[
     a_join_while_other_nodes_are_suspected_stays_linearizable,
     a_rolling_replacement_of_every_founder_keeps_every_acknowledged_write,
     a_rebalancer_stopped_mid_move_leaves_a_move_that_finishes_safely,
+    values_under_every_policy_stay_linearizable_through_faults,
 ];
+
+/// Mixed policy prefixes (compressed, encrypted, both, plain) under crashes, power cuts,
+/// partitions and pauses.
+pub fn values_under_every_policy_stay_linearizable_through_faults() -> Scenario {
+    use crate::options::SimRule;
+    use memo_node::policy::Compression;
+    let rules = [
+        SimRule { prefix: "k0", compression: Compression::Zstd(3), encrypt: true },
+        SimRule { prefix: "k1", compression: Compression::Lz4, encrypt: false },
+        SimRule { prefix: "k2", compression: Compression::None, encrypt: true },
+    ];
+    Scenario::new("values_under_every_policy_stay_linearizable_through_faults")
+        .nodes(3..=5)
+        .keys(4..=6)
+        .faults(&[FaultKind::Crash, FaultKind::PowerCut, FaultKind::Partition, FaultKind::Pause])
+        .policies(&rules, 200)
+}
 
 /// The scenario called `name`.
 pub fn by_name(name: &str) -> Option<Scenario> {

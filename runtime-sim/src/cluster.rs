@@ -32,6 +32,14 @@ pub const HEAL: u64 = u64::MAX;
 /// The `down_by` token of a server that waits for its Join episode.
 pub const JOINING: u64 = u64::MAX - 1;
 
+/// The simulation's data key file: every node holds it.
+pub const SIM_KEY_FILE: &str = "sim 5151515151515151515151515151515151515151515151515151515151515151\n";
+
+/// A keyring of [`SIM_KEY_FILE`] whose nonces come from `nonces`.
+pub fn sim_keyring(nonces: [u8; 32]) -> memo_node::policy::crypt::Keyring {
+    memo_node::policy::crypt::Keyring::parse(SIM_KEY_FILE, nonces).expect("the simulation's key file parses")
+}
+
 /// Where server `i` listens.
 pub fn server_addr(i: usize) -> SocketAddr {
     SocketAddr::from(([10, 0, 0, i as u8 + 1], PORT))
@@ -343,8 +351,14 @@ impl ServerParts {
         let config = opts.config(i);
         let (peers, rec, seed, transport) = (peers.clone(), rec.clone(), opts.seed, opts.transport);
         let (disk, clock, incarnations) = (self.disk.clone(), self.clock.clone(), self.incarnations.clone());
+        let policy_refresh = (!opts.policies.is_empty()).then_some(memo_node::policy::table::REFRESH_INTERVAL);
+        let encrypts = opts.policies.iter().any(|r| r.encrypt);
         move || {
             let incarnation = incarnations.fetch_add(1, Ordering::SeqCst) + 1;
+            let keyring = encrypts.then(|| {
+                let nonces = memo_node::policy::crypt::nonce_seed(seed ^ ((i as u64) << 40) ^ incarnation);
+                Arc::new(sim_keyring(nonces))
+            });
             let options = NodeOptions {
                 config: config.clone(),
                 listen: server_addr(i),
@@ -355,12 +369,13 @@ impl ServerParts {
                 commit_mode: CommitMode::Inline,
                 // The simulated clients' values are a few bytes: no codec would shrink them.
                 value_policy: Default::default(),
-                // No scenario changes the policy table yet, and a periodic refresh would
-                // add a read of its key every 10 s to every run's schedule (the planted
-                // bugs' teeth are tuned on the runs without it).
-                keyring: None,
+                // Scenarios without policies run as before the table existed: a periodic
+                // refresh would add a read of its key every 10 s to every run's schedule
+                // (the planted bugs' teeth are tuned on the runs without it). With
+                // policies, the node's copy is not saved (a restart refreshes it).
+                keyring: keyring.clone(),
                 policy_file: None,
-                policy_refresh: None,
+                policy_refresh,
             };
             let (disk, rec) = (disk.clone(), rec.clone());
             Box::pin(async move {

@@ -160,6 +160,23 @@ pub struct Scenario {
     pub joins: usize,
     /// Founders that leave the cluster gracefully (`Admin/Leave`) at times the seed picks.
     pub leaves: usize,
+    /// Rules set in the cluster's policy table before the workload starts (every node
+    /// then gets the simulation's data key and refreshes the table).
+    pub policies: Vec<SimRule>,
+    /// Bytes of `x` appended to every value the clients write, so that compression
+    /// engages.
+    pub value_pad: usize,
+}
+
+/// A policy-table rule a scenario sets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SimRule {
+    /// The key prefix.
+    pub prefix: &'static str,
+    /// Its compression.
+    pub compression: memo_node::policy::Compression,
+    /// Whether it encrypts.
+    pub encrypt: bool,
 }
 
 impl Scenario {
@@ -181,7 +198,17 @@ impl Scenario {
             planted_bug: None,
             joins: 0,
             leaves: 0,
+            policies: Vec::new(),
+            value_pad: 0,
         }
+    }
+
+    /// Sets these policy-table rules before the workload, and pads every written value
+    /// with `value_pad` bytes.
+    pub fn policies(mut self, rules: &[SimRule], value_pad: usize) -> Self {
+        self.policies = rules.to_vec();
+        self.value_pad = value_pad;
+        self
     }
 
     /// Adds `n` servers that join the running cluster, and makes `leaves` founders leave.
@@ -459,6 +486,10 @@ pub struct SimOptions {
     pub planted_bug: Option<PlantedBug>,
     /// Servers that join later (the last ones); the others found the cluster.
     pub late: Vec<usize>,
+    /// Policy-table rules set before the workload ([`Scenario::policies`]).
+    pub policies: Vec<SimRule>,
+    /// Bytes of padding on every written value.
+    pub value_pad: usize,
 }
 
 /// Draws from a seeded ChaCha stream.
@@ -592,6 +623,8 @@ impl SimOptions {
             schedule: Vec::new(),
             planted_bug: scenario.planted_bug,
             late: Vec::new(),
+            policies: scenario.policies.clone(),
+            value_pad: scenario.value_pad,
         };
         let episodes = if options.faults.is_empty() { 0 } else { d.range_usize(scenario.episodes.clone()) };
         options.schedule = (0..episodes).map(|_| options.draw_episode(&mut d)).collect();
@@ -914,6 +947,12 @@ impl fmt::Display for SimOptions {
         writeln!(f, "  clocks: {}", clocks.join(" "))?;
         if let Some(bug) = self.planted_bug {
             writeln!(f, "  planted bug: {bug:?}")?;
+        }
+        if !self.policies.is_empty() {
+            let rules: Vec<String> = (self.policies.iter())
+                .map(|r| format!("{:?}:{}{}", r.prefix, r.compression, if r.encrypt { "+enc" } else { "" }))
+                .collect();
+            writeln!(f, "  policies: {}, values padded by {} B", rules.join(" "), self.value_pad)?;
         }
         writeln!(f, "  safety phase {}, faults {:?}", ms(self.safety), self.faults)?;
         for e in &self.schedule {

@@ -275,6 +275,9 @@ async fn run_options(opts: Arc<SimOptions>) -> RunReport {
     let cluster = Cluster::build(opts.clone(), rec.clone());
     sleep(STARTUP).await;
     let mut failures = Vec::new();
+    if let Err(f) = set_policies(&cluster).await {
+        failures.push(f);
+    }
 
     safety_phase(&cluster).await;
     match liveness_phase(&cluster).await {
@@ -317,6 +320,54 @@ async fn run_options(opts: Arc<SimOptions>) -> RunReport {
         disks,
         moved: moved_partitions(&cluster),
     }
+}
+
+/// The most a stored value may decode to in the convergence check (the engine's
+/// default value limit).
+const VALUE_DECODE_LIMIT: usize = 1 << 20;
+
+/// How long setting a scenario's policy rules may take before the run fails.
+const POLICY_SET_BOUND: Duration = Duration::from_secs(20);
+
+/// Sets the scenario's policy-table rules through node 1, from client 0's host, before
+/// the workload starts (no fault runs yet); each must be confirmed by every member.
+async fn set_policies(cluster: &Arc<Cluster>) -> Result<(), Failure> {
+    use memo_proto::admin::{PolicyRule, PolicySetRequest, admin_client::AdminClient};
+    let until = Instant::now() + POLICY_SET_BOUND;
+    for rule in &cluster.opts.policies {
+        let request = PolicySetRequest {
+            rule: Some(PolicyRule {
+                prefix: rule.prefix.to_string(),
+                compression: rule.compression.to_string(),
+                encryption: rule.encrypt,
+            }),
+        };
+        loop {
+            let addr = crate::cluster::server_addr(0);
+            let request = request.clone();
+            let answer = cluster.clients[0].spawn(async move {
+                let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}")).expect("a valid URI");
+                let mut admin = AdminClient::new(endpoint.connect_lazy());
+                let call = admin.policy_set(request);
+                match tokio::time::timeout(Duration::from_secs(5), call).await {
+                    Ok(Ok(answer)) => Ok(answer.into_inner()),
+                    Ok(Err(status)) => Err(status.to_string()),
+                    Err(_) => Err("no answer in 5 s".to_string()),
+                }
+            });
+            match answer.await.expect("the admin call's task") {
+                Ok(answer) if answer.unconfirmed.is_empty() => {
+                    cluster.rec.note("POLICY", format!("{rule:?} set, revision {}", answer.revision));
+                    break;
+                }
+                outcome if Instant::now() >= until => {
+                    return Err(Failure::Anomaly(format!("policy rule {rule:?} not set and confirmed: {outcome:?}")));
+                }
+                _ => sleep(Duration::from_millis(200)).await,
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Clients run the workload while the fault episodes play out.
@@ -404,6 +455,8 @@ fn current_members(cluster: &Cluster, p: u32) -> Vec<usize> {
 /// ([`Failure::LateWrite`] otherwise).
 fn check_convergence(cluster: &Cluster, finals: &[(String, Vec<u8>)]) -> Vec<Failure> {
     let opts = &cluster.opts;
+    let keys = opts.policies.iter().any(|r| r.encrypt).then(|| Arc::new(crate::cluster::sim_keyring([0; 32])));
+    let decoder = memo_node::policy::table::Policies::open(Default::default(), None, keys).expect("no file to load");
     let mut failures = Vec::new();
     for (key, value) in finals {
         let p = partition_of(key.as_bytes(), opts.partitions);
@@ -417,10 +470,18 @@ fn check_convergence(cluster: &Cluster, finals: &[(String, Vec<u8>)]) -> Vec<Fai
             .collect();
         let first = &accepted[0];
         let agree = accepted.iter().all(|a| a == first);
-        let state = match first {
-            Some(Ok(Some(a))) => a.state.as_ref().map(|s| s.value()),
+        // What a client would read: the stored value decoded by its own encoding.
+        let decoded: Option<Option<Vec<u8>>> = match first {
+            Some(Ok(Some(a))) => a.state.as_ref().map(|s| {
+                s.stored().map(|v| {
+                    decoder
+                        .decode(key, v, VALUE_DECODE_LIMIT)
+                        .unwrap_or_else(|e| format!("<undecodable: {e}>").into_bytes())
+                })
+            }),
             _ => None,
         };
+        let state = decoded.as_ref().map(|s| s.as_deref());
         if agree && state == Some(Some(value.as_slice())) {
             continue;
         }

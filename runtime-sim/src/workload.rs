@@ -168,7 +168,8 @@ impl Client {
     fn refresh(&mut self, planned: Planned) -> Planned {
         let Planned::Kv { key, command } = planned else { return planned };
         self.seq += 1;
-        let value = format!("c{}-{}", self.index, self.seq).into_bytes();
+        let mut value = format!("c{}-{}", self.index, self.seq).into_bytes();
+        value.resize(value.len() + self.opts.value_pad, b'x');
         let command = match command {
             Command::Insert(_) => Command::Insert(value),
             Command::Update(_) => Command::Update(value),

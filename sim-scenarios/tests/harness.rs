@@ -218,6 +218,7 @@ fn every_catalog_scenario_is_named_after_its_test() {
         include_str!("membership.rs"),
         include_str!("determinism.rs"),
         include_str!("regressions.rs"),
+        include_str!("policies.rs"),
     ]
     .concat();
     for make in memo_sim::catalog::ALL {
