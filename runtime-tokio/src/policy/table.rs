@@ -196,6 +196,9 @@ pub struct Policies {
     file: Option<PathBuf>,
     /// Serializes installs, so that saving and applying happen in revision order.
     installing: std::sync::Mutex<()>,
+    /// Set when a newer table contradicted this node's keys (E5): encrypted writes are
+    /// refused from then on.
+    key_error: RwLock<Option<String>>,
 }
 
 impl Policies {
@@ -217,6 +220,7 @@ impl Policies {
             table: RwLock::new(Arc::new(table)),
             file,
             installing: Default::default(),
+            key_error: Default::default(),
         };
         let table = policies.table();
         policies.check(&table)?;
@@ -274,6 +278,9 @@ impl Policies {
                     .into(),
             )
         })?;
+        if let Some(why) = self.key_error.read().unwrap_or_else(|e| e.into_inner()).as_ref() {
+            return Err(KvError::Unavailable(format!("this node refuses encrypted writes: {why}")));
+        }
         let (bytes, encoding) = keyring.encrypt(key, value.encoding.0, &value.bytes);
         Ok(Value { bytes, encoding: Encoding(encoding) })
     }
@@ -299,7 +306,14 @@ impl Policies {
         if table.revision <= current {
             return Ok(current);
         }
-        self.check(&table)?;
+        if let Err(e) = self.check(&table) {
+            // The cluster's table says this node's keys are wrong: whatever it would
+            // encrypt now, no other node could read. Refuse encrypted writes until the
+            // key file is fixed (a restart).
+            tracing::error!(error = %e, "refusing encrypted writes");
+            *self.key_error.write().unwrap_or_else(|e| e.into_inner()) = Some(e.to_string());
+            return Err(e);
+        }
         if let Some(path) = &self.file {
             save(path, &table)?;
         }
@@ -464,6 +478,27 @@ mod tests {
         policies.install(t).unwrap();
         assert_eq!(policies.policy_for("z/1"), rule(Compression::None));
         assert_eq!(policies.policy_for("k"), rule(Compression::Lz4));
+    }
+
+    #[test]
+    fn a_table_contradicting_the_nodes_keys_is_refused_and_stops_encrypted_writes() {
+        let keys = |hex: &str| Arc::new(Keyring::parse(&format!("k1 {}\n", hex.repeat(32)), [3; 32]).unwrap());
+        let theirs = keys("aa").fingerprints();
+        let policies = Policies::open(ValuePolicy::default(), None, Some(keys("bb"))).unwrap();
+        let mut t = table(&[]);
+        t.set("s/".into(), ValuePolicy { compression: Compression::None, encrypt: true }).unwrap();
+        let mut first = t.clone();
+        first.keys.clear();
+        policies.install(first).unwrap();
+        assert!(policies.encode("s/1", b"v".to_vec()).is_ok(), "no fingerprint recorded yet");
+        t.revision = 2;
+        t.keys = theirs;
+        let error = policies.install(t).unwrap_err();
+        assert!(error.to_string().contains("wrong key file"), "{error}");
+        assert_eq!(policies.table().revision, 1, "the contradicting table is not applied");
+        let refused = policies.encode("s/2", b"v".to_vec()).unwrap_err();
+        assert!(matches!(&refused, KvError::Unavailable(m) if m.contains("wrong key file")), "{refused:?}");
+        assert!(policies.encode("plain", b"v".to_vec()).is_ok(), "unencrypted writes go on");
     }
 
     #[test]
