@@ -298,6 +298,8 @@ fn peer_batch_round_trip() {
         sequence: 300,
         // Engine messages are opaque bytes; an empty one must survive too.
         messages: vec![vec![1, 2, 3], Vec::new(), vec![0xff; 130]],
+        // A node without keys sends none: the batch's bytes are what they were.
+        keys: Vec::new(),
     };
     let mut expected = vec![
         0x0a, 0x02, 0xde, 0xad, // cluster_id = 1

@@ -330,6 +330,12 @@ pub async fn spawn_node_on(
         from: me.clone(),
         restart: node.restart(),
         batches_sent: Default::default(),
+        keys: (options.keyring.iter().flat_map(|k| k.fingerprints()))
+            .map(|(name, fingerprint)| memo_proto::peer::DataKeyFingerprint {
+                name,
+                fingerprint: fingerprint.0.to_vec(),
+            })
+            .collect(),
     };
     let (peers, links, views) = make_links(&options, &header);
     let link_factory =
@@ -351,7 +357,8 @@ pub async fn spawn_node_on(
         policies: policies.clone(),
         value_bytes_max: options.config.value_bytes_max,
     };
-    let peer = PeerService { cluster: node.cluster(), inbound, stop: stop_server_rx.clone() };
+    let keys = Arc::new(options.keyring.as_ref().map(|k| k.fingerprints()).unwrap_or_default());
+    let peer = PeerService { cluster: node.cluster(), keys, inbound, stop: stop_server_rx.clone() };
     let admin = AdminService {
         control: control.clone(),
         me: me.clone(),

@@ -20,11 +20,13 @@
 //! FAILED_PRECONDITION) and hands the messages to the event loop, which decodes them;
 //! malformed messages are logged and dropped there, never a panic.
 
+use crate::policy::crypt::Fingerprint;
 use crate::stream::ChannelStream;
 use memo_engine::{ClusterId, NodeId};
 use memo_proto::peer::peer_client::PeerClient;
 use memo_proto::peer::peer_server::Peer;
-use memo_proto::peer::{Ack, Batch};
+use memo_proto::peer::{Ack, Batch, DataKeyFingerprint};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -97,6 +99,9 @@ pub struct LinkStatus {
 #[derive(Clone)]
 pub(crate) struct PeerService {
     pub cluster: ClusterId,
+    /// This node's data keys by name ([`crate::policy::crypt`]): a batch from a node
+    /// holding a key of the same name with other bytes is refused.
+    pub keys: Arc<BTreeMap<String, Fingerprint>>,
     pub inbound: mpsc::Sender<Vec<Vec<u8>>>,
     /// Set when the server stops: open streams end so graceful shutdown can finish.
     pub stop: watch::Receiver<bool>,
@@ -109,6 +114,10 @@ impl PeerService {
             tracing::warn!(from = %batch.from_name, "refused a batch from another cluster");
             return Err(Status::failed_precondition("the batch belongs to another cluster"));
         }
+        if let Some(why) = self.key_mismatch(&batch) {
+            tracing::error!(from = %batch.from_name, "{why}");
+            return Err(Status::failed_precondition(why));
+        }
         if batch.messages.len() > PEER_BATCH_MESSAGES_MAX {
             return Err(Status::invalid_argument(format!(
                 "a batch carries at most {PEER_BATCH_MESSAGES_MAX} messages"
@@ -118,6 +127,21 @@ impl PeerService {
             return Err(Status::unavailable("the node is stopping"));
         }
         Ok(batch.sequence)
+    }
+
+    /// Why the sender's data keys contradict this node's, if they do.
+    fn key_mismatch(&self, batch: &Batch) -> Option<String> {
+        batch.keys.iter().find_map(|theirs| {
+            let mine = self.keys.get(&theirs.name)?;
+            (mine.0[..] != theirs.fingerprint[..]).then(|| {
+                let hex: String = theirs.fingerprint.iter().map(|b| format!("{b:02x}")).collect();
+                format!(
+                    "the data key {:?} of {} (fingerprint {hex}) differs from this node's ({mine}): \
+                     one of the two key files is wrong",
+                    theirs.name, batch.from_name
+                )
+            })
+        })
     }
 
     /// Reads a stream of batches until it ends, fails or the server stops. Only the
@@ -182,6 +206,8 @@ pub(crate) struct BatchHeader {
     pub restart: u64,
     /// Batches sent by every link of this node (for `memo status`: messages per batch).
     pub batches_sent: Arc<AtomicU64>,
+    /// This node's data keys, sent with every batch (empty without a key file).
+    pub keys: Vec<DataKeyFingerprint>,
 }
 
 /// Packs queued messages into batches within the count and byte bounds. A message
@@ -375,6 +401,7 @@ impl Link {
             from_generation: self.header.restart,
             sequence: self.sequence,
             messages,
+            keys: self.header.keys.clone(),
         }
     }
 
@@ -477,6 +504,34 @@ mod tests {
         assert!(batcher.next(&mut rx).await.is_none());
     }
 
+    #[tokio::test]
+    async fn a_batch_from_a_node_with_another_key_of_the_same_name_is_refused() {
+        let cluster = ClusterId([7; 32]);
+        let (inbound, mut delivered) = mpsc::channel(4);
+        let (_stop, stop) = watch::channel(false);
+        let mine = BTreeMap::from([("k1".to_string(), Fingerprint([1; 8])), ("k2".to_string(), Fingerprint([2; 8]))]);
+        let service = PeerService { cluster, keys: Arc::new(mine), inbound, stop };
+        let batch = |keys: &[(&str, u8)]| Batch {
+            cluster_id: cluster.0.to_vec(),
+            from_name: "n2".into(),
+            from_generation: 1,
+            sequence: 1,
+            messages: vec![vec![9]],
+            keys: (keys.iter())
+                .map(|(name, b)| DataKeyFingerprint { name: name.to_string(), fingerprint: vec![*b; 8] })
+                .collect(),
+        };
+        // No keys, the same keys, or keys this node does not have: delivered.
+        for keys in [&[][..], &[("k1", 1), ("k2", 2)], &[("k1", 1), ("k3", 3)]] {
+            assert!(service.deliver(batch(keys)).await.is_ok(), "{keys:?}");
+            assert_eq!(delivered.recv().await.unwrap(), vec![vec![9]]);
+        }
+        let refused = service.deliver(batch(&[("k1", 1), ("k2", 5)])).await.unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::FailedPrecondition);
+        assert!(refused.message().contains("\"k2\" of n2"), "{}", refused.message());
+        assert!(delivered.try_recv().is_err(), "a refused batch was delivered");
+    }
+
     #[test]
     fn backoff_doubles_up_to_the_cap_and_resets() {
         let mut backoff = Backoff::new();
@@ -500,7 +555,7 @@ mod tests {
             use memo_proto::peer::peer_server::PeerServer;
             let (inbound, delivered) = mpsc::channel(16);
             let (stop_tx, stop) = watch::channel(false);
-            let service = PeerService { cluster, inbound, stop };
+            let service = PeerService { cluster, keys: Default::default(), inbound, stop };
             let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             let addr = tcp.local_addr().unwrap();
             let incoming = tonic::transport::server::TcpIncoming::from(tcp);
@@ -520,6 +575,7 @@ mod tests {
                 from_generation: 1,
                 sequence,
                 messages: vec![vec![sequence as u8]],
+                keys: Vec::new(),
             }
         }
 

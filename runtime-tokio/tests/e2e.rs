@@ -223,6 +223,7 @@ async fn junk_on_the_shared_port_does_not_stop_the_node() {
             from_generation: 1,
             sequence: 1,
             messages,
+            keys: Vec::new(),
         };
         let cluster_id = node.cluster().0.to_vec();
         let garbage = vec![vec![], vec![0xff; 3], b"not postcard".to_vec()];

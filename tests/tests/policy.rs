@@ -346,7 +346,8 @@ async fn encrypted_values_never_reach_a_disk_in_plaintext_and_a_wrong_key_stops_
     cluster.extra_args.clear();
     cluster.node_args[0] = vec!["--encryption-key-file".into(), keys.clone()];
     cluster.node_args[1] = vec!["--encryption-key-file".into(), keys.clone()];
-    cluster.node_args[2][1] = write_key_file(&cluster, "wrong-keys", &[("k1", 0x22)]);
+    let wrong = write_key_file(&cluster, "wrong-keys", &[("k1", 0x22)]);
+    cluster.node_args[2][1] = wrong.clone();
     cluster.start(2);
     assert!(cluster.wait_exit(2, Duration::from_secs(20)), "a node with a wrong key kept running");
     let log = cluster.log_tail(2, 5);
@@ -358,13 +359,34 @@ async fn encrypted_values_never_reach_a_disk_in_plaintext_and_a_wrong_key_stops_
     let log = cluster.log_tail(2, 5);
     assert!(log.contains("no --encryption-key-file"), "{log}");
 
+    // Its saved table gone, node 3 starts with the wrong key: the other nodes refuse its
+    // peer batches, and its links say why.
+    cluster.start(0);
+    cluster.start(1);
+    std::fs::remove_file(cluster.data_dir(2).join("policy.table")).expect("the saved table is removed");
+    cluster.node_args[2] = vec!["--encryption-key-file".into(), wrong];
+    cluster.start(2);
+    let until = Instant::now() + Duration::from_secs(30);
+    let refused = loop {
+        let status = admin(cluster.endpoint(2)).status(StatusRequest::default()).await;
+        let errors: Vec<String> = (status.into_iter())
+            .flat_map(|s| s.into_inner().nodes)
+            .map(|n| n.link_error)
+            .filter(|e| e.contains("one of the two key files is wrong"))
+            .collect();
+        if !errors.is_empty() || Instant::now() > until {
+            break errors;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(!refused.is_empty(), "no link of the node with the wrong key was refused");
+    cluster.kill(2);
+
     // With the right key (rotated: a newer key appended), every value reads back, and
     // new writes through node 3 use the new key, which nodes without it cannot read.
     cluster.node_args[2] =
         vec!["--encryption-key-file".into(), write_key_file(&cluster, "rotated", &[("k1", 0x11), ("k2", 0x33)])];
-    for i in 0..3 {
-        cluster.start(i);
-    }
+    cluster.start(2);
     for j in 0..3 {
         assert_eq!(fetch(cluster.endpoint(2), &format!("secret/n{j}")).await, secret);
     }

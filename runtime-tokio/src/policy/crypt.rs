@@ -17,7 +17,9 @@
 //! - **E5 one key per name in the whole cluster.** The policy table records the
 //!   fingerprint of every data key used under a rule; a node whose key file gives one of
 //!   those names other bytes refuses to start (a wrong key file would otherwise write
-//!   values no other node can read).
+//!   values no other node can read). Every peer batch also carries its sender's key
+//!   fingerprints, and a receiver holding one of those names with other bytes refuses it
+//!   (`crate::peer`), so a wrong key shows before any rule records it.
 //! - **E6 unique nonces.** Each encryption draws a fresh 192-bit nonce from a ChaCha20
 //!   generator seeded with 256 bits of OS randomness (from the simulation's seed under
 //!   madsim, so runs stay deterministic).
