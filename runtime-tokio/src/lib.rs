@@ -325,14 +325,16 @@ pub async fn spawn_node_on(
     let (control, control_rx) = mpsc::channel(node::CONTROL_QUEUE_MAX);
     let name: Arc<str> = me.name.as_str().into();
 
+    // This node's data keys: sent with every peer batch, checked against every batch in.
+    let fingerprints = Arc::new(options.keyring.as_ref().map(|k| k.fingerprints()).unwrap_or_default());
     let header = BatchHeader {
         cluster: node.cluster(),
         from: me.clone(),
         restart: node.restart(),
         batches_sent: Default::default(),
-        keys: (options.keyring.iter().flat_map(|k| k.fingerprints()))
+        keys: (fingerprints.iter())
             .map(|(name, fingerprint)| memo_proto::peer::DataKeyFingerprint {
-                name,
+                name: name.clone(),
                 fingerprint: fingerprint.0.to_vec(),
             })
             .collect(),
@@ -357,8 +359,7 @@ pub async fn spawn_node_on(
         policies: policies.clone(),
         value_bytes_max: options.config.value_bytes_max,
     };
-    let keys = Arc::new(options.keyring.as_ref().map(|k| k.fingerprints()).unwrap_or_default());
-    let peer = PeerService { cluster: node.cluster(), keys, inbound, stop: stop_server_rx.clone() };
+    let peer = PeerService { cluster: node.cluster(), keys: fingerprints, inbound, stop: stop_server_rx.clone() };
     let admin = AdminService {
         control: control.clone(),
         me: me.clone(),

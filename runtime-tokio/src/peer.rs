@@ -134,11 +134,12 @@ impl PeerService {
         batch.keys.iter().find_map(|theirs| {
             let mine = self.keys.get(&theirs.name)?;
             (mine.0[..] != theirs.fingerprint[..]).then(|| {
-                let hex: String = theirs.fingerprint.iter().map(|b| format!("{b:02x}")).collect();
                 format!(
-                    "the data key {:?} of {} (fingerprint {hex}) differs from this node's ({mine}): \
+                    "the data key {:?} of {} (fingerprint {}) differs from this node's ({mine}): \
                      one of the two key files is wrong",
-                    theirs.name, batch.from_name
+                    theirs.name,
+                    batch.from_name,
+                    crate::policy::crypt::hex(&theirs.fingerprint)
                 )
             })
         })

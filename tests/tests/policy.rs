@@ -143,10 +143,14 @@ fn admin(addr: SocketAddr) -> AdminClient<Channel> {
 /// Sets a rule through `addr`, retrying while the cluster starts; every member must
 /// confirm it.
 async fn set_rule(addr: SocketAddr, prefix: &str, compression: &str) -> u64 {
+    set(addr, PolicyRule { prefix: prefix.into(), compression: compression.into(), encryption: false }).await
+}
+
+/// Sets `rule` through `addr`, as [`set_rule`] does.
+async fn set(addr: SocketAddr, rule: PolicyRule) -> u64 {
     let until = Instant::now() + Duration::from_secs(30);
     loop {
-        let rule = PolicyRule { prefix: prefix.into(), compression: compression.into(), encryption: false };
-        match admin(addr).policy_set(PolicySetRequest { rule: Some(rule) }).await {
+        match admin(addr).policy_set(PolicySetRequest { rule: Some(rule.clone()) }).await {
             Ok(answer) => {
                 let answer = answer.into_inner();
                 assert!(answer.unconfirmed.is_empty(), "unconfirmed: {:?}", answer.unconfirmed);
@@ -155,7 +159,7 @@ async fn set_rule(addr: SocketAddr, prefix: &str, compression: &str) -> u64 {
             Err(s) if s.code() == tonic::Code::Unavailable && Instant::now() < until => {
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
-            Err(s) => panic!("policy set {prefix:?} via {addr}: {s}"),
+            Err(s) => panic!("policy set {:?} via {addr}: {s}", rule.prefix),
         }
     }
 }
@@ -291,28 +295,9 @@ async fn encrypted_values_never_reach_a_disk_in_plaintext_and_a_wrong_key_stops_
     for i in 0..3 {
         cluster.start(i);
     }
-    let rule = |prefix: &str, compression: &str| PolicyRule {
-        prefix: prefix.into(),
-        compression: compression.into(),
-        encryption: true,
-    };
     for (prefix, compression) in [("secret/", "none"), ("secret/z/", "zstd")] {
-        let until = Instant::now() + Duration::from_secs(30);
-        loop {
-            match admin(cluster.endpoint(0))
-                .policy_set(PolicySetRequest { rule: Some(rule(prefix, compression)) })
-                .await
-            {
-                Ok(answer) => {
-                    assert!(answer.into_inner().unconfirmed.is_empty());
-                    break;
-                }
-                Err(s) if s.code() == tonic::Code::Unavailable && Instant::now() < until => {
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
-                Err(s) => panic!("policy set {prefix}: {s}"),
-            }
-        }
+        let rule = PolicyRule { prefix: prefix.into(), compression: compression.into(), encryption: true };
+        set(cluster.endpoint(0), rule).await;
     }
     let listed = admin(cluster.endpoint(1)).policy_list(PolicyListRequest {}).await.expect("list").into_inner();
     assert_eq!(listed.keys.len(), 1, "{:?}", listed.keys);

@@ -55,8 +55,13 @@ pub struct Fingerprint(pub [u8; 8]);
 
 impl fmt::Display for Fingerprint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0.iter().try_for_each(|b| write!(f, "{b:02x}"))
+        f.write_str(&hex(&self.0))
     }
+}
+
+/// Bytes as lowercase hex digits (a fingerprint as a peer sent it, whatever its length).
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 struct DataKey {
