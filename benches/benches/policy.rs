@@ -45,7 +45,7 @@ fn bench(c: &mut Criterion) {
         for compression in [Compression::None, Compression::Lz4, Compression::Zstd(3)] {
             for encrypt in [false, true] {
                 let label = format!("{compression}{}", if encrypt { "+enc" } else { "" });
-                let policies = policies(ValuePolicy { compression, encrypt });
+                let policies = policies(ValuePolicy { compression, encrypt, versions: 0 });
                 group.bench_function(format!("encode/{label}"), |b| {
                     b.iter(|| policies.encode(black_box(KEY), black_box(value.clone())).expect("encodes"))
                 });

@@ -29,10 +29,25 @@
 //! written before encodings existed reads back unchanged. (A build that predates bit 4
 //! refuses such a register as corrupt rather than misread it.)
 //!
+//! A register whose state carries a numbered history (versioning) sets flag bit 5 and
+//! ends, in either version, with it:
+//!
+//! ```text
+//! varint number, varint at_ms          the state's own version
+//! varint h, h × version                the earlier versions, oldest first
+//! version = varint number, varint at_ms, u8 kind (0 a Delete, 1 a plain value,
+//!           2 an encoded value), [varint len, bytes] if kind > 0, [u8 encoding] if kind 2
+//! ```
+//!
+//! Registers of keys never written under a versioning policy are byte for byte as before.
+//!
 //! Decoding never panics: truncated, oversized or unknown input is a [`StorageError`].
 
 use crate::ids::{NodeTag, OpId};
-use crate::kv::{ABORT_WATERMARKS_MAX, ABORTED_OPS_MAX, Aborts, Applied, Encoding, RECENT_OPS_MAX, State};
+use crate::kv::{
+    ABORT_WATERMARKS_MAX, ABORTED_OPS_MAX, Aborts, Applied, Encoding, History, RECENT_OPS_MAX, State, VERSIONS_MAX,
+    Value, Version,
+};
 use crate::paxos::acceptor::{Accepted, Register};
 use crate::paxos::ballot::Ballot;
 use crate::storage::StorageError;
@@ -46,6 +61,7 @@ const COMMITTED: u8 = 2;
 const STATE: u8 = 4;
 const TOMBSTONE: u8 = 8;
 const ENCODED: u8 = 16;
+const HISTORY: u8 = 32;
 /// Largest value length a register may claim (well above any configurable value limit).
 const VALUE_BYTES_MAX: u64 = 1 << 32;
 
@@ -53,8 +69,12 @@ const VALUE_BYTES_MAX: u64 = 1 << 32;
 pub fn encode_register(r: &Register) -> Vec<u8> {
     let state = r.accepted.as_ref().and_then(|a| a.state.as_ref());
     let value_len = state.and_then(State::value).map_or(0, <[u8]>::len);
+    let history_len = state.and_then(State::history).map_or(0, |h| {
+        24 + h.earlier.iter().map(|v| 24 + v.value.as_ref().map_or(0, |v| v.bytes.len())).sum::<usize>()
+    });
     let mut out = Vec::with_capacity(
         value_len
+            + history_len
             + 48
             + 60 * state.map_or(0, |s| s.recent().len())
             + 30 * state.map_or(0, |s| s.aborted().ops.len() + s.aborted().below.len()),
@@ -75,6 +95,9 @@ pub fn encode_register(r: &Register) -> Vec<u8> {
             State::Tombstone { .. } => flags |= TOMBSTONE,
             State::Value { encoding, .. } if *encoding != Encoding::PLAIN => flags |= ENCODED,
             State::Value { .. } => {}
+        }
+        if s.history().is_some() {
+            flags |= HISTORY;
         }
     }
     out.push(flags);
@@ -102,6 +125,26 @@ pub fn encode_register(r: &Register) -> Vec<u8> {
                 }
             }
         }
+        if let Some(h) = s.history() {
+            put_varint(&mut out, h.number);
+            put_varint(&mut out, h.at_ms);
+            put_varint(&mut out, h.earlier.len() as u64);
+            for v in &h.earlier {
+                put_varint(&mut out, v.number);
+                put_varint(&mut out, v.at_ms);
+                match &v.value {
+                    None => out.push(0),
+                    Some(value) => {
+                        out.push(if value.encoding == Encoding::PLAIN { 1 } else { 2 });
+                        put_varint(&mut out, value.bytes.len() as u64);
+                        out.extend_from_slice(&value.bytes);
+                        if value.encoding != Encoding::PLAIN {
+                            out.push(value.encoding.0);
+                        }
+                    }
+                }
+            }
+        }
     }
     out
 }
@@ -115,8 +158,9 @@ pub fn decode_register(bytes: &[u8]) -> Result<Register, StorageError> {
     }
     let promised = r.ballot()?;
     let flags = r.byte()?;
-    if flags & !(ACCEPTED | COMMITTED | STATE | TOMBSTONE | ENCODED) != 0
+    if flags & !(ACCEPTED | COMMITTED | STATE | TOMBSTONE | ENCODED | HISTORY) != 0
         || (flags & STATE != 0 && flags & ACCEPTED == 0)
+        || (flags & HISTORY != 0 && flags & STATE == 0)
         || (flags & ENCODED != 0 && (flags & STATE == 0 || flags & TOMBSTONE != 0))
     {
         return Err(corrupt("invalid register flags"));
@@ -211,12 +255,7 @@ impl Reader<'_> {
         let value = if flags & TOMBSTONE != 0 {
             None
         } else {
-            let len = self.varint()?;
-            if len > VALUE_BYTES_MAX || len as usize > self.bytes.len() - self.at {
-                return Err(corrupt("value longer than the record"));
-            }
-            let v = self.bytes[self.at..self.at + len as usize].to_vec();
-            self.at += len as usize;
+            let v = self.bytes_field()?;
             let encoding = if flags & ENCODED != 0 { Encoding(self.byte()?) } else { Encoding::PLAIN };
             if flags & ENCODED != 0 && encoding == Encoding::PLAIN {
                 return Err(corrupt("an encoded value marked plain"));
@@ -238,10 +277,51 @@ impl Reader<'_> {
             aborted.ops = self.ops(ABORTED_OPS_MAX)?;
             aborted.below = self.ops(ABORT_WATERMARKS_MAX)?;
         }
+        let history = if flags & HISTORY != 0 { Some(Box::new(self.history()?)) } else { None };
         Ok(match value {
-            Some((value, encoding)) => State::Value { value, encoding, recent, aborted },
-            None => State::Tombstone { recent, aborted },
+            Some((value, encoding)) => State::Value { value, encoding, recent, aborted, history },
+            None => State::Tombstone { recent, aborted, history },
         })
+    }
+
+    /// A length-prefixed byte string.
+    fn bytes_field(&mut self) -> Result<Vec<u8>, StorageError> {
+        let len = self.varint()?;
+        if len > VALUE_BYTES_MAX || len as usize > self.bytes.len() - self.at {
+            return Err(corrupt("value longer than the record"));
+        }
+        let v = self.bytes[self.at..self.at + len as usize].to_vec();
+        self.at += len as usize;
+        Ok(v)
+    }
+
+    fn history(&mut self) -> Result<History, StorageError> {
+        let number = self.varint()?;
+        let at_ms = self.varint()?;
+        let n = self.varint()?;
+        if n >= u64::from(VERSIONS_MAX) {
+            return Err(corrupt("too many versions"));
+        }
+        let mut earlier = Vec::with_capacity(n as usize);
+        for _ in 0..n {
+            let number = self.varint()?;
+            let at_ms = self.varint()?;
+            let value = match self.byte()? {
+                0 => None,
+                1 => Some(Value { bytes: self.bytes_field()?, encoding: Encoding::PLAIN }),
+                2 => {
+                    let bytes = self.bytes_field()?;
+                    let encoding = Encoding(self.byte()?);
+                    if encoding == Encoding::PLAIN {
+                        return Err(corrupt("an encoded version marked plain"));
+                    }
+                    Some(Value { bytes, encoding })
+                }
+                _ => return Err(corrupt("unknown version kind")),
+            };
+            earlier.push(Version { number, at_ms, value });
+        }
+        Ok(History { number, at_ms, earlier })
     }
 }
 
@@ -268,6 +348,24 @@ mod tests {
         (any::<u64>(), any::<u64>(), any::<u64>()).prop_map(|(n, r, s)| OpId { node: NodeTag(n), restart: r, seq: s })
     }
 
+    fn history() -> impl Strategy<Value = Option<Box<History>>> {
+        let version = (
+            any::<u64>(),
+            any::<u64>(),
+            prop_oneof![
+                Just(None),
+                (proptest::collection::vec(any::<u8>(), 0..16), any::<u8>())
+                    .prop_map(|(bytes, e)| Some(Value { bytes, encoding: Encoding(e) })),
+            ],
+        )
+            .prop_map(|(number, at_ms, value)| Version { number, at_ms, value });
+        prop_oneof![
+            Just(None),
+            (any::<u64>(), any::<u64>(), proptest::collection::vec(version, 0..6))
+                .prop_map(|(number, at_ms, earlier)| Some(Box::new(History { number, at_ms, earlier }))),
+        ]
+    }
+
     fn register() -> impl Strategy<Value = Register> {
         let aborted = || {
             prop_oneof![
@@ -282,16 +380,18 @@ mod tests {
                 proptest::collection::vec(any::<u8>(), 0..64),
                 prop_oneof![Just(0u8), any::<u8>()],
                 proptest::collection::vec(applied(), 0..5),
-                aborted()
+                aborted(),
+                history(),
             )
-                .prop_map(|(value, encoding, recent, aborted)| Some(State::Value {
+                .prop_map(|(value, encoding, recent, aborted, history)| Some(State::Value {
                     value,
                     encoding: Encoding(encoding),
                     recent,
-                    aborted
+                    aborted,
+                    history,
                 })),
-            (proptest::collection::vec(applied(), 0..5), aborted())
-                .prop_map(|(recent, aborted)| Some(State::Tombstone { recent, aborted })),
+            (proptest::collection::vec(applied(), 0..5), aborted(), history())
+                .prop_map(|(recent, aborted, history)| Some(State::Tombstone { recent, aborted, history })),
         ];
         let accepted =
             prop_oneof![Just(None), (ballot(), state).prop_map(|(ballot, state)| Some(Accepted { ballot, state }))];
@@ -331,6 +431,7 @@ mod tests {
                     encoding: Encoding::PLAIN,
                     recent: vec![Applied { ballot: b, op }],
                     aborted: Aborts::default(),
+                    history: None,
                 }),
             }),
             committed: true,
@@ -357,6 +458,7 @@ mod tests {
                 state: Some(State::Tombstone {
                     recent: vec![Applied { ballot: b, op }],
                     aborted: Aborts { ops: vec![gone], below: vec![op] },
+                    history: None,
                 }),
             }),
             committed: false,
@@ -386,6 +488,7 @@ mod tests {
                     encoding: Encoding(encoding),
                     recent: vec![],
                     aborted: Aborts::default(),
+                    history: None,
                 }),
             }),
             committed: false,
@@ -408,6 +511,45 @@ mod tests {
     }
 
     #[test]
+    fn a_history_is_written_behind_flag_5_and_its_damage_is_refused() {
+        let b = Ballot { epoch: 1, round: 2, node: NodeTag(3), restart: 1 };
+        let history = History {
+            number: 3,
+            at_ms: 300,
+            earlier: vec![
+                Version { number: 1, at_ms: 5, value: Some(Value::plain("a")) },
+                Version { number: 2, at_ms: 6, value: None },
+            ],
+        };
+        let register = Register {
+            promised: b,
+            accepted: Some(Accepted {
+                ballot: b,
+                state: Some(State::Tombstone {
+                    recent: vec![],
+                    aborted: Aborts::default(),
+                    history: Some(Box::new(history)),
+                }),
+            }),
+            committed: false,
+        };
+        let bytes = encode_register(&register);
+        assert_eq!(
+            bytes,
+            [1, 1, 2, 3, 1, 1 | 4 | 8 | 32, 1, 2, 3, 1, 0, 3, 0xac, 0x02, 2, 1, 5, 1, 1, b'a', 2, 6, 0],
+            "the history is appended; everything before it is the version 1 layout"
+        );
+        assert_eq!(decode_register(&bytes).unwrap(), register);
+        let mut kind = bytes.clone();
+        kind[17] = 7; // the first version's kind
+        assert!(decode_register(&kind).is_err());
+        let mut flags = bytes.clone();
+        flags[5] = 32; // a history without a state
+        assert!(decode_register(&flags).is_err());
+        assert!(decode_register(&bytes[..bytes.len() - 1]).is_err());
+    }
+
+    #[test]
     fn version_1_registers_still_decode() {
         // Bytes written by builds before aborted writes existed.
         let bytes = [1, 1, 2, 0xac, 0x02, 1, 7, 1, 2, 0xac, 0x02, 1, 2, b'h', b'i', 0];
@@ -419,7 +561,8 @@ mod tests {
                 value: b"hi".to_vec(),
                 encoding: Encoding::PLAIN,
                 recent: vec![],
-                aborted: Aborts::default()
+                aborted: Aborts::default(),
+                history: None,
             }
         );
     }

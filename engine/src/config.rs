@@ -45,6 +45,12 @@ pub enum PlantedBug {
     /// a config that leaked without being chosen passes for the chosen one (breaks F4's
     /// whole-config comparison; H9).
     ConfigCheckedByEpochOnly,
+    /// A Delete on a versioned key drops the versions before it (breaks V3: they stay
+    /// readable until later writes age them out).
+    DeleteDropsVersions,
+    /// Tombstone garbage collection removes a tombstone whose history still keeps values
+    /// (breaks V4).
+    GcDropsVersions,
 }
 
 /// Static parameters of a cluster, fixed at creation.

@@ -140,6 +140,46 @@ impl From<Vec<u8>> for Value {
     }
 }
 
+/// The most versions a key may keep (`memo policy set --versions N`): every Accept and
+/// every read view of a versioned key carries its whole history.
+pub const VERSIONS_MAX: u16 = 100;
+
+/// What a write asks of its key's history, fixed by the node where the write entered the
+/// cluster and carried with it to whichever node applies it (versioning, rule V2).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stamp {
+    /// How many versions of the key to keep, this write's included (0 and 1: no history;
+    /// at most [`VERSIONS_MAX`]).
+    pub keep: u16,
+    /// When the write entered the cluster: milliseconds since the Unix epoch on the entry
+    /// node's clock (0: unknown). Recorded, never compared.
+    pub at_ms: u64,
+}
+
+/// One version of a key: a value, or a Delete.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Version {
+    /// Its number in the key's chosen order (V1); 0 for the current value of a key whose
+    /// writes were never numbered.
+    pub number: u64,
+    /// When its write entered the cluster ([`Stamp::at_ms`]; 0: unknown).
+    pub at_ms: u64,
+    /// The value, or `None` for a Delete.
+    pub value: Option<Value>,
+}
+
+/// The numbered history of a key written under a versioning policy (V1–V4): the number
+/// and time of the state's own write, and the versions before it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct History {
+    /// The number of the write that made this state.
+    pub number: u64,
+    /// When that write entered the cluster.
+    pub at_ms: u64,
+    /// The earlier versions kept, oldest first, numbers consecutive up to `number - 1`.
+    pub earlier: Vec<Version>,
+}
+
 /// What a register holds once something was ever chosen for it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum State {
@@ -154,6 +194,9 @@ pub enum State {
         recent: Vec<Applied>,
         /// Writes a recovery declared aborted.
         aborted: Aborts,
+        /// The numbered versions, once a write under a versioning policy numbered them
+        /// (`None`: never; the common case costs nothing).
+        history: Option<Box<History>>,
     },
     /// A deleted key, kept until garbage collection (R8). A recovery that aborts a write
     /// on an absent key also leaves a tombstone, to carry the marker.
@@ -162,6 +205,8 @@ pub enum State {
         recent: Vec<Applied>,
         /// As for `Value`.
         aborted: Aborts,
+        /// As for `Value`: a versioned Delete keeps the versions before it (V3).
+        history: Option<Box<History>>,
     },
 }
 
@@ -201,13 +246,47 @@ impl State {
         }
     }
 
-    /// Bytes of the buffers this state owns (the value, recent and aborted writes), for
-    /// the memory bounds of the caches that keep states.
+    /// The numbered history, if a versioned write ever numbered this key.
+    pub fn history(&self) -> Option<&History> {
+        match self {
+            State::Value { history, .. } | State::Tombstone { history, .. } => history.as_deref(),
+        }
+    }
+
+    /// The key's versions, oldest first, the current one last: the numbered history, or
+    /// the live value alone as version 0 if the key's writes were never numbered.
+    pub fn versions(&self) -> Vec<Version> {
+        match self.history() {
+            Some(h) => {
+                let mut all = h.earlier.clone();
+                all.push(Version { number: h.number, at_ms: h.at_ms, value: self.stored() });
+                all
+            }
+            None => self.stored().map(|v| Version { number: 0, at_ms: 0, value: Some(v) }).into_iter().collect(),
+        }
+    }
+
+    /// Whether tombstone garbage collection (R8) may remove this state: a tombstone whose
+    /// history keeps no value (V4: versions a Delete left readable stay until they age out).
+    pub fn collectable(&self) -> bool {
+        matches!(self, State::Tombstone { .. })
+            && self.history().is_none_or(|h| h.earlier.iter().all(|v| v.value.is_none()))
+    }
+
+    /// Bytes of the buffers this state owns (the value, recent and aborted writes, the
+    /// history), for the memory bounds of the caches that keep states.
     pub fn heap_bytes(&self) -> usize {
         self.value().map_or(0, <[u8]>::len)
             + std::mem::size_of_val(self.recent())
             + std::mem::size_of_val(self.aborted().ops.as_slice())
             + std::mem::size_of_val(self.aborted().below.as_slice())
+            + self.history().map_or(0, |h| {
+                std::mem::size_of::<History>()
+                    + h.earlier
+                        .iter()
+                        .map(|v| std::mem::size_of::<Version>() + v.value.as_ref().map_or(0, |v| v.bytes.len()))
+                        .sum::<usize>()
+            })
     }
 
     /// Whether the write `op` is among the recent writes.
@@ -224,7 +303,8 @@ impl State {
 /// Records `op` as aborted in `state` (R6): an absent key becomes a tombstone carrying the
 /// marker. Idempotent.
 pub fn abort(state: &mut Option<State>, op: OpId) {
-    let s = state.get_or_insert_with(|| State::Tombstone { recent: Vec::new(), aborted: Aborts::default() });
+    let s =
+        state.get_or_insert_with(|| State::Tombstone { recent: Vec::new(), aborted: Aborts::default(), history: None });
     match s {
         State::Value { aborted, .. } | State::Tombstone { aborted, .. } => aborted.add(op),
     }
@@ -249,6 +329,12 @@ pub enum Change {
     Delete,
     /// Read the value (linearizable).
     Fetch,
+    /// Read the key's versions (linearizable): all of them, oldest first, or only the one
+    /// numbered `number` (none if it is not kept). Answers [`Answer::Versions`].
+    Versions {
+        /// One version, or all.
+        number: Option<u64>,
+    },
     /// Set to `value` if the stored value is `expected`, bytes and encoding (`None`:
     /// absent), else CONFLICT and nothing changes: a compare-and-set for memo's own
     /// read-modify-write records (the policy table). Not on the public API.
@@ -263,7 +349,7 @@ pub enum Change {
 impl Change {
     /// Whether this change can modify the register.
     pub fn is_write(&self) -> bool {
-        !matches!(self, Change::Fetch)
+        !matches!(self, Change::Fetch | Change::Versions { .. })
     }
 }
 
@@ -280,16 +366,28 @@ pub enum Answer {
     NotFound,
     /// Swap on a key that does not hold the expected value.
     Conflict,
+    /// The versions a [`Change::Versions`] asked for, oldest first.
+    Versions(Vec<Version>),
 }
 
-/// Applies `change` (made by `op`, proposed at `ballot`) to `state` in place and returns its
-/// answer. A change whose precondition fails leaves the state untouched.
+/// Applies `change` (made by `op`, stamped `stamp`, proposed at `ballot`) to `state` in
+/// place and returns its answer. A change whose precondition fails leaves the state
+/// untouched.
 ///
 /// Every write first checks its op-id against the state (R6): a write the state already
 /// remembers took effect before and answers `Done` without applying again (a replayed
 /// Forward whose dedup window was lost in a restart); a write the state marks aborted is
 /// refused with [`Aborted`] and changes nothing.
-pub fn apply(state: &mut Option<State>, change: &Change, op: OpId, ballot: Ballot) -> Result<Answer, Aborted> {
+///
+/// A write that takes effect on a numbered key, or that asks to keep versions, gets the
+/// next version number (see [`next_history`]).
+pub fn apply(
+    state: &mut Option<State>,
+    change: &Change,
+    op: OpId,
+    stamp: Stamp,
+    ballot: Ballot,
+) -> Result<Answer, Aborted> {
     let present = visible(state.as_ref()).is_some();
     if change.is_write() {
         if state.as_ref().is_some_and(|s| s.carries(op)) {
@@ -306,6 +404,7 @@ pub fn apply(state: &mut Option<State>, change: &Change, op: OpId, ballot: Ballo
                 None => Answer::NotFound,
             });
         }
+        Change::Versions { number } => return Ok(Answer::Versions(versions(state.as_ref(), *number))),
         Change::Insert(_) if present => return Ok(Answer::AlreadyExists),
         Change::Update(_) | Change::Delete if !present => return Ok(Answer::NotFound),
         Change::Swap { expected, .. } if state.as_ref().and_then(State::stored) != *expected => {
@@ -316,8 +415,9 @@ pub fn apply(state: &mut Option<State>, change: &Change, op: OpId, ballot: Ballo
             encoding: v.encoding,
             recent: Vec::new(),
             aborted: Aborts::default(),
+            history: None,
         },
-        Change::Delete => State::Tombstone { recent: Vec::new(), aborted: Aborts::default() },
+        Change::Delete => State::Tombstone { recent: Vec::new(), aborted: Aborts::default(), history: None },
     };
     let mut recent = state.as_ref().map(|s| s.recent().to_vec()).unwrap_or_default();
     recent.push(Applied { ballot, op });
@@ -325,31 +425,76 @@ pub fn apply(state: &mut Option<State>, change: &Change, op: OpId, ballot: Ballo
         recent.drain(..recent.len() - RECENT_OPS_MAX);
     }
     let aborted = state.as_ref().map(|s| s.aborted().clone()).unwrap_or_default();
+    let numbered = next_history(state.as_ref(), stamp);
     let mut next = next;
     match &mut next {
-        State::Value { recent: r, aborted: x, .. } | State::Tombstone { recent: r, aborted: x } => {
+        State::Value { recent: r, aborted: x, history: h, .. }
+        | State::Tombstone { recent: r, aborted: x, history: h } => {
             *r = recent;
             *x = aborted;
+            *h = numbered;
         }
     }
     *state = Some(next);
     Ok(Answer::Done)
 }
 
+/// The history of the state a write makes on top of `old` (versioning, V1–V3):
+///
+/// - a key is numbered from its first write stamped to keep more than one version, and
+///   stays numbered: every later write that takes effect gets the next number, whatever
+///   its stamp (so numbers never restart while the register lives);
+/// - the version it replaces (a value, or a Delete as a version with no value) joins the
+///   earlier versions; a live value written before numbering began becomes version 1;
+/// - the newest `stamp.keep` versions are kept, this write's included.
+///
+/// A pure function of the chosen state and the write: every replica that holds the state
+/// holds the same numbers (V1).
+pub fn next_history(old: Option<&State>, stamp: Stamp) -> Option<Box<History>> {
+    let prev = old.and_then(State::history);
+    if prev.is_none() && stamp.keep <= 1 {
+        return None;
+    }
+    let (base, at_ms, mut earlier) = match prev {
+        Some(h) => (h.number, h.at_ms, h.earlier.clone()),
+        None => (u64::from(old.and_then(State::value).is_some()), 0, Vec::new()),
+    };
+    if base > 0 {
+        earlier.push(Version { number: base, at_ms, value: old.and_then(State::stored) });
+    }
+    let earlier_max = usize::from(stamp.keep.clamp(1, VERSIONS_MAX)) - 1;
+    if earlier.len() > earlier_max {
+        earlier.drain(..earlier.len() - earlier_max);
+    }
+    Some(Box::new(History { number: base + 1, at_ms: stamp.at_ms, earlier }))
+}
+
+/// The versions of `state` a [`Change::Versions`] asks for.
+pub fn versions(state: Option<&State>, number: Option<u64>) -> Vec<Version> {
+    let mut all = state.map(State::versions).unwrap_or_default();
+    if let Some(n) = number {
+        all.retain(|v| v.number == n);
+    }
+    all
+}
+
 /// Applies a fold of changes in order; each write that takes effect is remembered in the
 /// state's recent writes.
 pub fn apply_fold<'a>(
     state: &mut Option<State>,
-    changes: impl IntoIterator<Item = (&'a Change, OpId)>,
+    changes: impl IntoIterator<Item = (&'a Change, OpId, Stamp)>,
     ballot: Ballot,
 ) -> Vec<Result<Answer, Aborted>> {
-    changes.into_iter().map(|(change, op)| apply(state, change, op, ballot)).collect()
+    changes.into_iter().map(|(change, op, stamp)| apply(state, change, op, stamp, ballot)).collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::ids::NodeTag;
+
+    /// No versioning.
+    const NO: Stamp = Stamp { keep: 0, at_ms: 0 };
 
     fn op(seq: u64) -> OpId {
         OpId { node: NodeTag(1), restart: 1, seq }
@@ -369,8 +514,9 @@ mod tests {
             encoding: Encoding::PLAIN,
             recent: old.clone(),
             aborted: Aborts::default(),
+            history: None,
         });
-        let dead = Some(State::Tombstone { recent: old, aborted: Aborts::default() });
+        let dead = Some(State::Tombstone { recent: old, aborted: Aborts::default(), history: None });
         type Row = (Option<State>, Change, Answer, Option<Value>);
         let table: Vec<Row> = vec![
             (None, Change::Insert(v("x")), Answer::Done, Some(v("x"))),
@@ -402,7 +548,7 @@ mod tests {
             ),
         ];
         for (i, (mut state, change, answer, after)) in table.into_iter().enumerate() {
-            assert_eq!(apply(&mut state, &change, op(9), b(2)), Ok(answer.clone()), "row {i}");
+            assert_eq!(apply(&mut state, &change, op(9), NO, b(2)), Ok(answer.clone()), "row {i}");
             assert_eq!(state.as_ref().and_then(State::stored), after, "row {i}");
             let remembered = state.as_ref().is_some_and(|s| s.carries(op(9)));
             assert_eq!(remembered, answer == Answer::Done && change.is_write(), "row {i}");
@@ -417,7 +563,7 @@ mod tests {
             Change::Insert(b"b".to_vec().into()),
             Change::Upsert(b"c".to_vec().into()),
         ];
-        let answers = apply_fold(&mut state, changes.iter().zip([op(1), op(2), op(3)]), b(5));
+        let answers = apply_fold(&mut state, changes.iter().zip([op(1), op(2), op(3)]).map(|(c, o)| (c, o, NO)), b(5));
         assert_eq!(answers, vec![Ok(Answer::Done), Ok(Answer::AlreadyExists), Ok(Answer::Done)]);
         let state = state.expect("written");
         assert!(state.carries(op(1)) && state.carries(op(3)) && !state.carries(op(2)));
@@ -429,7 +575,7 @@ mod tests {
     fn the_recent_window_keeps_the_newest_writes() {
         let mut state = None;
         for i in 0..20 {
-            apply(&mut state, &Change::Upsert(vec![i as u8].into()), op(i), b(i)).unwrap();
+            apply(&mut state, &Change::Upsert(vec![i as u8].into()), op(i), NO, b(i)).unwrap();
         }
         let recent = state.expect("written").recent().to_vec();
         assert_eq!(recent.len(), RECENT_OPS_MAX);
@@ -452,29 +598,29 @@ mod tests {
         assert!(!aborted.refuses(of(7, 2, 38)), "minted after the aborted write");
         assert!(!aborted.refuses(of(7, 3, 1)), "a later life");
         assert!(!aborted.refuses(of(8, 2, 24)), "another node");
-        assert_eq!(apply(&mut state, &Change::Delete, of(7, 2, 24), b(1)), Err(Aborted));
-        assert_eq!(apply(&mut state, &Change::Upsert(b"v".to_vec().into()), of(7, 2, 38), b(2)), Ok(Answer::Done));
+        assert_eq!(apply(&mut state, &Change::Delete, of(7, 2, 24), NO, b(1)), Err(Aborted));
+        assert_eq!(apply(&mut state, &Change::Upsert(b"v".to_vec().into()), of(7, 2, 38), NO, b(2)), Ok(Answer::Done));
     }
 
     #[test]
     fn a_write_is_applied_at_most_once_and_never_after_its_abort() {
         let v = |s: &str| Change::Upsert(s.as_bytes().to_vec().into());
         let mut state = None;
-        assert_eq!(apply(&mut state, &v("a"), op(1), b(1)), Ok(Answer::Done));
-        assert_eq!(apply(&mut state, &v("b"), op(2), b(2)), Ok(Answer::Done));
+        assert_eq!(apply(&mut state, &v("a"), op(1), NO, b(1)), Ok(Answer::Done));
+        assert_eq!(apply(&mut state, &v("b"), op(2), NO, b(2)), Ok(Answer::Done));
         // A replay of op 1 is remembered: no second effect.
-        assert_eq!(apply(&mut state, &v("a"), op(1), b(3)), Ok(Answer::Done));
+        assert_eq!(apply(&mut state, &v("a"), op(1), NO, b(3)), Ok(Answer::Done));
         assert_eq!(visible(state.as_ref()), Some(&b"b"[..]));
         // Op 3 is aborted: refused, state untouched; the marker is inherited by later states.
         abort(&mut state, op(3));
         abort(&mut state, op(3));
         assert_eq!(state.as_ref().map(|s| s.aborted().ops.len()), Some(1), "idempotent");
         let before = state.clone();
-        assert_eq!(apply(&mut state, &v("c"), op(3), b(4)), Err(Aborted));
+        assert_eq!(apply(&mut state, &v("c"), op(3), NO, b(4)), Err(Aborted));
         assert_eq!(state, before);
-        assert_eq!(apply(&mut state, &Change::Delete, op(4), b(5)), Ok(Answer::Done));
-        assert_eq!(apply(&mut state, &Change::Insert(b"d".to_vec().into()), op(3), b(6)), Err(Aborted));
-        assert_eq!(apply(&mut state, &Change::Fetch, op(3), b(6)), Ok(Answer::NotFound), "reads are not writes");
+        assert_eq!(apply(&mut state, &Change::Delete, op(4), NO, b(5)), Ok(Answer::Done));
+        assert_eq!(apply(&mut state, &Change::Insert(b"d".to_vec().into()), op(3), NO, b(6)), Err(Aborted));
+        assert_eq!(apply(&mut state, &Change::Fetch, op(3), NO, b(6)), Ok(Answer::NotFound), "reads are not writes");
     }
 
     #[test]
@@ -482,10 +628,10 @@ mod tests {
         let mut state = None;
         abort(&mut state, op(0));
         assert!(
-            matches!(&state, Some(State::Tombstone { recent, aborted }) if recent.is_empty() && aborted.ops == [op(0)])
+            matches!(&state, Some(State::Tombstone { recent, aborted, .. }) if recent.is_empty() && aborted.ops == [op(0)])
         );
         assert_eq!(visible(state.as_ref()), None);
-        assert_eq!(apply(&mut state, &Change::Insert(b"x".to_vec().into()), op(1), b(1)), Ok(Answer::Done));
+        assert_eq!(apply(&mut state, &Change::Insert(b"x".to_vec().into()), op(1), NO, b(1)), Ok(Answer::Done));
         for i in 2..20 {
             abort(&mut state, op(i));
         }
@@ -501,7 +647,7 @@ mod tests {
         let other = OpId { node: NodeTag(2), restart: 1, seq: 3 };
         assert!(!s.refuses(other), "nor another node's");
         // The write applied before the aborts is remembered, so a replay is Done, not refused.
-        assert_eq!(apply(&mut state, &Change::Insert(b"x".to_vec().into()), op(1), b(2)), Ok(Answer::Done));
+        assert_eq!(apply(&mut state, &Change::Insert(b"x".to_vec().into()), op(1), NO, b(2)), Ok(Answer::Done));
         // A later life of the node is above the watermark.
         assert!(!s.refuses(OpId { node: NodeTag(1), restart: 2, seq: 0 }));
     }
@@ -518,5 +664,102 @@ mod tests {
         assert!(a.ops.len() <= ABORTED_OPS_MAX);
         let last = OpId { node: NodeTag(ABORT_WATERMARKS_MAX as u64 + 4), restart: 1, seq: 0 };
         assert!(a.refuses(last));
+    }
+
+    fn keep(n: u16, at_ms: u64) -> Stamp {
+        Stamp { keep: n, at_ms }
+    }
+
+    fn numbers(state: &Option<State>) -> Vec<(u64, Option<Vec<u8>>)> {
+        versions(state.as_ref(), None).into_iter().map(|v| (v.number, v.value.map(|v| v.bytes))).collect()
+    }
+
+    fn some(s: &str) -> Option<Vec<u8>> {
+        Some(s.as_bytes().to_vec())
+    }
+
+    #[test]
+    fn versioned_writes_are_numbered_in_order_and_the_newest_n_are_kept() {
+        let mut state = None;
+        for (i, v) in ["a", "b", "c", "d"].into_iter().enumerate() {
+            let i = i as u64;
+            assert_eq!(
+                apply(&mut state, &Change::Upsert(Value::plain(v)), op(i), keep(3, 100 + i), b(i)),
+                Ok(Answer::Done)
+            );
+        }
+        assert_eq!(numbers(&state), vec![(2, some("b")), (3, some("c")), (4, some("d"))]);
+        let third = versions(state.as_ref(), Some(3));
+        assert_eq!(third, vec![Version { number: 3, at_ms: 102, value: Some(Value::plain("c")) }]);
+        assert!(versions(state.as_ref(), Some(1)).is_empty(), "aged out");
+        assert_eq!(
+            apply(&mut state, &Change::Versions { number: Some(4) }, op(9), NO, b(9)),
+            Ok(Answer::Versions(vec![Version { number: 4, at_ms: 103, value: Some(Value::plain("d")) }]))
+        );
+        // A write refused by its precondition, or replayed, takes no number.
+        assert_eq!(
+            apply(&mut state, &Change::Insert(Value::plain("x")), op(10), keep(3, 1), b(10)),
+            Ok(Answer::AlreadyExists)
+        );
+        assert_eq!(apply(&mut state, &Change::Upsert(Value::plain("d")), op(3), keep(3, 1), b(11)), Ok(Answer::Done));
+        assert_eq!(numbers(&state).last().map(|v| v.0), Some(4));
+    }
+
+    #[test]
+    fn a_delete_is_a_version_and_leaves_the_earlier_ones_readable() {
+        let mut state = None;
+        apply(&mut state, &Change::Upsert(Value::plain("a")), op(1), keep(3, 1), b(1)).unwrap();
+        apply(&mut state, &Change::Upsert(Value::plain("b")), op(2), keep(3, 2), b(2)).unwrap();
+        apply(&mut state, &Change::Delete, op(3), keep(3, 3), b(3)).unwrap();
+        assert_eq!(visible(state.as_ref()), None);
+        assert_eq!(apply(&mut state, &Change::Fetch, op(9), NO, b(9)), Ok(Answer::NotFound));
+        assert_eq!(numbers(&state), vec![(1, some("a")), (2, some("b")), (3, None)]);
+        let s = state.clone().expect("a tombstone");
+        assert!(!s.collectable(), "V4: versions with values keep the tombstone");
+        // Writes after the Delete go on counting; once only Deletes are left, the
+        // tombstone may be collected.
+        apply(&mut state, &Change::Insert(Value::plain("c")), op(4), keep(3, 4), b(4)).unwrap();
+        assert_eq!(numbers(&state), vec![(2, some("b")), (3, None), (4, some("c"))]);
+        apply(&mut state, &Change::Delete, op(5), keep(2, 5), b(5)).unwrap();
+        apply(&mut state, &Change::Insert(Value::plain("e")), op(6), keep(2, 6), b(6)).unwrap();
+        apply(&mut state, &Change::Delete, op(7), keep(2, 7), b(7)).unwrap();
+        assert_eq!(numbers(&state), vec![(6, some("e")), (7, None)]);
+        apply(&mut state, &Change::Insert(Value::plain("f")), op(8), keep(2, 8), b(8)).unwrap();
+        apply(&mut state, &Change::Delete, op(9), keep(1, 9), b(9)).unwrap();
+        assert_eq!(numbers(&state), vec![(9, None)]);
+        assert!(state.expect("a tombstone").collectable());
+    }
+
+    #[test]
+    fn numbering_starts_at_the_first_versioned_write_and_never_restarts() {
+        // A key written before versioning applied: its live value becomes version 1.
+        let mut state = None;
+        apply(&mut state, &Change::Upsert(Value::plain("old")), op(1), NO, b(1)).unwrap();
+        assert_eq!(numbers(&state), vec![(0, some("old"))], "an unnumbered key shows its value as version 0");
+        assert_eq!(state.as_ref().map(State::heap_bytes), Some(3 + std::mem::size_of::<Applied>()));
+        apply(&mut state, &Change::Upsert(Value::plain("new")), op(2), keep(5, 7), b(2)).unwrap();
+        assert_eq!(numbers(&state), vec![(1, some("old")), (2, some("new"))]);
+        // Versioning turned off again: the history is dropped, the numbers go on.
+        apply(&mut state, &Change::Upsert(Value::plain("later")), op(3), NO, b(3)).unwrap();
+        assert_eq!(numbers(&state), vec![(3, some("later"))]);
+        // A key deleted before versioning starts from 1; an absent key lists nothing.
+        let mut dead = None;
+        apply(&mut dead, &Change::Upsert(Value::plain("x")), op(1), NO, b(1)).unwrap();
+        apply(&mut dead, &Change::Delete, op(2), NO, b(2)).unwrap();
+        assert!(numbers(&dead).is_empty());
+        apply(&mut dead, &Change::Insert(Value::plain("y")), op(3), keep(2, 3), b(3)).unwrap();
+        assert_eq!(numbers(&dead), vec![(1, some("y"))]);
+        assert!(versions(None, None).is_empty());
+    }
+
+    #[test]
+    fn the_history_is_bounded_by_versions_max() {
+        let mut state = None;
+        for i in 0..(u64::from(VERSIONS_MAX) + 20) {
+            apply(&mut state, &Change::Upsert(Value::plain(vec![1])), op(i), keep(u16::MAX, i), b(i)).unwrap();
+        }
+        let all = numbers(&state);
+        assert_eq!(all.len(), usize::from(VERSIONS_MAX));
+        assert_eq!(all.last().map(|v| v.0), Some(u64::from(VERSIONS_MAX) + 20));
     }
 }

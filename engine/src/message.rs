@@ -5,7 +5,7 @@
 
 use crate::KvError;
 use crate::ids::{ClusterId, NodeId, OpId};
-use crate::kv::{Answer, Change};
+use crate::kv::{Answer, Change, Stamp};
 use crate::paxos::acceptor::{Accepted, ReadView, Refusal};
 use crate::paxos::ballot::Ballot;
 use crate::placement::{EpochRef, PartitionConfig, PartitionId};
@@ -81,7 +81,7 @@ pub enum Message {
     /// Drop a garbage-collected tombstone (R8).
     Drop { key: String, epoch: EpochRef, ballot: Ballot },
     /// A client request forwarded to the partition's primary (at most one hop).
-    Forward { id: u64, seq: u64, op: OpId, key: String, change: Change },
+    Forward { id: u64, seq: u64, op: OpId, stamp: Stamp, key: String, change: Change },
     /// The primary's answer to a forward.
     ForwardReply { id: u64, result: Result<Answer, KvError> },
     /// One List round: raw register views of keys in the given partitions.

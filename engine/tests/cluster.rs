@@ -1,7 +1,7 @@
 //! Whole-cluster behaviour of the engine through the deterministic harness: the KV API's
 //! status codes, routing, the fast path, List.
 
-use memo_engine::kv::{Change, Value};
+use memo_engine::kv::{Change, Stamp, Value};
 use memo_engine::list::{ListQuery, list_reference};
 use memo_engine::testing::{Faults, Sim};
 use memo_engine::{KvError, Request, Response};
@@ -35,7 +35,11 @@ fn every_operation_answers_with_memos_status_codes() {
 
 fn swap(key: &str, expected: Option<&str>, value: &str) -> Request {
     let expected = expected.map(|e| Value::plain(e.as_bytes()));
-    Request::Kv { key: key.into(), change: Change::Swap { expected, value: Value::plain(value.as_bytes()) } }
+    Request::Kv {
+        key: key.into(),
+        change: Change::Swap { expected, value: Value::plain(value.as_bytes()) },
+        stamp: Stamp::default(),
+    }
 }
 
 /// The compare-and-set that memo's read-modify-write records use: of two swaps from the
@@ -168,5 +172,84 @@ fn proposer_state_stays_within_its_byte_bound_with_big_values() {
             call(&mut sim, (i + 1) % 3, Request::fetch(format!("key{i}"))),
             Ok(Response::Value(value(i, 1).into()))
         );
+    }
+}
+
+fn versioned(key: &str, change: Change, keep: u16, at_ms: u64) -> Request {
+    Request::Kv { key: key.into(), change, stamp: Stamp { keep, at_ms } }
+}
+
+fn versions_of(sim: &mut Sim, node: usize, key: &str) -> Vec<(u64, Option<Vec<u8>>)> {
+    let req = Request::Kv { key: key.into(), change: Change::Versions { number: None }, stamp: Stamp::default() };
+    match call(sim, node, req) {
+        Ok(Response::Versions(v)) => v.into_iter().map(|v| (v.number, v.value.map(|v| v.bytes))).collect(),
+        other => panic!("versions of {key}: {other:?}"),
+    }
+}
+
+/// Versioning (V1–V4) through the whole engine: writes racing from every node under lost
+/// and delayed messages are numbered in one order that every node reads back alike; a
+/// Delete keeps the versions before it, through the GC delay.
+fn versions_race_and_survive_a_delete(bug: Option<memo_engine::config::PlantedBug>) -> Result<(), String> {
+    fn tune(cfg: &mut memo_engine::Config) {
+        cfg.gc_delay = Duration::from_millis(200);
+    }
+    for seed in 0..10 {
+        let mut sim = Sim::with_config(3, 16, 3, 300 + seed, Faults::hostile(), tune);
+        if let Some(bug) = bug {
+            for i in 0..3 {
+                sim.plant(i, bug); // takes effect at the next start
+                sim.crash(i);
+                sim.restart(i);
+            }
+        }
+        let mut written = std::collections::BTreeSet::new();
+        for round in 0..4u64 {
+            let ids: Vec<_> = (0..3)
+                .map(|n| {
+                    let v = format!("r{round}n{n}");
+                    written.insert(v.clone().into_bytes());
+                    sim.submit(n, versioned("doc", Change::Upsert(Value::plain(v)), 10, round))
+                })
+                .collect();
+            sim.run_for(LIMIT);
+            let replies = sim.take_replies();
+            assert!(ids.iter().all(|id| replies.iter().any(|(_, r)| r.id == *id)), "seed {seed}: every write answered");
+        }
+        let seen: Vec<_> = (0..3).map(|n| versions_of(&mut sim, n, "doc")).collect();
+        assert!(seen.iter().all(|v| *v == seen[0]), "seed {seed}: every node reads the same versions: {seen:?}");
+        let numbers: Vec<u64> = seen[0].iter().map(|v| v.0).collect();
+        let last = *numbers.last().expect("versions");
+        assert_eq!(numbers, (last + 1 - numbers.len() as u64..=last).collect::<Vec<_>>(), "seed {seed}: consecutive");
+        assert!(seen[0].iter().all(|(_, v)| v.as_ref().is_some_and(|v| written.contains(v))), "seed {seed}: written");
+        // The Delete is a version; the values before it stay readable past the GC delay.
+        let before = seen[0].clone();
+        assert_eq!(call(&mut sim, 1, versioned("doc", Change::Delete, 10, 9)), Ok(Response::Done));
+        sim.run_for(Duration::from_secs(5));
+        let after = versions_of(&mut sim, 2, "doc");
+        let mut expected = before.clone();
+        expected.push((last + 1, None));
+        if expected.len() > 10 {
+            expected.remove(0);
+        }
+        if after != expected {
+            return Err(format!("seed {seed}: after the Delete, {after:?}, expected {expected:?}"));
+        }
+        assert_eq!(call(&mut sim, 0, Request::fetch("doc")), Err(KvError::NotFound));
+    }
+    Ok(())
+}
+
+#[test]
+fn versions_are_numbered_alike_on_every_node_and_a_delete_keeps_them() {
+    versions_race_and_survive_a_delete(None).unwrap();
+}
+
+#[test]
+fn the_versioning_test_catches_a_delete_or_a_gc_that_drops_versions() {
+    use memo_engine::config::PlantedBug;
+    for bug in [PlantedBug::DeleteDropsVersions, PlantedBug::GcDropsVersions] {
+        let found = versions_race_and_survive_a_delete(Some(bug));
+        assert!(found.is_err(), "{bug:?} went unnoticed");
     }
 }

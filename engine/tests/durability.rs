@@ -63,6 +63,7 @@ fn accept(node: &Node<Arc<MemoryStorage>>, key: &str, round: u64) -> Message {
         encoding: memo_engine::Encoding::PLAIN,
         recent: vec![Applied { ballot: ballot(round), op }],
         aborted: Default::default(),
+        history: None,
     });
     Message::Accept {
         key: key.into(),

@@ -138,7 +138,7 @@ impl Run {
             let outcome = match reply.result {
                 Ok(Response::Done) => Outcome::Ok,
                 Ok(Response::Value(v)) => Outcome::Value(v.bytes),
-                Ok(Response::List(_)) => unreachable!("no List in this workload"),
+                Ok(Response::List(_) | Response::Versions(_)) => unreachable!("no List or Versions in this workload"),
                 Err(KvError::AlreadyExists) => Outcome::AlreadyExists,
                 Err(KvError::NotFound) => Outcome::NotFound,
                 // The checker holds what the message promises: a fenced write took

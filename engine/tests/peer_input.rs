@@ -1,7 +1,7 @@
 //! Bad input from the network is an error, never a panic (docs/ARCHITECTURE.md, "The engine contract"): garbage bytes,
 //! truncated or mutated envelopes, other clusters, forged senders, out-of-range fields.
 
-use memo_engine::kv::Change;
+use memo_engine::kv::{Change, Stamp};
 use memo_engine::message::{self, Envelope, Message, PeerError, ScanRange};
 use memo_engine::paxos::acceptor::Accepted;
 use memo_engine::paxos::ballot::Ballot;
@@ -55,6 +55,7 @@ fn valid_messages() -> Vec<Message> {
             id: 1,
             seq: 1,
             op: OpId { node: ids()[1].tag(), restart: 1, seq: 1 },
+            stamp: Stamp::default(),
             key: "k".into(),
             change: Change::Upsert(b"v".to_vec().into()),
         },
@@ -95,6 +96,7 @@ fn out_of_range_fields_are_refused() {
             id: 1,
             seq: 1,
             op: OpId { node: ids()[1].tag(), restart: 1, seq: 1 },
+            stamp: Stamp::default(),
             key: "k".into(),
             change: Change::Upsert(vec![0; 2 * 1024 * 1024].into()),
         },

@@ -16,13 +16,17 @@ use prost_types::{FileDescriptorProto, FileDescriptorSet};
 
 /// The `memo.kvs` contract, as rendered by [`render_package`]. It matches the
 /// original infinit/memo `memo_kvs.proto`; changing anything here breaks memo's
-/// clients. Adding a field (with a new number) means adding a line here.
+/// clients. Adding a field (with a new number) means adding a line here. memo's
+/// additions so far (none of which an existing client sends or must read):
+/// `FetchRequest.version` (0 by default: the current value, byte for byte the
+/// request memo's clients send) and the `ListVersions` RPC with its three messages.
 const EXPECTED_KVS: &str = "\
 file memo_kvs.proto syntax proto3 package memo.kvs
 service KeyValueStore: rpc Delete(DeleteRequest) returns (DeleteResponse)
 service KeyValueStore: rpc Fetch(FetchRequest) returns (FetchResponse)
 service KeyValueStore: rpc Insert(InsertRequest) returns (InsertResponse)
 service KeyValueStore: rpc List(ListRequest) returns (ListResponse)
+service KeyValueStore: rpc ListVersions(ListVersionsRequest) returns (ListVersionsResponse)
 service KeyValueStore: rpc Update(UpdateRequest) returns (UpdateResponse)
 service KeyValueStore: rpc Upsert(UpsertRequest) returns (UpsertResponse)
 message DeleteRequest
@@ -30,6 +34,7 @@ DeleteRequest.key = 1 string optional
 message DeleteResponse
 message FetchRequest
 FetchRequest.key = 1 string optional
+FetchRequest.version = 2 uint64 optional
 message FetchResponse
 FetchResponse.value = 1 bytes optional
 message InsertRequest
@@ -47,6 +52,10 @@ message ListResponse
 ListResponse.items = 1 .memo.kvs.ListItem repeated
 ListResponse.prefixes = 2 string repeated
 ListResponse.truncated = 3 bool optional
+message ListVersionsRequest
+ListVersionsRequest.key = 1 string optional
+message ListVersionsResponse
+ListVersionsResponse.versions = 1 .memo.kvs.VersionInfo repeated
 message UpdateRequest
 UpdateRequest.key = 1 string optional
 UpdateRequest.value = 2 bytes optional
@@ -55,6 +64,11 @@ message UpsertRequest
 UpsertRequest.key = 1 string optional
 UpsertRequest.value = 2 bytes optional
 message UpsertResponse
+message VersionInfo
+VersionInfo.number = 1 uint64 optional
+VersionInfo.size = 2 uint64 optional
+VersionInfo.deleted = 3 bool optional
+VersionInfo.timeMs = 4 uint64 optional
 ";
 
 fn descriptor_set() -> FileDescriptorSet {
@@ -221,7 +235,8 @@ fn golden_put_requests() {
 
 #[test]
 fn golden_key_requests_and_responses() {
-    golden(&FetchRequest { key: "k".into() }, &[0x0a, 0x01, b'k']);
+    golden(&FetchRequest { key: "k".into(), version: 0 }, &[0x0a, 0x01, b'k']);
+    golden(&FetchRequest { key: "k".into(), version: 7 }, &[0x0a, 0x01, b'k', 0x10, 0x07]);
     golden(&DeleteRequest { key: "k".into() }, &[0x0a, 0x01, b'k']);
     golden(&FetchResponse { value: b"xyz".to_vec() }, &[0x0a, 0x03, b'x', b'y', b'z']);
     golden(&InsertResponse {}, &[]);
@@ -230,7 +245,7 @@ fn golden_key_requests_and_responses() {
     golden(&DeleteResponse {}, &[]);
     golden(&FetchResponse::default(), &[]);
     // Non-ASCII keys travel as UTF-8.
-    golden(&FetchRequest { key: "é".into() }, &[0x0a, 0x02, 0xc3, 0xa9]);
+    golden(&FetchRequest { key: "é".into(), version: 0 }, &[0x0a, 0x02, 0xc3, 0xa9]);
 }
 
 #[test]

@@ -289,9 +289,9 @@ pub fn values_under_every_policy_stay_linearizable_through_faults() -> Scenario 
     use crate::options::SimRule;
     use memo_node::policy::Compression;
     let rules = [
-        SimRule { prefix: "k0", compression: Compression::Zstd(3), encrypt: true },
-        SimRule { prefix: "k1", compression: Compression::Lz4, encrypt: false },
-        SimRule { prefix: "k2", compression: Compression::None, encrypt: true },
+        SimRule { prefix: "k0", compression: Compression::Zstd(3), encrypt: true, versions: 0 },
+        SimRule { prefix: "k1", compression: Compression::Lz4, encrypt: false, versions: 0 },
+        SimRule { prefix: "k2", compression: Compression::None, encrypt: true, versions: 0 },
     ];
     Scenario::new("values_under_every_policy_stay_linearizable_through_faults")
         .nodes(3..=5)

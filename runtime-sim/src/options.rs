@@ -177,6 +177,8 @@ pub struct SimRule {
     pub compression: memo_node::policy::Compression,
     /// Whether it encrypts.
     pub encrypt: bool,
+    /// How many versions it keeps (0 and 1: no history).
+    pub versions: u16,
 }
 
 impl Scenario {
@@ -950,7 +952,11 @@ impl fmt::Display for SimOptions {
         }
         if !self.policies.is_empty() {
             let rules: Vec<String> = (self.policies.iter())
-                .map(|r| format!("{:?}:{}{}", r.prefix, r.compression, if r.encrypt { "+enc" } else { "" }))
+                .map(|r| {
+                    let enc = if r.encrypt { "+enc" } else { "" };
+                    let versions = if r.versions > 1 { format!("+v{}", r.versions) } else { String::new() };
+                    format!("{:?}:{}{enc}{versions}", r.prefix, r.compression)
+                })
                 .collect();
             writeln!(f, "  policies: {}, values padded by {} B", rules.join(" "), self.value_pad)?;
         }

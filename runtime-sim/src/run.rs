@@ -340,6 +340,7 @@ async fn set_policies(cluster: &Arc<Cluster>) -> Result<(), Failure> {
                 prefix: rule.prefix.to_string(),
                 compression: rule.compression.to_string(),
                 encryption: rule.encrypt,
+                versions: u64::from(rule.versions),
             }),
         };
         loop {

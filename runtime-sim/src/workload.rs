@@ -237,7 +237,7 @@ impl Client {
             }
             Command::Delete => stub.delete(with_deadline(DeleteRequest { key }, deadline)).await.map(|_| Outcome::Ok),
             Command::Fetch => stub
-                .fetch(with_deadline(FetchRequest { key }, deadline))
+                .fetch(with_deadline(FetchRequest { key, version: 0 }, deadline))
                 .await
                 .map(|reply| Outcome::Value(reply.into_inner().value)),
         }

@@ -335,6 +335,7 @@ fn rules_of(table: &PolicyTable) -> Vec<PolicyRule> {
             prefix: prefix.clone(),
             compression: rule.compression.to_string(),
             encryption: rule.encrypt,
+            versions: u64::from(rule.versions),
         })
         .collect()
 }
@@ -368,7 +369,8 @@ impl Admin for AdminService {
         request: tonic::Request<PolicySetRequest>,
     ) -> Result<tonic::Response<PolicyChangeResponse>, Status> {
         let rule = request.into_inner().rule.ok_or_else(|| Status::invalid_argument("the request carries no rule"))?;
-        let policy = table::parse_rule(&rule.compression, rule.encryption).map_err(Status::invalid_argument)?;
+        let policy =
+            table::parse_rule(&rule.compression, rule.encryption, rule.versions).map_err(Status::invalid_argument)?;
         table::validate_prefix(&rule.prefix).map_err(Status::invalid_argument)?;
         // An encrypting rule records this node's key fingerprints (E5): the keys the
         // other nodes must hold the same bytes for.

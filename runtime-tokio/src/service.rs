@@ -5,13 +5,14 @@
 
 use crate::node::{Call, CallResult};
 use crate::policy::table::{self, Policies, RESERVED_PREFIX};
-use memo_engine::kv::Change;
+use memo_engine::kv::{Change, Stamp, Version};
 use memo_engine::list::ListQuery;
 use memo_engine::{KvError, Request, Response};
 use memo_proto::kvs::key_value_store_server::KeyValueStore;
 use memo_proto::kvs::{
     DeleteRequest, DeleteResponse, FetchRequest, FetchResponse, InsertRequest, InsertResponse, ListItem, ListRequest,
-    ListResponse, UpdateRequest, UpdateResponse, UpsertRequest, UpsertResponse,
+    ListResponse, ListVersionsRequest, ListVersionsResponse, UpdateRequest, UpdateResponse, UpsertRequest,
+    UpsertResponse, VersionInfo,
 };
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -169,8 +170,17 @@ impl KvService {
     ) -> Result<Request, Status> {
         check_key(&key)?;
         memo_engine::node::validate_value_len(value.len(), self.value_bytes_max).map_err(status_from)?;
-        let value = self.policies.encode(&key, value).map_err(status_from)?;
-        Ok(Request::Kv { key, change: change(value) })
+        let (value, stamp) = self.policies.write(&key, value).map_err(status_from)?;
+        Ok(Request::Kv { key, change: change(value), stamp })
+    }
+
+    /// The versions of `key` (all, or the one numbered `number`), read linearizably.
+    async fn versions(&self, key: &str, number: Option<u64>) -> Result<Vec<Version>, Status> {
+        let request = Request::Kv { key: key.into(), change: Change::Versions { number }, stamp: Stamp::default() };
+        match self.submit(request).await? {
+            Response::Versions(versions) => Ok(versions),
+            other => Err(unexpected(&other)),
+        }
     }
 
     async fn write(&self, request: Request) -> Result<(), Status> {
@@ -259,14 +269,24 @@ impl KeyValueStore for KvService {
 
     async fn fetch(&self, request: tonic::Request<FetchRequest>) -> RpcResult<FetchResponse> {
         self.observe("Fetch", async {
-            let FetchRequest { key } = request.into_inner();
+            let FetchRequest { key, version } = request.into_inner();
             check_key(&key)?;
-            match self.submit(Request::fetch(key.clone())).await? {
-                Response::Value(value) => {
+            let Some(number) = Some(version).filter(|v| *v != 0) else {
+                return match self.submit(Request::fetch(key.clone())).await? {
+                    Response::Value(value) => {
+                        let value = self.policies.decode(&key, value, self.value_bytes_max).map_err(status_from)?;
+                        Ok(tonic::Response::new(FetchResponse { value }))
+                    }
+                    other => Err(unexpected(&other)),
+                };
+            };
+            match self.versions(&key, Some(number)).await?.pop() {
+                Some(Version { value: Some(value), .. }) => {
                     let value = self.policies.decode(&key, value, self.value_bytes_max).map_err(status_from)?;
                     Ok(tonic::Response::new(FetchResponse { value }))
                 }
-                other => Err(unexpected(&other)),
+                Some(Version { value: None, .. }) => Err(Status::not_found(format!("version {number} is a Delete"))),
+                None => Err(Status::not_found(format!("version {number} of the key is not kept"))),
             }
         })
         .await
@@ -276,8 +296,32 @@ impl KeyValueStore for KvService {
         self.observe("Delete", async {
             let DeleteRequest { key } = request.into_inner();
             check_key(&key)?;
-            self.write(Request::delete(key)).await?;
+            let stamp = self.policies.stamp(&key);
+            self.write(Request::Kv { key, change: Change::Delete, stamp }).await?;
             Ok(tonic::Response::new(DeleteResponse {}))
+        })
+        .await
+    }
+
+    async fn list_versions(&self, request: tonic::Request<ListVersionsRequest>) -> RpcResult<ListVersionsResponse> {
+        self.observe("ListVersions", async {
+            let ListVersionsRequest { key } = request.into_inner();
+            check_key(&key)?;
+            let versions = self.versions(&key, None).await?;
+            if versions.is_empty() {
+                return Err(status_from(KvError::NotFound));
+            }
+            let mut infos = Vec::with_capacity(versions.len());
+            for Version { number, at_ms, value } in versions {
+                let deleted = value.is_none();
+                let size = match value {
+                    // The size as the client wrote it: decoding also proves the version readable.
+                    Some(v) => self.policies.decode(&key, v, self.value_bytes_max).map_err(status_from)?.len(),
+                    None => 0,
+                };
+                infos.push(VersionInfo { number, size: size as u64, deleted, time_ms: at_ms });
+            }
+            Ok(tonic::Response::new(ListVersionsResponse { versions: infos }))
         })
         .await
     }

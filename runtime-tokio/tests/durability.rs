@@ -198,7 +198,7 @@ async fn serving(addr: SocketAddr) -> Client {
     let deadline = Instant::now() + SERVE_TIMEOUT;
     loop {
         let last = match connect(addr).await {
-            Some(mut client) => match client.fetch(FetchRequest { key: "memo-test/ready".into() }).await {
+            Some(mut client) => match client.fetch(FetchRequest { key: "memo-test/ready".into(), version: 0 }).await {
                 Ok(_) => return client,
                 Err(status) if status.code() == Code::NotFound => return client,
                 Err(status) => format!("{status:?}"),
@@ -233,7 +233,7 @@ async fn upsert_retrying(client: &mut Client, key: &str, value: &str) {
 
 /// The value of `key`, `None` if absent.
 async fn fetch(client: &mut Client, key: &str) -> Result<Option<String>, tonic::Status> {
-    match client.fetch(FetchRequest { key: key.into() }).await {
+    match client.fetch(FetchRequest { key: key.into(), version: 0 }).await {
         Ok(reply) => Ok(Some(String::from_utf8(reply.into_inner().value).expect("utf-8 values"))),
         Err(status) if status.code() == Code::NotFound => Ok(None),
         Err(status) => Err(status),

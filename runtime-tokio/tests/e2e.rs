@@ -54,7 +54,7 @@ async fn upsert(client: &mut Client, key: &str, value: &str) {
 }
 
 async fn fetch(client: &mut Client, key: &str) -> Result<Vec<u8>, Code> {
-    let request = FetchRequest { key: key.into() };
+    let request = FetchRequest { key: key.into(), version: 0 };
     match client.fetch(request).await {
         Ok(response) => Ok(response.into_inner().value),
         Err(status) => Err(status.code()),
@@ -256,7 +256,7 @@ async fn shutdown_refuses_new_calls_and_finishes_quickly() {
         let started = Instant::now();
         cluster.shutdown().await.expect("graceful shutdown");
         assert!(started.elapsed() < memo_node::SHUTDOWN_GRACE, "{:?}", started.elapsed());
-        let after = c[0].fetch(FetchRequest { key: "k".into() }).await;
+        let after = c[0].fetch(FetchRequest { key: "k".into(), version: 0 }).await;
         assert!(after.is_err(), "a stopped node does not answer");
     })
     .await;

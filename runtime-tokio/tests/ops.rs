@@ -199,8 +199,8 @@ async fn prometheus_exports_request_and_paxos_metrics() {
             let request = UpsertRequest { key: format!("k{i}"), value: b"v".to_vec() };
             client.upsert(request).await.expect("upsert");
         }
-        client.fetch(FetchRequest { key: "k0".into() }).await.expect("fetch");
-        let missing = client.fetch(FetchRequest { key: "nope".into() }).await.unwrap_err();
+        client.fetch(FetchRequest { key: "k0".into(), version: 0 }).await.expect("fetch");
+        let missing = client.fetch(FetchRequest { key: "nope".into(), version: 0 }).await.unwrap_err();
         assert_eq!(missing.code(), tonic::Code::NotFound);
 
         // Engine counters are sampled every second: poll until they show up.

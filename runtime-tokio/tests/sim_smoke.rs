@@ -67,7 +67,7 @@ async fn a_simulated_cluster_serves_through_a_crash_and_a_restart() {
             let mut c3 = KeyValueStoreClient::connect(format!("http://{}", addr(2)))
                 .await
                 .expect("connects to the restarted node");
-            let fetched = c3.fetch(FetchRequest { key: "k".into() }).await;
+            let fetched = c3.fetch(FetchRequest { key: "k".into(), version: 0 }).await;
             assert_eq!(fetched.expect("fetch").into_inner().value, b"v2");
 
             // The admin service answers in simulation too.

@@ -56,7 +56,7 @@ async fn upsert(addr: SocketAddr, key: &str, value: &str) -> Result<(), tonic::S
 }
 
 async fn fetch(addr: SocketAddr, key: &str) -> Result<Vec<u8>, tonic::Status> {
-    kv(addr).fetch(FetchRequest { key: key.into() }).await.map(|r| r.into_inner().value)
+    kv(addr).fetch(FetchRequest { key: key.into(), version: 0 }).await.map(|r| r.into_inner().value)
 }
 
 /// Waits until node `i` answers a read (any answer from the store itself).

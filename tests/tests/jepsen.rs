@@ -139,7 +139,7 @@ async fn call(client: &mut Client, key: &str, command: &Command) -> Result<Optio
         Command::Update(value) => client.update(UpdateRequest { key, value }).await.map(|_| None),
         Command::Upsert(value) => client.upsert(UpsertRequest { key, value }).await.map(|_| None),
         Command::Delete => client.delete(DeleteRequest { key }).await.map(|_| None),
-        Command::Fetch => client.fetch(FetchRequest { key }).await.map(|r| Some(r.into_inner().value)),
+        Command::Fetch => client.fetch(FetchRequest { key, version: 0 }).await.map(|r| Some(r.into_inner().value)),
     }
 }
 
@@ -204,7 +204,7 @@ async fn serving(addr: SocketAddr) {
     let deadline = Instant::now() + SERVE_TIMEOUT;
     let mut client = channel(addr);
     loop {
-        match client.fetch(FetchRequest { key: "memo-tests/ready".into() }).await {
+        match client.fetch(FetchRequest { key: "memo-tests/ready".into(), version: 0 }).await {
             Ok(_) => return,
             Err(s) if s.code() == Code::NotFound => return,
             Err(s) => assert!(Instant::now() < deadline, "{addr} serves within {SERVE_TIMEOUT:?}; last: {s:?}"),

@@ -58,7 +58,7 @@ async fn upsert(addr: SocketAddr, key: &str, value: &[u8]) {
 async fn fetch(addr: SocketAddr, key: &str) -> Vec<u8> {
     let until = Instant::now() + Duration::from_secs(30);
     loop {
-        match kv(addr).fetch(FetchRequest { key: key.into() }).await {
+        match kv(addr).fetch(FetchRequest { key: key.into(), version: 0 }).await {
             Ok(r) => return r.into_inner().value,
             Err(s) if s.code() == tonic::Code::Unavailable && Instant::now() < until => {
                 tokio::time::sleep(Duration::from_millis(200)).await;
@@ -143,7 +143,8 @@ fn admin(addr: SocketAddr) -> AdminClient<Channel> {
 /// Sets a rule through `addr`, retrying while the cluster starts; every member must
 /// confirm it.
 async fn set_rule(addr: SocketAddr, prefix: &str, compression: &str) -> u64 {
-    set(addr, PolicyRule { prefix: prefix.into(), compression: compression.into(), encryption: false }).await
+    set(addr, PolicyRule { prefix: prefix.into(), compression: compression.into(), encryption: false, versions: 0 })
+        .await
 }
 
 /// Sets `rule` through `addr`, as [`set_rule`] does.
@@ -197,7 +198,8 @@ async fn the_policy_table_applies_by_prefix_through_every_node_and_survives_rest
     }
 
     // The table's record is memo's own: clients can neither read it nor list it.
-    let status = kv(cluster.endpoint(1)).fetch(FetchRequest { key: "\u{0}memo/policy".into() }).await.unwrap_err();
+    let status =
+        kv(cluster.endpoint(1)).fetch(FetchRequest { key: "\u{0}memo/policy".into(), version: 0 }).await.unwrap_err();
     assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status}");
     let listed = kv(cluster.endpoint(1)).list(ListRequest { max_keys: 1000, ..Default::default() }).await.unwrap();
     let listed = listed.into_inner();
@@ -296,7 +298,7 @@ async fn encrypted_values_never_reach_a_disk_in_plaintext_and_a_wrong_key_stops_
         cluster.start(i);
     }
     for (prefix, compression) in [("secret/", "none"), ("secret/z/", "zstd")] {
-        let rule = PolicyRule { prefix: prefix.into(), compression: compression.into(), encryption: true };
+        let rule = PolicyRule { prefix: prefix.into(), compression: compression.into(), encryption: true, versions: 0 };
         set(cluster.endpoint(0), rule).await;
     }
     let listed = admin(cluster.endpoint(1)).policy_list(PolicyListRequest {}).await.expect("list").into_inner();
@@ -377,7 +379,8 @@ async fn encrypted_values_never_reach_a_disk_in_plaintext_and_a_wrong_key_stops_
     }
     upsert(cluster.endpoint(2), "secret/rotated", &secret).await;
     assert_eq!(fetch(cluster.endpoint(2), "secret/rotated").await, secret);
-    let status = kv(cluster.endpoint(0)).fetch(FetchRequest { key: "secret/rotated".into() }).await.unwrap_err();
+    let status =
+        kv(cluster.endpoint(0)).fetch(FetchRequest { key: "secret/rotated".into(), version: 0 }).await.unwrap_err();
     assert_eq!(status.code(), tonic::Code::Internal, "{status}");
     assert!(status.message().contains("\"k2\""), "{status}");
 }

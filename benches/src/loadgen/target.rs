@@ -76,7 +76,7 @@ impl Conn {
         match self {
             Conn::Memo(client) => {
                 debug_assert!(!serializable, "memo has linearizable reads only");
-                client.fetch(FetchRequest { key }).await.map(drop).map_err(status_kind)
+                client.fetch(FetchRequest { key, version: 0 }).await.map(drop).map_err(status_kind)
             }
             #[cfg(feature = "etcd")]
             Conn::Etcd(client) => {

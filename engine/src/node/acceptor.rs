@@ -15,7 +15,7 @@ use super::persist::Write;
 use super::{Node, Origin};
 use crate::config::PlantedBug;
 use crate::ids::{NodeId, NodeTag, OpId};
-use crate::kv::{Aborts, Change};
+use crate::kv::{Aborts, Change, Stamp};
 use crate::message::{AttemptId, Message, Rejection, ScanEntries, ScanPart, ScanRange};
 use crate::paxos::acceptor::{Accepted, ReadView, Register};
 use crate::paxos::ballot::Ballot;
@@ -326,6 +326,7 @@ impl<S: Storage> Node<S> {
         id: u64,
         seq: u64,
         op: OpId,
+        stamp: Stamp,
         key: String,
         change: Change,
         now: Instant,
@@ -339,7 +340,7 @@ impl<S: Storage> Node<S> {
             return;
         }
         let req = self.register_request(Origin::Peer { from, id }, now);
-        self.coordinate(req, key, change, op, None, now);
+        self.coordinate(req, key, change, op, stamp, None, now);
     }
 }
 

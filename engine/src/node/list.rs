@@ -19,7 +19,7 @@ use super::{Node, Origin, ReqKey};
 use crate::KvError;
 use crate::config::KEY_BYTES_MAX;
 use crate::ids::NodeId;
-use crate::kv::{Answer, Change};
+use crate::kv::{Answer, Change, Stamp};
 use crate::list::{ListQuery, PageBuilder};
 use crate::message::{Message, Rejection, ScanEntries, ScanPart, ScanRange};
 use crate::paxos::acceptor::ReadView;
@@ -245,7 +245,11 @@ impl<S: Storage> Node<S> {
             round.resolving.insert(req, key.clone());
         }
         self.stats.read_fallbacks += 1;
-        self.enqueue(key, Queued { req, change: Change::Fetch, op, recover: None, orphan_until: None }, now);
+        self.enqueue(
+            key,
+            Queued { req, change: Change::Fetch, op, stamp: Stamp::default(), recover: None, orphan_until: None },
+            now,
+        );
     }
 
     pub(super) fn list_key_resolved(&mut self, id: u64, req: ReqKey, result: Result<Answer, KvError>) {

@@ -43,7 +43,7 @@ mod timers;
 use crate::KvError;
 use crate::config::{Config, KEY_BYTES_MAX};
 use crate::ids::{ClusterId, NodeId, NodeTag, OpId};
-use crate::kv::{Answer, Change, Value};
+use crate::kv::{Answer, Change, Stamp, Value, Version};
 use crate::list::{ListPage, ListQuery};
 use crate::message::{self, Envelope, Message, PeerError};
 use crate::placement::PartitionMap;
@@ -70,6 +70,8 @@ pub enum Request {
         key: String,
         /// What to do with it.
         change: Change,
+        /// What a write asks of the key's history (versioning); ignored by reads.
+        stamp: Stamp,
     },
     /// A page of keys (S3 ListObjects semantics).
     List(ListQuery),
@@ -78,23 +80,23 @@ pub enum Request {
 impl Request {
     /// Insert `value` under `key` if absent.
     pub fn insert(key: impl Into<String>, value: impl Into<Vec<u8>>) -> Self {
-        Request::Kv { key: key.into(), change: Change::Insert(Value::plain(value)) }
+        Request::Kv { key: key.into(), change: Change::Insert(Value::plain(value)), stamp: Stamp::default() }
     }
     /// Replace the value of present `key`.
     pub fn update(key: impl Into<String>, value: impl Into<Vec<u8>>) -> Self {
-        Request::Kv { key: key.into(), change: Change::Update(Value::plain(value)) }
+        Request::Kv { key: key.into(), change: Change::Update(Value::plain(value)), stamp: Stamp::default() }
     }
     /// Set `key` to `value`.
     pub fn upsert(key: impl Into<String>, value: impl Into<Vec<u8>>) -> Self {
-        Request::Kv { key: key.into(), change: Change::Upsert(Value::plain(value)) }
+        Request::Kv { key: key.into(), change: Change::Upsert(Value::plain(value)), stamp: Stamp::default() }
     }
     /// Delete present `key`.
     pub fn delete(key: impl Into<String>) -> Self {
-        Request::Kv { key: key.into(), change: Change::Delete }
+        Request::Kv { key: key.into(), change: Change::Delete, stamp: Stamp::default() }
     }
     /// Read `key`.
     pub fn fetch(key: impl Into<String>) -> Self {
-        Request::Kv { key: key.into(), change: Change::Fetch }
+        Request::Kv { key: key.into(), change: Change::Fetch, stamp: Stamp::default() }
     }
 }
 
@@ -107,6 +109,8 @@ pub enum Response {
     Value(Value),
     /// List's page.
     List(ListPage),
+    /// The versions a [`Change::Versions`] asked for, oldest first, values as stored.
+    Versions(Vec<Version>),
 }
 
 /// The answer to one client request.
@@ -189,6 +193,7 @@ struct Forwarded {
     key: String,
     change: Change,
     op: OpId,
+    stamp: Stamp,
     timer: timers::TimerHandle,
 }
 
@@ -374,14 +379,14 @@ impl<S: Storage> Node<S> {
             return;
         }
         match request {
-            Request::Kv { key, change } => {
+            Request::Kv { key, change, stamp } => {
                 if let Err(e) = self.validate(&key, &change) {
                     self.replies.push_back(Reply { id, result: Err(e) });
                     return;
                 }
                 let req = self.register_request(Origin::Client(id), now);
                 let op = self.mint_op();
-                self.route(req, key, change, op, now);
+                self.route(req, key, change, op, stamp, now);
             }
             Request::List(query) => {
                 let req = self.register_request(Origin::Client(id), now);
@@ -458,7 +463,7 @@ impl<S: Storage> Node<S> {
         validate_key(key)?;
         let value_len = match change {
             Change::Insert(v) | Change::Update(v) | Change::Upsert(v) | Change::Swap { value: v, .. } => v.bytes.len(),
-            Change::Delete | Change::Fetch => 0,
+            Change::Delete | Change::Fetch | Change::Versions { .. } => 0,
         };
         validate_value_len(value_len, self.cfg.value_bytes_max)
     }
@@ -570,7 +575,9 @@ impl<S: Storage> Node<S> {
             }
             Message::ReadReply { key, attempt, result } => self.on_read_reply(from, key, attempt, result, now),
             Message::ScanReply { id, partitions } => self.on_scan_reply(from, id, partitions, now),
-            Message::Forward { id, seq, op, key, change } => self.on_forward(from, id, seq, op, key, change, now),
+            Message::Forward { id, seq, op, stamp, key, change } => {
+                self.on_forward(from, id, seq, op, stamp, key, change, now)
+            }
             Message::ForwardReply { id, result } => self.on_forward_reply(from, id, result),
             Message::ConfigPrepare { partition, epoch, ballot } => {
                 self.on_config_prepare(from, partition, epoch, ballot)
@@ -715,8 +722,14 @@ impl<S: Storage> Node<S> {
                     self.timers.cancel(f.timer);
                     let until = now + self.cfg.request_timeout.saturating_mul(proposer::ORPHAN_FENCE_DEADLINES);
                     let recover = Some(proposer::Recover::Forwarded);
-                    let fence =
-                        proposer::Queued { req, change: f.change, op: f.op, recover, orphan_until: Some(until) };
+                    let fence = proposer::Queued {
+                        req,
+                        change: f.change,
+                        op: f.op,
+                        stamp: f.stamp,
+                        recover,
+                        orphan_until: Some(until),
+                    };
                     self.enqueue(f.key, fence, now);
                 }
             }
@@ -752,6 +765,7 @@ fn answer_to_response(answer: Answer) -> Result<Response, KvError> {
         Answer::AlreadyExists => Err(KvError::AlreadyExists),
         Answer::NotFound => Err(KvError::NotFound),
         Answer::Conflict => Err(KvError::Conflict),
+        Answer::Versions(v) => Ok(Response::Versions(v)),
     }
 }
 

@@ -54,7 +54,7 @@ use super::{Forwarded, Node, ReqKey};
 use crate::KvError;
 use crate::config::PlantedBug;
 use crate::ids::{NodeId, OpId};
-use crate::kv::{Aborted, Answer, Change, State, abort, apply};
+use crate::kv::{Aborted, Answer, Change, Stamp, State, abort, apply};
 use crate::message::{AttemptId, Message, Rejection};
 use crate::paxos::acceptor::{Accepted, ReadView, Refusal};
 use crate::paxos::ballot::Ballot;
@@ -135,6 +135,8 @@ pub(super) struct Queued {
     pub(super) req: ReqKey,
     pub(super) change: Change,
     pub(super) op: OpId,
+    /// The write's versioning stamp (`Stamp::default()` for reads).
+    pub(super) stamp: Stamp,
     /// Set when an earlier attempt may have applied this write (R6).
     pub(super) recover: Option<Recover>,
     /// Set once the request was answered (by its deadline) while the write was still in
@@ -270,21 +272,21 @@ impl<S: Storage> Node<S> {
     /// Routes a client operation: writes go to the partition's primary (the fast path's
     /// home) unless this node is the primary or the primary is suspected; reads are
     /// coordinated here, since the one-round-trip read needs no primary.
-    pub(super) fn route(&mut self, req: ReqKey, key: String, change: Change, op: OpId, now: Instant) {
+    pub(super) fn route(&mut self, req: ReqKey, key: String, change: Change, op: OpId, stamp: Stamp, now: Instant) {
         let p = partition_of(key.as_bytes(), self.map.partitions());
         let primary = self.map.config(p).primary();
         let suspected = self.suspected.get(primary).is_some_and(|until| *until > now);
         if *primary == self.cfg.me || suspected || !change.is_write() {
-            self.coordinate(req, key, change, op, None, now);
+            self.coordinate(req, key, change, op, stamp, None, now);
             return;
         }
         let primary = primary.clone();
         let seq = self.forward_seq.entry(primary.clone()).or_insert(0);
         *seq += 1;
-        let msg = Message::Forward { id: req, seq: *seq, op, key: key.clone(), change: change.clone() };
+        let msg = Message::Forward { id: req, seq: *seq, op, stamp, key: key.clone(), change: change.clone() };
         let timer = self.timers.set(now + self.cfg.forward_timeout, Timer::Forward { req });
         if let Some(pending) = self.requests.get_mut(&req) {
-            pending.forwarded = Some(Forwarded { to: primary.clone(), key, change, op, timer });
+            pending.forwarded = Some(Forwarded { to: primary.clone(), key, change, op, stamp, timer });
         }
         self.stats.forwards += 1;
         self.send(primary, msg, None);
@@ -311,25 +313,27 @@ impl<S: Storage> Node<S> {
         self.stats.forward_timeouts += 1;
         self.suspected.retain(|_, until| *until > now);
         self.suspected.insert(f.to, now + self.cfg.primary_suspicion);
-        self.coordinate(req, f.key, f.change, f.op, Some(Recover::Forwarded), now);
+        self.coordinate(req, f.key, f.change, f.op, f.stamp, Some(Recover::Forwarded), now);
     }
 
     /// Coordinates an operation on this node: Fetch through the one-round-trip read,
     /// everything else through the key's register slot.
+    #[allow(clippy::too_many_arguments)] // the request's parts, as route and on_forward receive them
     pub(super) fn coordinate(
         &mut self,
         req: ReqKey,
         key: String,
         change: Change,
         op: OpId,
+        stamp: Stamp,
         recover: Option<Recover>,
         now: Instant,
     ) {
-        if change == Change::Fetch {
-            self.start_read(req, key, op, now);
+        if !change.is_write() {
+            self.start_read(req, key, change, op, now);
             return;
         }
-        self.enqueue(key, Queued { req, change, op, recover, orphan_until: None }, now);
+        self.enqueue(key, Queued { req, change, op, stamp, recover, orphan_until: None }, now);
     }
 
     pub(super) fn enqueue(&mut self, key: String, queued: Queued, now: Instant) {
@@ -564,8 +568,13 @@ impl<S: Storage> Node<S> {
                     self.fail_attempt(key, false, now);
                     return;
                 }
-                if !matches!(current, Some(State::Tombstone { .. })) {
-                    // Reinserted since the Delete: nothing to collect.
+                let gc_ignores_versions = self.cfg.planted_bug == Some(PlantedBug::GcDropsVersions);
+                let collectable = current
+                    .as_ref()
+                    .is_some_and(|s| s.collectable() || (gc_ignores_versions && matches!(s, State::Tombstone { .. })));
+                if !collectable {
+                    // Reinserted since the Delete, or a history keeps values (V4): nothing
+                    // to collect.
                     self.abandon_gc(key, now);
                     return;
                 }
@@ -576,7 +585,7 @@ impl<S: Storage> Node<S> {
                 // partition's watermarks (R6): the ops apply to an absent state that
                 // refuses them, and a new state inherits them.
                 let base = match (&current, reborn(views)) {
-                    (None, Some(aborted)) => Some(State::Tombstone { recent: Vec::new(), aborted }),
+                    (None, Some(aborted)) => Some(State::Tombstone { recent: Vec::new(), aborted, history: None }),
                     _ => current.clone(),
                 };
                 let bug = self.cfg.planted_bug;
@@ -692,7 +701,10 @@ impl<S: Storage> Node<S> {
                 }
             }
         }
-        let deleted = matches!(proposal.state, Some(State::Tombstone { .. }));
+        let deleted = proposal.state.as_ref().is_some_and(|s| {
+            s.collectable()
+                || (self.cfg.planted_bug == Some(PlantedBug::GcDropsVersions) && matches!(s, State::Tombstone { .. }))
+        });
         let key_s = key.to_string();
         if is_gc {
             self.stats.gc_rounds += 1;
@@ -897,10 +909,19 @@ fn propose(
                 refused += 1;
                 Err(aborted())
             }
-            Some(Recovery::NotApplied) | None => apply(&mut state, &q.change, q.op, ballot).map_err(|Aborted| {
-                refused += 1;
-                aborted()
-            }),
+            Some(Recovery::NotApplied) | None => {
+                let answer = apply(&mut state, &q.change, q.op, q.stamp, ballot).map_err(|Aborted| {
+                    refused += 1;
+                    aborted()
+                });
+                if bug == Some(PlantedBug::DeleteDropsVersions)
+                    && q.change == Change::Delete
+                    && let Some(State::Tombstone { history: Some(h), .. }) = &mut state
+                {
+                    h.earlier.clear(); // V3 broken on purpose
+                }
+                answer
+            }
         };
         let applied_now = recovery.is_none_or(|r| r == Recovery::NotApplied);
         written.push(applied_now && answer == Ok(Answer::Done) && q.change.is_write());
@@ -985,7 +1006,7 @@ mod tests {
     fn view(round: Option<u64>, committed: bool) -> ReadView {
         let accepted = round.map(|round| Accepted {
             ballot: Ballot { epoch: 2, round, node: Default::default(), restart: 0 },
-            state: Some(State::Tombstone { recent: Vec::new(), aborted: Default::default() }),
+            state: Some(State::Tombstone { recent: Vec::new(), aborted: Default::default(), history: None }),
         });
         ReadView { accepted, committed, floor: Ballot::default(), aborted: Vec::new() }
     }

@@ -23,7 +23,7 @@ use super::timers::{Timer, TimerHandle};
 use super::{Node, ReqKey};
 use crate::config::PlantedBug;
 use crate::ids::{NodeId, OpId};
-use crate::kv::{Answer, Change, State};
+use crate::kv::{self, Answer, Change, Stamp, State};
 use crate::message::{Message, Rejection};
 use crate::paxos::acceptor::ReadView;
 use crate::placement::partition_of;
@@ -41,6 +41,8 @@ pub(super) struct Reads {
 struct ReadRound {
     req: ReqKey,
     key: String,
+    /// What the read asks: [`Change::Fetch`] or [`Change::Versions`].
+    change: Change,
     op: OpId,
     members: Vec<NodeId>,
     quorum: QuorumSet,
@@ -58,7 +60,7 @@ impl Reads {
 }
 
 impl<S: Storage> Node<S> {
-    pub(super) fn start_read(&mut self, req: ReqKey, key: String, op: OpId, now: Instant) {
+    pub(super) fn start_read(&mut self, req: ReqKey, key: String, change: Change, op: OpId, now: Instant) {
         let p = partition_of(key.as_bytes(), self.map.partitions());
         let config = self.map.config(p);
         let epoch = self.map.epoch_ref(p);
@@ -68,6 +70,7 @@ impl<S: Storage> Node<S> {
         let round = ReadRound {
             req,
             key: key.clone(),
+            change,
             op,
             members: members.clone(),
             quorum: config.quorum_set(),
@@ -134,7 +137,7 @@ impl<S: Storage> Node<S> {
                     return;
                 };
                 self.stats.fast_reads += 1;
-                self.finish(round.req, Ok(fetch_answer(state.as_ref())));
+                self.finish(round.req, Ok(read_answer(state.as_ref(), &round.change)));
             }
             None => self.read_fallback(id, now),
         }
@@ -146,7 +149,14 @@ impl<S: Storage> Node<S> {
             return;
         };
         self.stats.read_fallbacks += 1;
-        let queued = Queued { req: round.req, change: Change::Fetch, op: round.op, recover: None, orphan_until: None };
+        let queued = Queued {
+            req: round.req,
+            change: round.change,
+            op: round.op,
+            stamp: Stamp::default(),
+            recover: None,
+            orphan_until: None,
+        };
         self.enqueue(round.key, queued, now);
     }
 
@@ -157,9 +167,13 @@ impl<S: Storage> Node<S> {
     }
 }
 
-fn fetch_answer(state: Option<&State>) -> Answer {
-    match state.and_then(State::stored) {
-        Some(v) => Answer::Value(v),
-        None => Answer::NotFound,
+/// The answer of a read (a change that writes nothing) on the chosen `state`.
+fn read_answer(state: Option<&State>, change: &Change) -> Answer {
+    match change {
+        Change::Versions { number } => Answer::Versions(kv::versions(state, *number)),
+        _ => match state.and_then(State::stored) {
+            Some(v) => Answer::Value(v),
+            None => Answer::NotFound,
+        },
     }
 }

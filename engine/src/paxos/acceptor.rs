@@ -202,6 +202,7 @@ mod tests {
             encoding: Encoding::PLAIN,
             recent: vec![Applied { ballot: b(1, 9), op }],
             aborted: Default::default(),
+            history: None,
         })
     }
 
@@ -275,7 +276,8 @@ mod tests {
     fn a_dropped_key_keeps_its_promise_as_the_floor() {
         // R8: the floor is the max of the floor, the key's promise and the GC ballot.
         let mut r = Register::absent(Ballot::ZERO);
-        r.accept(b(4, 1), Some(State::Tombstone { recent: vec![], aborted: Default::default() }), None).unwrap();
+        r.accept(b(4, 1), Some(State::Tombstone { recent: vec![], aborted: Default::default(), history: None }), None)
+            .unwrap();
         r.prepare(b(9, 2)).unwrap();
         assert!(r.droppable_at(b(4, 1)) && !r.droppable_at(b(3, 1)));
         let floor = r.floor_after_drop(b(2, 1), b(4, 1));

@@ -93,6 +93,10 @@ pub struct ValuePolicy {
     pub compression: Compression,
     /// Whether new values are encrypted ([`crypt`]), after compression.
     pub encrypt: bool,
+    /// How many versions of each key to keep, the current one included (0 and 1: no
+    /// history; at most [`memo_engine::kv::VERSIONS_MAX`]). Carried by every write that
+    /// enters the cluster at this node ([`memo_engine::kv::Stamp`]).
+    pub versions: u16,
 }
 
 impl ValuePolicy {
@@ -157,7 +161,7 @@ mod tests {
     fn every_compression_round_trips_and_shrinks_a_compressible_value() {
         let plain = json(200);
         for compression in [Compression::Lz4, Compression::Zstd(1), Compression::Zstd(ZSTD_LEVEL_DEFAULT)] {
-            let stored = ValuePolicy { compression, encrypt: false }.encode(plain.clone());
+            let stored = ValuePolicy { compression, encrypt: false, versions: 0 }.encode(plain.clone());
             assert_ne!(stored.encoding, Encoding::PLAIN, "{compression}");
             assert!(stored.bytes.len() * 3 < plain.len(), "{compression}: {} bytes", stored.bytes.len());
             assert_eq!(decode(stored, LIMIT).unwrap(), plain, "{compression}");
@@ -176,7 +180,7 @@ mod tests {
         let incompressible: Vec<u8> = (0..64u64).flat_map(|i| mix(i).to_le_bytes()).collect();
         for compression in [Compression::None, Compression::Lz4, Compression::Zstd(3)] {
             for plain in [Vec::new(), b"x".to_vec(), incompressible.clone()] {
-                let stored = ValuePolicy { compression, encrypt: false }.encode(plain.clone());
+                let stored = ValuePolicy { compression, encrypt: false, versions: 0 }.encode(plain.clone());
                 assert_eq!(stored, Value::plain(plain.clone()), "{compression}");
             }
         }
@@ -187,7 +191,7 @@ mod tests {
         // Written under lz4, read by a node whose policy is zstd or none: decode takes no
         // policy at all, only the value.
         let plain = json(50);
-        let stored = ValuePolicy { compression: Compression::Lz4, encrypt: false }.encode(plain.clone());
+        let stored = ValuePolicy { compression: Compression::Lz4, encrypt: false, versions: 0 }.encode(plain.clone());
         assert_eq!(decode(stored, LIMIT).unwrap(), plain);
         assert_eq!(decode(Value::plain(b"old".to_vec()), LIMIT).unwrap(), b"old");
     }
@@ -208,7 +212,7 @@ mod tests {
         // A value that decodes to more than the limit is refused, in either codec.
         let big = vec![0u8; 4096];
         for compression in [Compression::Lz4, Compression::Zstd(3)] {
-            let stored = ValuePolicy { compression, encrypt: false }.encode(big.clone());
+            let stored = ValuePolicy { compression, encrypt: false, versions: 0 }.encode(big.clone());
             assert!(stored.bytes.len() < 200, "{compression}");
             assert!(decode(stored.clone(), 4095).is_err(), "{compression}");
             assert_eq!(decode(stored, 4096).unwrap(), big, "{compression}");

@@ -39,7 +39,7 @@
 use super::crypt::{self, Fingerprint, Keyring};
 use super::{Compression, ValuePolicy};
 use memo_engine::config::KEY_BYTES_MAX;
-use memo_engine::kv::Change;
+use memo_engine::kv::{Change, Stamp, VERSIONS_MAX};
 use memo_engine::{Encoding, KvError, Request, Response, Value};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -64,8 +64,27 @@ pub const SWAP_ATTEMPTS_MAX: usize = 16;
 /// Rules in one table, at most.
 pub const RULES_MAX: usize = 1024;
 
-/// The first byte of a stored table: its format.
-const TABLE_FORMAT: u8 = 1;
+/// The first byte of a stored table: its format. Format 1 has no `versions` in its
+/// rules, and is still written while no rule keeps versions (byte for byte what builds
+/// before versioning wrote and read); format 2 has them.
+const TABLE_FORMAT_1: u8 = 1;
+/// See [`TABLE_FORMAT_1`].
+const TABLE_FORMAT_2: u8 = 2;
+
+/// A table as format 1 stores it.
+#[derive(Serialize, Deserialize)]
+struct TableV1 {
+    revision: u64,
+    rules: BTreeMap<String, PolicyV1>,
+    keys: BTreeMap<String, Fingerprint>,
+}
+
+/// A rule as format 1 stores it.
+#[derive(Serialize, Deserialize)]
+struct PolicyV1 {
+    compression: Compression,
+    encrypt: bool,
+}
 
 /// The table: a revision and the rules by key prefix.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -92,7 +111,16 @@ impl PolicyTable {
 
     /// The stored form: the format byte, then the table in postcard.
     pub fn encode(&self) -> Vec<u8> {
-        let mut bytes = vec![TABLE_FORMAT];
+        if self.rules.values().all(|r| r.versions <= 1) {
+            let rules = (self.rules.iter())
+                .map(|(p, r)| (p.clone(), PolicyV1 { compression: r.compression, encrypt: r.encrypt }))
+                .collect();
+            let v1 = TableV1 { revision: self.revision, rules, keys: self.keys.clone() };
+            let mut bytes = vec![TABLE_FORMAT_1];
+            bytes.extend(postcard::to_stdvec(&v1).expect("a table always serializes"));
+            return bytes;
+        }
+        let mut bytes = vec![TABLE_FORMAT_2];
         bytes.extend(postcard::to_stdvec(self).expect("a table always serializes"));
         bytes
     }
@@ -100,10 +128,21 @@ impl PolicyTable {
     /// Reads a stored table, refusing anything malformed.
     pub fn decode(bytes: &[u8]) -> Result<Self, String> {
         let (format, body) = bytes.split_first().ok_or("an empty policy table record")?;
-        if *format != TABLE_FORMAT {
-            return Err(format!("a policy table in format {format}, unknown to this build"));
+        let malformed = |e: postcard::Error| format!("a malformed policy table: {e}");
+        let table: PolicyTable = match *format {
+            TABLE_FORMAT_1 => {
+                let v1: TableV1 = postcard::from_bytes(body).map_err(malformed)?;
+                let rules = (v1.rules.into_iter())
+                    .map(|(p, r)| (p, ValuePolicy { compression: r.compression, encrypt: r.encrypt, versions: 0 }))
+                    .collect();
+                PolicyTable { revision: v1.revision, rules, keys: v1.keys }
+            }
+            TABLE_FORMAT_2 => postcard::from_bytes(body).map_err(malformed)?,
+            _ => return Err(format!("a policy table in format {format}, unknown to this build")),
+        };
+        if let Some((prefix, rule)) = table.rules.iter().find(|(_, r)| r.versions > VERSIONS_MAX) {
+            return Err(format!("a policy table whose rule {prefix:?} keeps {} versions", rule.versions));
         }
-        let table: PolicyTable = postcard::from_bytes(body).map_err(|e| format!("a malformed policy table: {e}"))?;
         if table.rules.len() > RULES_MAX {
             return Err(format!("a policy table with {} rules (at most {RULES_MAX})", table.rules.len()));
         }
@@ -266,7 +305,23 @@ impl Policies {
     /// A node without keys refuses a write its rule encrypts, rather than store it in
     /// plaintext.
     pub fn encode(&self, key: &str, plain: Vec<u8>) -> Result<Value, KvError> {
+        self.encode_under(self.policy_for(key), key, plain)
+    }
+
+    /// A client's write of `plain` to `key` as it enters the cluster at this node: the
+    /// value encoded under the key's rule, and the stamp the write carries (the rule's
+    /// versions, and this node's wall clock), from one lookup of the table.
+    pub fn write(&self, key: &str, plain: Vec<u8>) -> Result<(Value, Stamp), KvError> {
         let policy = self.policy_for(key);
+        Ok((self.encode_under(policy, key, plain)?, stamp(policy)))
+    }
+
+    /// The stamp of a write to `key` that carries no value (a Delete).
+    pub fn stamp(&self, key: &str) -> Stamp {
+        stamp(self.policy_for(key))
+    }
+
+    fn encode_under(&self, policy: ValuePolicy, key: &str, plain: Vec<u8>) -> Result<Value, KvError> {
         let value = policy.encode(plain);
         if !policy.encrypt {
             return Ok(value);
@@ -382,7 +437,7 @@ pub(crate) async fn change(
         edit(&mut table)?;
         table.revision += 1;
         let swap = Change::Swap { expected: stored, value: Value::plain(table.encode()) };
-        match kv.submit(Request::Kv { key: TABLE_KEY.into(), change: swap }).await {
+        match kv.submit(Request::Kv { key: TABLE_KEY.into(), change: swap, stamp: Stamp::default() }).await {
             Ok(_) => return Ok(table),
             Err(status) if status.code() == tonic::Code::Aborted => continue,
             Err(status) => return Err(status),
@@ -420,10 +475,25 @@ pub(crate) async fn refresh(
     }
 }
 
-/// Parses a rule as the admin API carries it (an empty compression is `none`).
-pub fn parse_rule(compression: &str, encrypt: bool) -> Result<ValuePolicy, String> {
+/// The stamp of a write under `policy` entering the cluster now: versioning only reads
+/// the clock when the rule keeps versions.
+fn stamp(policy: ValuePolicy) -> Stamp {
+    if policy.versions <= 1 {
+        return Stamp::default();
+    }
+    let since_epoch = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    Stamp { keep: policy.versions, at_ms: u64::try_from(since_epoch.as_millis()).unwrap_or(u64::MAX) }
+}
+
+/// Parses a rule as the admin API carries it (an empty compression is `none`; 0
+/// versions is the same as 1: no history).
+pub fn parse_rule(compression: &str, encrypt: bool, versions: u64) -> Result<ValuePolicy, String> {
     let compression = if compression.is_empty() { Compression::None } else { compression.parse()? };
-    Ok(ValuePolicy { compression, encrypt })
+    let versions = u16::try_from(versions)
+        .ok()
+        .filter(|v| *v <= VERSIONS_MAX)
+        .ok_or_else(|| format!("--versions {versions} is over the limit of {VERSIONS_MAX}"))?;
+    Ok(ValuePolicy { compression, encrypt, versions })
 }
 
 #[cfg(test)]
@@ -431,7 +501,7 @@ mod tests {
     use super::*;
 
     fn rule(compression: Compression) -> ValuePolicy {
-        ValuePolicy { compression, encrypt: false }
+        ValuePolicy { compression, encrypt: false, versions: 0 }
     }
 
     fn table(rules: &[(&str, Compression)]) -> PolicyTable {
@@ -486,7 +556,7 @@ mod tests {
         let theirs = keys("aa").fingerprints();
         let policies = Policies::open(ValuePolicy::default(), None, Some(keys("bb"))).unwrap();
         let mut t = table(&[]);
-        t.set("s/".into(), ValuePolicy { compression: Compression::None, encrypt: true }).unwrap();
+        t.set("s/".into(), ValuePolicy { compression: Compression::None, encrypt: true, versions: 0 }).unwrap();
         let mut first = t.clone();
         first.keys.clear();
         policies.install(first).unwrap();
@@ -507,9 +577,29 @@ mod tests {
         assert_eq!(PolicyTable::decode(&t.encode()), Ok(t.clone()));
         let mut wrong_format = t.encode();
         wrong_format[0] = 9;
-        for bad in [vec![], wrong_format, vec![TABLE_FORMAT, 0xff, 0xff], t.encode()[..5].to_vec()] {
+        for bad in [vec![], wrong_format, vec![TABLE_FORMAT_1, 0xff, 0xff], t.encode()[..5].to_vec()] {
             assert!(PolicyTable::decode(&bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn a_table_without_versions_keeps_format_1_and_one_with_them_reads_back() {
+        // The bytes builds before versioning wrote for a one-rule table (revision 3, "a"
+        // under lz4 and encrypted, no keys): still written, still read.
+        let mut t = table(&[]);
+        t.revision = 3;
+        t.rules.insert("a".into(), ValuePolicy { compression: Compression::Lz4, encrypt: true, versions: 0 });
+        let v1 = [TABLE_FORMAT_1, 3, 1, 1, b'a', 1, 1, 0];
+        assert_eq!(t.encode(), v1);
+        assert_eq!(PolicyTable::decode(&v1), Ok(t.clone()));
+        t.rules.insert("docs/".into(), ValuePolicy { compression: Compression::None, encrypt: false, versions: 10 });
+        let v2 = t.encode();
+        assert_eq!(v2[0], TABLE_FORMAT_2);
+        assert_eq!(PolicyTable::decode(&v2), Ok(t.clone()));
+        t.rules.insert("many/".into(), ValuePolicy { compression: Compression::None, encrypt: false, versions: 101 });
+        assert!(PolicyTable::decode(&t.encode()).unwrap_err().contains("101 versions"));
+        assert!(parse_rule("", false, 101).is_err());
+        assert_eq!(parse_rule("", false, 100).map(|r| r.versions), Ok(100));
     }
 
     #[test]

@@ -47,7 +47,7 @@ pub async fn run(args: DevArgs) -> Result<(), String> {
     options.partitions = args.partitions;
     options.replication = args.replication;
     options.data_dir = args.data_dir.clone();
-    options.value_policy = ValuePolicy { compression: args.compression, encrypt: false };
+    options.value_policy = ValuePolicy { compression: args.compression, encrypt: false, versions: 0 };
     if let Some(path) = &args.encryption_key_file {
         let seed = nonce_seed(super::os_seed());
         options.keyring = Some(std::sync::Arc::new(Keyring::load(path, seed)?));

@@ -407,7 +407,7 @@ pub async fn run(args: Settings) -> Result<(), String> {
     config.membership = Some(membership);
     let mut options = NodeOptions::new(config, args.listen, peers, super::os_seed());
     options.commit_mode = commit_mode;
-    options.value_policy = ValuePolicy { compression: args.compression, encrypt: false };
+    options.value_policy = ValuePolicy { compression: args.compression, encrypt: false, versions: 0 };
     options.keyring = match &args.encryption_key_file {
         Some(path) => Some(Arc::new(Keyring::load(path, nonce_seed(super::os_seed()))?)),
         None => None,

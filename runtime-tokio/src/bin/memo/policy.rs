@@ -34,6 +34,11 @@ pub struct SetArgs {
     /// keys: --encryption-key-file).
     #[arg(long, value_enum, default_value_t = Switch::Off)]
     encryption: Switch,
+    /// How many versions of each key under the prefix to keep, the current one included
+    /// (1: no history; at most 100). Read them with `memo kv versions` and
+    /// `memo kv get --version`.
+    #[arg(long, default_value_t = 1)]
+    versions: u64,
 }
 
 /// `on` or `off`.
@@ -67,6 +72,7 @@ pub async fn run(command: PolicyCommand) -> Result<(), String> {
                 prefix: args.prefix.clone(),
                 compression: args.compression.to_string(),
                 encryption: args.encryption == Switch::On,
+                versions: args.versions,
             };
             let mut client = admin(&args.endpoint.endpoint).await?;
             let answer = client.policy_set(PolicySetRequest { rule: Some(rule) }).await.map_err(describe)?;
@@ -85,7 +91,12 @@ pub async fn run(command: PolicyCommand) -> Result<(), String> {
                 revision: answer.revision,
                 node_revision: answer.node_revision,
                 rules: (answer.rules.into_iter())
-                    .map(|r| Rule { prefix: r.prefix, compression: r.compression, encryption: r.encryption })
+                    .map(|r| Rule {
+                        prefix: r.prefix,
+                        compression: r.compression,
+                        encryption: r.encryption,
+                        versions: r.versions.max(1),
+                    })
                     .collect(),
                 keys: answer.keys.into_iter().map(|k| DataKey { name: k.name, fingerprint: k.fingerprint }).collect(),
             };
@@ -124,6 +135,7 @@ struct Rule {
     prefix: String,
     compression: String,
     encryption: bool,
+    versions: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -134,10 +146,17 @@ struct DataKey {
 
 impl Report {
     fn text(&self) -> String {
-        let headers = [("PREFIX", Align::Left), ("COMPRESSION", Align::Left), ("ENCRYPTION", Align::Left)];
+        let headers = [
+            ("PREFIX", Align::Left),
+            ("COMPRESSION", Align::Left),
+            ("ENCRYPTION", Align::Left),
+            ("VERSIONS", Align::Right),
+        ];
         let on_off = |on: bool| if on { "on" } else { "off" }.to_string();
         let rows: Vec<Vec<String>> = (self.rules.iter())
-            .map(|r| vec![format!("{:?}", r.prefix), r.compression.clone(), on_off(r.encryption)])
+            .map(|r| {
+                vec![format!("{:?}", r.prefix), r.compression.clone(), on_off(r.encryption), r.versions.to_string()]
+            })
             .collect();
         let rules = if rows.is_empty() {
             "no rules: every node compresses as its --compression says\n".to_string()
