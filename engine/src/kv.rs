@@ -3,6 +3,29 @@
 //! absent, set, else ALREADY_EXISTS"; Update "if present, set, else NOT_FOUND"; Upsert
 //! "set"; Delete "if present, tombstone, else NOT_FOUND". Fetch and the identity round
 //! change nothing.
+//!
+//! # Versioning
+//!
+//! A key written under a policy rule with `--versions N` keeps its last `N` versions
+//! *inside its register state* ([`History`]), so the history is chosen by Paxos with the
+//! value and travels with it (Accepts, read views, copies to new replicas). The node
+//! where a write enters the cluster reads `N` from its policy table and stamps the write
+//! with it and its wall-clock time ([`Stamp`]); [`apply`] does the rest.
+//!
+//! - **V1 one order.** A version's number is the count of writes that took effect on the
+//!   register since numbering began, assigned by [`apply`] over the chosen sequence of
+//!   states. Every replica's state descends from the chosen ones, so version 7 of a key
+//!   is the same value on every node, and numbers never repeat while the register lives.
+//! - **V2 the stamp decides.** How many versions a write keeps is the stamp's, fixed where
+//!   the write entered; a write racing a rule change keeps either count, never a mix, and a
+//!   rule that stops versioning drops the history at the next write (the numbers go on).
+//! - **V3 a Delete is a version.** It makes the key absent and takes the next number; the
+//!   versions before it stay readable until later writes age them out.
+//! - **V4 garbage collection spares histories.** Tombstone GC (R8) only removes a tombstone
+//!   whose history keeps no value ([`State::collectable`]).
+//!
+//! Keys never written under such a rule carry no history and cost nothing: their states,
+//! messages and stored registers are byte for byte what they were before versioning.
 
 use crate::ids::OpId;
 use crate::paxos::ballot::Ballot;
