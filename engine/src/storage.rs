@@ -6,7 +6,7 @@
 //! then the engine reads its own pending writes from an in-memory overlay.
 //!
 //! Layout of the silo's key space:
-//! - `r` + partition (4 bytes, big-endian) + key bytes → a register in the silo format of [`crate::codec`]
+//! - `r` + partition (4 bytes, big-endian) + key bytes → a register in the silo format of `codec.rs` ([`encode_register`])
 //! - `f` + partition (4 bytes, big-endian) → the partition's GC floor ballot (R8)
 //! - `a` + partition (4 bytes, big-endian) → the abort watermarks of the keys GC removed
 //!   from it (R6, R8)
