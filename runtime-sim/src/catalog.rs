@@ -281,17 +281,39 @@ pub const ALL: &[fn() -> Scenario] = &[
     a_rolling_replacement_of_every_founder_keeps_every_acknowledged_write,
     a_rebalancer_stopped_mid_move_leaves_a_move_that_finishes_safely,
     values_under_every_policy_stay_linearizable_through_faults,
+    the_simulator_finds_a_delete_that_drops_versions,
+    the_simulator_finds_a_gc_that_drops_versions,
 ];
 
-/// Mixed policy prefixes (compressed, encrypted, both, plain) under crashes, power cuts,
-/// partitions and pauses.
+/// The versioning rules of the policy scenario, with deletes frequent (CHURN) and no
+/// faults, so any run that deletes a versioned key tests V3 and V4.
+fn versioned_churn(name: &'static str, bug: PlantedBug) -> Scenario {
+    use crate::options::SimRule;
+    use memo_node::policy::Compression;
+    let rules = [SimRule { prefix: "k", compression: Compression::None, encrypt: false, versions: 3 }];
+    Scenario::new(name).nodes(3..=5).keys(2..=4).mix(Mix::CHURN).policies(&rules, 0).planted_bug(bug)
+}
+
+/// A Delete that drops the versions before it (V3 broken).
+pub fn the_simulator_finds_a_delete_that_drops_versions() -> Scenario {
+    versioned_churn("the_simulator_finds_a_delete_that_drops_versions", PlantedBug::DeleteDropsVersions)
+}
+
+/// Tombstone collection that removes versioned tombstones (V4 broken).
+pub fn the_simulator_finds_a_gc_that_drops_versions() -> Scenario {
+    versioned_churn("the_simulator_finds_a_gc_that_drops_versions", PlantedBug::GcDropsVersions)
+}
+
+/// Mixed policy prefixes (compressed, encrypted, both, versioned, plain) under crashes,
+/// power cuts, partitions and pauses.
 pub fn values_under_every_policy_stay_linearizable_through_faults() -> Scenario {
     use crate::options::SimRule;
     use memo_node::policy::Compression;
     let rules = [
-        SimRule { prefix: "k0", compression: Compression::Zstd(3), encrypt: true, versions: 0 },
+        SimRule { prefix: "k0", compression: Compression::Zstd(3), encrypt: true, versions: 3 },
         SimRule { prefix: "k1", compression: Compression::Lz4, encrypt: false, versions: 0 },
         SimRule { prefix: "k2", compression: Compression::None, encrypt: true, versions: 0 },
+        SimRule { prefix: "k3", compression: Compression::None, encrypt: false, versions: 4 },
     ];
     Scenario::new("values_under_every_policy_stay_linearizable_through_faults")
         .nodes(3..=5)

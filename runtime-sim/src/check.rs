@@ -21,9 +21,18 @@
 //!   against a definite absence during the whole call, e.g. a Delete that succeeded
 //!   before the List and no write after it); rule 1 only catches keys that could never
 //!   have existed yet. Both rules are sound: a linearizable store never breaks them.
+//! - **Versions** ([`check_versions`]) of keys whose rule keeps `N > 1` versions (every
+//!   write to them is stamped, since the rules are confirmed before the workload):
+//!   1. *A listing is a window*: consecutive numbers from 1 up, the newest `min(N, last)`.
+//!   2. *Numbers never go back*: a read invoked after another completed sees a last
+//!      number at least as high (a versioned key is never collected: V4).
+//!   3. *One version, one content everywhere*: every read of version `n` of a key, from
+//!      any node, finds the same value (or the same Delete).
+//!   4. *Only written values*: a version's value was written to that key by a write
+//!      invoked before the read completed.
 //! - **Replica convergence** is checked by the run itself on the disks (`run.rs`).
 
-use crate::history::ListRecord;
+use crate::history::{ListRecord, VersionsRecord, VersionsResult};
 use memo_lincheck::{CheckError, Checker, Command, Operation, Outcome};
 use std::collections::BTreeMap;
 use std::fmt;
@@ -41,6 +50,8 @@ pub enum Failure {
     TooComplex(String),
     /// A List broke one of the rules of [`check_lists`].
     List(String),
+    /// A versioning read broke one of the rules of [`check_versions`].
+    Versions(String),
     /// An operation of the liveness phase did not succeed within its bound.
     Liveness(String),
     /// Replicas of a key disagree after the liveness phase.
@@ -64,6 +75,7 @@ impl Failure {
             Failure::NotLinearizable(_) => "not linearizable",
             Failure::TooComplex(_) => "linearizability check too complex",
             Failure::List(_) => "list inconsistent",
+            Failure::Versions(_) => "versions inconsistent",
             Failure::Liveness(_) => "liveness",
             Failure::NotConverged(_) => "replicas diverge",
             Failure::LateWrite(_) => "late write after the final write",
@@ -78,6 +90,7 @@ impl Failure {
             Failure::NotLinearizable(_) => "nonlinearizable",
             Failure::TooComplex(_) => "toocomplex",
             Failure::List(_) => "list",
+            Failure::Versions(_) => "versions",
             Failure::Liveness(_) => "liveness",
             Failure::NotConverged(_) => "diverged",
             Failure::LateWrite(_) => "latewrite",
@@ -92,6 +105,7 @@ impl Failure {
             "nonlinearizable" => Failure::NotLinearizable(text),
             "toocomplex" => Failure::TooComplex(text),
             "list" => Failure::List(text),
+            "versions" => Failure::Versions(text),
             "liveness" => Failure::Liveness(text),
             "diverged" => Failure::NotConverged(text),
             "latewrite" => Failure::LateWrite(text),
@@ -107,6 +121,7 @@ impl Failure {
             Failure::NotLinearizable(t)
             | Failure::TooComplex(t)
             | Failure::List(t)
+            | Failure::Versions(t)
             | Failure::Liveness(t)
             | Failure::NotConverged(t)
             | Failure::LateWrite(t)
@@ -143,6 +158,90 @@ fn is_write(c: &Command) -> bool {
 /// A write that definitely changed nothing.
 fn definitely_failed(op: &Operation) -> bool {
     matches!(op.outcome, Outcome::AlreadyExists | Outcome::NotFound | Outcome::Aborted)
+}
+
+/// Checks the versioning reads against each other and the writes (rules in the module
+/// docs); `keep` says how many versions a key keeps. One message per broken rule.
+pub fn check_versions(ops: &[Operation], reads: &[VersionsRecord], keep: impl Fn(&str) -> u16) -> Vec<String> {
+    let mut problems = Vec::new();
+    // (key, number) → (the read that saw it first, its content: Some(value) or None for
+    // a Delete; a listing only says which of the two).
+    let mut deleted: BTreeMap<(&str, u64), (usize, bool)> = BTreeMap::new();
+    let mut values: BTreeMap<(&str, u64), (usize, &[u8])> = BTreeMap::new();
+    // The number each read proves the key had reached, with the read's interval, and
+    // whether it is the key's last one then (a listing) or only a lower bound (a fetch).
+    let mut reached: Vec<(&str, u64, u64, u64, usize, bool)> = Vec::new();
+    for (i, r) in reads.iter().enumerate() {
+        let key = r.key.as_str();
+        match &r.result {
+            VersionsResult::Listed(listed) => {
+                let last = listed.last().map_or(0, |v| v.0);
+                let expected: Vec<u64> = (last.saturating_sub(u64::from(keep(key).max(1))) + 1..=last).collect();
+                let numbers: Vec<u64> = listed.iter().map(|v| v.0).collect();
+                if numbers != expected {
+                    problems.push(format!("V{i}: {key} listed versions {numbers:?}, expected the window {expected:?}"));
+                }
+                for &(n, d) in listed {
+                    match deleted.get(&(key, n)) {
+                        Some(&(j, seen)) if seen != d => problems.push(format!(
+                            "V{i}: {key} version {n} listed as {}, V{j} listed it as {}",
+                            what(d),
+                            what(seen)
+                        )),
+                        Some(_) => {}
+                        None => {
+                            deleted.insert((key, n), (i, d));
+                        }
+                    }
+                }
+                reached.push((key, last, r.invoked_at, r.completed_at, i, true));
+            }
+            VersionsResult::Fetched(n, Some(value)) => {
+                if let Some(&(j, true)) = deleted.get(&(key, *n)) {
+                    problems.push(format!("V{i}: {key} version {n} has a value, V{j} listed it as a Delete"));
+                }
+                match values.get(&(key, *n)) {
+                    Some(&(j, seen)) if seen != value.as_slice() => {
+                        problems.push(format!("V{i}: {key} version {n} is not the value V{j} read"))
+                    }
+                    Some(_) => {}
+                    None => {
+                        values.insert((key, *n), (i, value));
+                    }
+                }
+                let written = ops.iter().any(|op| {
+                    op.key == key
+                        && matches!(&op.command, Command::Insert(v) | Command::Update(v) | Command::Upsert(v) if v == value)
+                        && !definitely_failed(op)
+                        && op.invoked_at <= r.completed_at
+                });
+                if !written {
+                    problems.push(format!("V{i}: {key} version {n} holds a value no write to it wrote"));
+                }
+                reached.push((key, *n, r.invoked_at, r.completed_at, i, false));
+            }
+            VersionsResult::Fetched(_, None) => {} // aged out since the listing: nothing to hold
+        }
+    }
+    for &(key, last, invoked, _, i, exact) in &reached {
+        let before = reached.iter().filter(|r| r.0 == key && r.3 < invoked).max_by_key(|r| r.1);
+        if let Some(&(_, low, _, _, j, _)) = before.filter(|r| exact && last < r.1) {
+            problems.push(format!("V{i}: {key} reached version {last} only, after V{j} saw version {low}"));
+        }
+    }
+    if problems.len() > VERSION_PROBLEMS_MAX {
+        let more = problems.len() - VERSION_PROBLEMS_MAX;
+        problems.truncate(VERSION_PROBLEMS_MAX);
+        problems.push(format!("and {more} more"));
+    }
+    problems
+}
+
+/// Problems [`check_versions`] reports one by one; the rest are counted.
+const VERSION_PROBLEMS_MAX: usize = 10;
+
+fn what(deleted: bool) -> &'static str {
+    if deleted { "a Delete" } else { "a value" }
 }
 
 /// Checks every completed List against the key operations; returns one message per

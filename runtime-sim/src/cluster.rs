@@ -103,6 +103,27 @@ pub struct Cluster {
     net: Mutex<NetState>,
     draws: Mutex<Dice>,
     healed: AtomicBool,
+    /// The real directory under which the servers save their policy tables, removed
+    /// with the cluster.
+    policy_dir: Option<std::path::PathBuf>,
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if let Some(dir) = &self.policy_dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+/// A fresh real directory for one run's policy tables: unique per process and run, so
+/// runs in parallel and runs of one seed one after the other never share a table.
+fn policy_dir(seed: u64) -> std::path::PathBuf {
+    static RUNS: AtomicU64 = AtomicU64::new(0);
+    let run = RUNS.fetch_add(1, Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("memo-sim-{}-{seed:x}-{run}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
 }
 
 impl Cluster {
@@ -110,6 +131,7 @@ impl Cluster {
     pub fn build(opts: Arc<SimOptions>, rec: Recorder) -> Arc<Cluster> {
         let handle = Handle::current();
         let peers: BTreeMap<_, _> = (0..opts.nodes).map(|i| (opts.node_id(i), server_addr(i))).collect();
+        let policy_dir = (!opts.policies.is_empty()).then(|| policy_dir(opts.seed));
         let servers = (0..opts.nodes)
             .map(|i| {
                 let spec = opts.clocks[i];
@@ -118,6 +140,13 @@ impl Cluster {
                     disk: SimDisk::new(format!("n{}", i + 1), opts.crash_mode),
                     clock: Arc::new(SkewClock::new(spec.offset, spec.drift_ppm)),
                     incarnations: Arc::new(AtomicU64::new(0)),
+                    policy_dir: policy_dir.as_ref().map(|d| {
+                        let dir = d.join(format!("n{}", i + 1));
+                        // A directory the run cannot create fails every policy save,
+                        // which the run reports (the rules never get confirmed).
+                        let _ = std::fs::create_dir_all(&dir);
+                        dir
+                    }),
                 };
                 let host = handle
                     .create_node()
@@ -139,6 +168,7 @@ impl Cluster {
         let clients =
             (0..=opts.clients).map(|c| handle.create_node().name(format!("c{c}")).ip(client_ip(c)).build()).collect();
         let cluster = Cluster {
+            policy_dir,
             draws: Mutex::new(Dice::new(opts.seed, 0xc7a5)),
             opts,
             rec,
@@ -337,6 +367,8 @@ struct ServerParts {
     disk: Arc<SimDisk>,
     clock: Arc<SkewClock>,
     incarnations: Arc<AtomicU64>,
+    /// Where it saves its policy table (scenarios with policies only).
+    policy_dir: Option<std::path::PathBuf>,
 }
 
 impl ServerParts {
@@ -352,6 +384,7 @@ impl ServerParts {
         let (peers, rec, seed, transport) = (peers.clone(), rec.clone(), opts.seed, opts.transport);
         let (disk, clock, incarnations) = (self.disk.clone(), self.clock.clone(), self.incarnations.clone());
         let policy_refresh = (!opts.policies.is_empty()).then_some(memo_node::policy::table::REFRESH_INTERVAL);
+        let policy_file = self.policy_dir.as_ref().map(|dir| dir.join(memo_node::datadir::POLICY_FILE));
         let encrypts = opts.policies.iter().any(|r| r.encrypt);
         move || {
             let incarnation = incarnations.fetch_add(1, Ordering::SeqCst) + 1;
@@ -372,9 +405,10 @@ impl ServerParts {
                 // Scenarios without policies run as before the table existed: a periodic
                 // refresh would add a read of its key every 10 s to every run's schedule
                 // (the planted bugs' teeth are tuned on the runs without it). With
-                // policies, the node's copy is not saved (a restart refreshes it).
+                // policies, each server saves its table as production does, in a real
+                // directory of its own, and loads it when it restarts.
                 keyring: keyring.clone(),
-                policy_file: None,
+                policy_file: policy_file.clone(),
                 policy_refresh,
             };
             let (disk, rec) = (disk.clone(), rec.clone());

@@ -35,6 +35,30 @@ pub struct ListResult {
     pub truncated: bool,
 }
 
+/// A versioning read (ListVersions, or Fetch of one version) and what it returned.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VersionsRecord {
+    /// The client.
+    pub client: u64,
+    /// The key.
+    pub key: String,
+    /// When it was invoked.
+    pub invoked_at: u64,
+    /// When it returned.
+    pub completed_at: u64,
+    /// What it returned.
+    pub result: VersionsResult,
+}
+
+/// What a versioning read returned.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum VersionsResult {
+    /// ListVersions: `(number, deleted)` oldest first (empty: NOT_FOUND).
+    Listed(Vec<(u64, bool)>),
+    /// Fetch of version `number`: its value, or `None` if NOT_FOUND.
+    Fetched(u64, Option<Vec<u8>>),
+}
+
 /// Handle of a recorded List.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ListId(usize);
@@ -62,6 +86,7 @@ struct Inner {
     lines: Vec<String>,
     history: History,
     lists: Vec<ListRecord>,
+    versions: Vec<VersionsRecord>,
     counts: Counts,
     anomalies: Vec<String>,
 }
@@ -84,6 +109,7 @@ impl Recorder {
             lines: Vec::new(),
             history: History::new(),
             lists: Vec::new(),
+            versions: Vec::new(),
             counts: Counts::default(),
             anomalies: Vec::new(),
         })))
@@ -181,6 +207,34 @@ impl Recorder {
         let list = &mut inner.lists[id.0];
         list.completed_at = at;
         list.result = result;
+    }
+
+    /// Records a versioning read that returned (`invoked_at` from [`Recorder::now`]
+    /// before the call); failed calls are not recorded.
+    pub fn versions_read(&self, client: u64, node: usize, key: &str, invoked_at: u64, result: VersionsResult) {
+        let at = self.now();
+        let mut inner = self.lock();
+        let text = match &result {
+            VersionsResult::Listed(v) => {
+                let v: Vec<String> =
+                    v.iter().map(|(n, d)| if *d { format!("{n}:deleted") } else { n.to_string() }).collect();
+                format!("ListVersions {key} via n{} = [{}]", node + 1, v.join(","))
+            }
+            VersionsResult::Fetched(n, value) => {
+                // The value without its padding (`c<client>-<seq>` then `x`s).
+                let shown =
+                    |v: &Vec<u8>| String::from_utf8_lossy(v.split(|b| *b == b'x').next().unwrap_or(v)).into_owned();
+                let value = value.as_ref().map_or("NOT_FOUND".into(), shown);
+                format!("Fetch {key} version {n} via n{} = {value}", node + 1)
+            }
+        };
+        inner.lines.push(format!("{} c{client:<5} <>    {text}", stamp(at)));
+        inner.versions.push(VersionsRecord { client, key: key.to_string(), invoked_at, completed_at: at, result });
+    }
+
+    /// The versioning reads so far.
+    pub fn versions(&self) -> Vec<VersionsRecord> {
+        self.lock().versions.clone()
     }
 
     /// The key operations so far.

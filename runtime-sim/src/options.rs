@@ -693,6 +693,15 @@ impl SimOptions {
         (0..self.nodes).filter(|i| !self.late.contains(i)).collect()
     }
 
+    /// How many versions the scenario's rules keep for `key` (its longest matching
+    /// prefix's; 0 without a rule).
+    pub fn keep_of(&self, key: &str) -> u16 {
+        (self.policies.iter())
+            .filter(|r| key.starts_with(r.prefix))
+            .max_by_key(|r| r.prefix.len())
+            .map_or(0, |r| r.versions)
+    }
+
     /// The memo id of server `i`.
     pub fn node_id(&self, i: usize) -> NodeId {
         NodeId::initial(format!("n{}", i + 1))

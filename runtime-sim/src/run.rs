@@ -10,7 +10,7 @@
 //! - [`run`]: the simulation itself, inside the current madsim runtime;
 //! - [`run_in_fresh_runtime`]: [`run`] in a new runtime on its own OS thread.
 
-use crate::check::{Failure, check_linearizable, check_lists};
+use crate::check::{Failure, check_linearizable, check_lists, check_versions};
 use crate::cluster::Cluster;
 use crate::faults::run_episode;
 use crate::history::{Counts, Recorder};
@@ -89,6 +89,11 @@ impl RunReport {
     /// Whether the linearizability checker proved a violation.
     pub fn not_linearizable(&self) -> bool {
         self.failures.iter().any(|f| matches!(f, Failure::NotLinearizable(_)))
+    }
+
+    /// Whether a versioning read broke a rule of `check_versions`.
+    pub fn versions_broken(&self) -> bool {
+        self.failures.iter().any(|f| matches!(f, Failure::Versions(_)))
     }
 
     /// The command that replays this run.
@@ -295,6 +300,8 @@ async fn run_options(opts: Arc<SimOptions>) -> RunReport {
         }
     };
     failures.extend(check_lists(&ops, &rec.lists()).into_iter().map(Failure::List));
+    let keep = |key: &str| opts.keep_of(key);
+    failures.extend(check_versions(&ops, &rec.versions(), keep).into_iter().map(Failure::Versions));
     failures.extend(rec.anomalies().into_iter().map(Failure::Anomaly));
     let strict = std::env::var_os("MEMO_SIM_STRICT").is_some();
     let (warnings, failures) = failures.into_iter().partition(|f| matches!(f, Failure::LateWrite(_)) && !strict);

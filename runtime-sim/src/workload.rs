@@ -13,11 +13,13 @@
 //! message promises more: the checker holds every promise a message makes
 //! (`memo_lincheck::promise_of_unavailable`). Any other code is an anomaly.
 
-use crate::history::{ListResult, Recorder};
+use crate::history::{ListResult, Recorder, VersionsResult};
 use crate::options::{Dice, HOT_KEY, SimOptions};
 use memo_lincheck::{Command, Outcome};
 use memo_proto::kvs::key_value_store_client::KeyValueStoreClient;
-use memo_proto::kvs::{DeleteRequest, FetchRequest, InsertRequest, ListRequest, UpdateRequest, UpsertRequest};
+use memo_proto::kvs::{
+    DeleteRequest, FetchRequest, InsertRequest, ListRequest, ListVersionsRequest, UpdateRequest, UpsertRequest,
+};
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
@@ -38,6 +40,11 @@ pub enum Planned {
         /// The command.
         command: Command,
     },
+    /// ListVersions of a versioned key, then a Fetch of one version it listed.
+    Versions {
+        /// The key.
+        key: String,
+    },
     /// A List.
     List {
         /// Prefix filter.
@@ -53,6 +60,7 @@ impl fmt::Display for Planned {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Planned::Kv { key, command } => write!(f, "{command} {key}"),
+            Planned::Versions { key } => write!(f, "Versions {key}"),
             Planned::List { prefix, marker, max_keys } => write!(f, "List({prefix:?}, {marker:?}, {max_keys})"),
         }
     }
@@ -146,6 +154,8 @@ impl Client {
             1 => Command::Update(Vec::new()),
             2 => Command::Upsert(Vec::new()),
             3 => Command::Delete,
+            // Half the reads of a versioned key read its versions instead.
+            4 if self.opts.keep_of(&key) > 1 && self.dice.chance(500) => return Planned::Versions { key },
             4 => Command::Fetch,
             _ => return self.plan_list(),
         };
@@ -201,6 +211,7 @@ impl Client {
                 self.rec.complete(client, op, outcome, &detail);
                 definite
             }
+            Planned::Versions { key } => self.read_versions(node, key).await,
             Planned::List { prefix, marker, max_keys } => {
                 let id = self.rec.list_invoke(client, node, &prefix, &marker, max_keys);
                 let request = ListRequest { prefix, marker, delimiter: String::new(), max_keys };
@@ -219,6 +230,40 @@ impl Client {
                 }
             }
         }
+    }
+
+    /// ListVersions of `key`, then a Fetch of one version it listed (a value, if any),
+    /// both through `node`; each answer is recorded for `check_versions`.
+    async fn read_versions(&mut self, node: usize, key: String) -> bool {
+        let (client, deadline) = (self.index as u64, self.opts.client_deadline);
+        let invoked = self.rec.now();
+        let request = with_deadline(ListVersionsRequest { key: key.clone() }, deadline);
+        let listed: Vec<(u64, bool)> = match self.stubs[node].list_versions(request).await {
+            Ok(reply) => reply.into_inner().versions.into_iter().map(|v| (v.number, v.deleted)).collect(),
+            Err(status) if status.code() == Code::NotFound => Vec::new(),
+            Err(status) => {
+                let _ = self.classify(&status);
+                return false;
+            }
+        };
+        self.rec.versions_read(client, node, &key, invoked, VersionsResult::Listed(listed.clone()));
+        let values: Vec<u64> = listed.iter().filter(|(_, deleted)| !deleted).map(|(n, _)| *n).collect();
+        if values.is_empty() {
+            return true;
+        }
+        let number = values[self.dice.below(values.len() as u64) as usize];
+        let invoked = self.rec.now();
+        let request = with_deadline(FetchRequest { key: key.clone(), version: number }, deadline);
+        let fetched = match self.stubs[node].fetch(request).await {
+            Ok(reply) => Some(reply.into_inner().value),
+            Err(status) if status.code() == Code::NotFound => None,
+            Err(status) => {
+                let _ = self.classify(&status);
+                return false;
+            }
+        };
+        self.rec.versions_read(client, node, &key, invoked, VersionsResult::Fetched(number, fetched));
+        true
     }
 
     async fn call(&mut self, node: usize, key: &str, command: &Command) -> Result<Outcome, Status> {

@@ -12,6 +12,15 @@ const SEEDS_MAX: u64 = 20;
 /// Runs seeds from `base` (or only MADSIM_TEST_SEED, to replay one) until the checker
 /// proves a linearizability violation; returns how many seeds that took.
 fn finds_a_violation(scenario: Scenario, base: u64) -> u64 {
+    finds(scenario, base, |report| report.not_linearizable())
+}
+
+/// Like [`finds_a_violation`], for a broken versioning rule (`check_versions`).
+fn finds_broken_versions(scenario: Scenario, base: u64) -> u64 {
+    finds(scenario, base, |report| report.versions_broken())
+}
+
+fn finds(scenario: Scenario, base: u64, found: impl Fn(&memo_sim::RunReport) -> bool) -> u64 {
     let seeds = match std::env::var("MADSIM_TEST_SEED") {
         Ok(seed) => {
             let seed = seed.parse().expect("MADSIM_TEST_SEED is a number");
@@ -21,9 +30,12 @@ fn finds_a_violation(scenario: Scenario, base: u64) -> u64 {
     };
     for seed in seeds.clone() {
         let report = run_seed(&scenario, seed);
-        if report.not_linearizable() {
+        if found(&report) {
             let tried = seed - seeds.start + 1;
             println!("found after {tried} seed(s); replay: {}", report.replay_command());
+            if let Some(first) = report.failures.first() {
+                println!("first finding: {first}");
+            }
             if let Ok(path) = report.write_timeline() {
                 println!("timeline: {}", path.display());
             }
@@ -85,4 +97,21 @@ fn the_simulator_finds_a_final_config_proposed_without_a_copy() {
 #[test]
 fn the_simulator_finds_a_returning_member_that_does_not_wipe() {
     finds_a_violation(catalog::the_simulator_finds_a_returning_member_that_does_not_wipe(), 12_000);
+}
+
+/// Premise (V3): a Delete that drops the versions before it leaves a versioned key with a
+/// history shorter than its rule keeps. Keys under a `--versions 3` rule are deleted and
+/// rewritten often; a listing after a Delete must show the window of three, and the
+/// checker must find one that does not within `SEEDS_MAX` seeds.
+#[test]
+fn the_simulator_finds_a_delete_that_drops_versions() {
+    finds_broken_versions(catalog::the_simulator_finds_a_delete_that_drops_versions(), 13_000);
+}
+
+/// Premise (V4): tombstone collection that removes a deleted key whose history still
+/// keeps values loses them, and the key's numbers start again from 1. The checker must
+/// see the numbers go back within `SEEDS_MAX` seeds.
+#[test]
+fn the_simulator_finds_a_gc_that_drops_versions() {
+    finds_broken_versions(catalog::the_simulator_finds_a_gc_that_drops_versions(), 13_500);
 }

@@ -15,7 +15,7 @@
 use memo_proto::admin::admin_client::AdminClient;
 use memo_proto::admin::{PolicyDeleteRequest, PolicyListRequest, PolicyRule, PolicySetRequest, StatusRequest};
 use memo_proto::kvs::key_value_store_client::KeyValueStoreClient;
-use memo_proto::kvs::{FetchRequest, ListRequest, UpsertRequest};
+use memo_proto::kvs::{FetchRequest, ListRequest, ListVersionsRequest, UpsertRequest};
 use memo_tests::Cluster;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -383,4 +383,94 @@ async fn encrypted_values_never_reach_a_disk_in_plaintext_and_a_wrong_key_stops_
         kv(cluster.endpoint(0)).fetch(FetchRequest { key: "secret/rotated".into(), version: 0 }).await.unwrap_err();
     assert_eq!(status.code(), tonic::Code::Internal, "{status}");
     assert!(status.message().contains("\"k2\""), "{status}");
+}
+
+/// The versions `addr` lists for `key`: `(number, size, deleted)`, oldest first.
+async fn versions(addr: SocketAddr, key: &str) -> Vec<(u64, u64, bool)> {
+    let reply = kv(addr).list_versions(ListVersionsRequest { key: key.into() }).await;
+    let reply = reply.unwrap_or_else(|s| panic!("list versions of {key} via {addr}: {s}")).into_inner();
+    reply.versions.iter().map(|v| (v.number, v.size, v.deleted)).collect()
+}
+
+async fn fetch_version(addr: SocketAddr, key: &str, version: u64) -> Result<Vec<u8>, tonic::Status> {
+    kv(addr).fetch(FetchRequest { key: key.into(), version }).await.map(|r| r.into_inner().value)
+}
+
+/// Versioning on real processes (V1–V4): a key under a `--versions 3` rule keeps its last
+/// three versions, numbered alike on every node, written through any of them, compressed
+/// and encrypted as its rule says; a Delete is a version and leaves the ones before it
+/// readable, through a restart and past the tombstone collection delay; `memo kv
+/// versions` prints them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_versioned_key_keeps_its_last_versions_alike_on_every_node_through_a_delete() {
+    let mut cluster = Cluster::new("policy-versions", 3, 16);
+    for i in 0..3 {
+        cluster.start(i);
+    }
+    let rule = PolicyRule { prefix: "doc/".into(), compression: "zstd".into(), encryption: false, versions: 3 };
+    set(cluster.endpoint(0), rule).await;
+    let listed = admin(cluster.endpoint(1)).policy_list(PolicyListRequest {}).await.expect("list").into_inner();
+    assert_eq!(listed.rules.iter().map(|r| r.versions).collect::<Vec<_>>(), [3]);
+
+    // Five writes, each through another node: the last three are kept, in write order.
+    let values: Vec<Vec<u8>> = (0..5).map(|i| document(i, 20 + i)).collect();
+    for (i, v) in values.iter().enumerate() {
+        upsert(cluster.endpoint(i % 3), "doc/a", v).await;
+    }
+    let expected: Vec<(u64, u64, bool)> = (3..=5).map(|n| (n, values[n as usize - 1].len() as u64, false)).collect();
+    for i in 0..3 {
+        assert_eq!(versions(cluster.endpoint(i), "doc/a").await, expected, "via n{}", i + 1);
+        for n in 3..=5u64 {
+            assert_eq!(fetch_version(cluster.endpoint(i), "doc/a", n).await.expect("kept"), values[n as usize - 1]);
+        }
+        let aged = fetch_version(cluster.endpoint(i), "doc/a", 2).await.unwrap_err();
+        assert_eq!(aged.code(), tonic::Code::NotFound, "{aged}");
+        assert!(aged.message().contains("not kept"), "{aged}");
+    }
+    assert_eq!(fetch(cluster.endpoint(2), "doc/a").await, values[4], "a plain Fetch reads the current value");
+
+    // A Delete is version 6; versions 4 and 5 stay readable, through a restart and past
+    // the collection delay.
+    kv(cluster.endpoint(1)).delete(memo_proto::kvs::DeleteRequest { key: "doc/a".into() }).await.expect("delete");
+    cluster.kill(0);
+    cluster.start(0);
+    tokio::time::sleep(Duration::from_secs(12)).await; // past the default 10 s GC delay
+    let after: Vec<(u64, u64, bool)> = vec![expected[1], expected[2], (6, 0, true)];
+    for i in 0..3 {
+        let until = Instant::now() + Duration::from_secs(30);
+        let seen = loop {
+            match kv(cluster.endpoint(i)).list_versions(ListVersionsRequest { key: "doc/a".into() }).await {
+                Ok(r) => {
+                    break r.into_inner().versions.iter().map(|v| (v.number, v.size, v.deleted)).collect::<Vec<_>>();
+                }
+                Err(s) if s.code() == tonic::Code::Unavailable && Instant::now() < until => {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(s) => panic!("list versions via n{}: {s}", i + 1),
+            }
+        };
+        assert_eq!(seen, after, "via n{}", i + 1);
+        assert_eq!(fetch_version(cluster.endpoint(i), "doc/a", 5).await.expect("kept"), values[4]);
+        let deleted = fetch_version(cluster.endpoint(i), "doc/a", 6).await.unwrap_err();
+        assert!(deleted.message().contains("is a Delete"), "{deleted}");
+        let current = kv(cluster.endpoint(i)).fetch(FetchRequest { key: "doc/a".into(), version: 0 }).await;
+        assert_eq!(current.unwrap_err().code(), tonic::Code::NotFound);
+    }
+
+    // A key outside the rule lists its value as version 0; an absent key is NOT_FOUND.
+    upsert(cluster.endpoint(0), "plain", b"p").await;
+    assert_eq!(versions(cluster.endpoint(2), "plain").await, [(0, 1, false)]);
+    let absent = kv(cluster.endpoint(0)).list_versions(ListVersionsRequest { key: "nothing".into() }).await;
+    assert_eq!(absent.unwrap_err().code(), tonic::Code::NotFound);
+
+    // The CLI prints the same list.
+    let out = std::process::Command::new(memo_tests::memo_bin())
+        .args(["kv", "versions", "doc/a", "--output", "json", "--endpoint", &cluster.endpoint(1).to_string()])
+        .output()
+        .expect("memo kv versions runs");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let printed: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).expect("JSON");
+    let numbers: Vec<u64> = printed.iter().map(|v| v["number"].as_u64().expect("a number")).collect();
+    assert_eq!(numbers, [4, 5, 6]);
+    assert!(printed.iter().all(|v| v["time_ms"].as_u64().is_some_and(|t| t > 1_700_000_000_000)), "{printed:?}");
 }
