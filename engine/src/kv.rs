@@ -289,6 +289,23 @@ impl State {
         }
     }
 
+    /// A copy without the history (what a read of the current value needs), made without
+    /// copying the history.
+    pub fn without_history(&self) -> State {
+        match self {
+            State::Value { value, encoding, recent, aborted, .. } => State::Value {
+                value: value.clone(),
+                encoding: *encoding,
+                recent: recent.clone(),
+                aborted: aborted.clone(),
+                history: None,
+            },
+            State::Tombstone { recent, aborted, .. } => {
+                State::Tombstone { recent: recent.clone(), aborted: aborted.clone(), history: None }
+            }
+        }
+    }
+
     /// Whether tombstone garbage collection (R8) may remove this state: a tombstone whose
     /// history keeps no value (V4: versions a Delete left readable stay until they age out).
     pub fn collectable(&self) -> bool {

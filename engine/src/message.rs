@@ -74,8 +74,9 @@ pub enum Message {
     Accepted { key: String, ballot: Ballot, attempt: AttemptId, result: Result<bool, Rejection> },
     /// The state chosen at `accepted.ballot` (R7).
     Commit { key: String, epoch: EpochRef, accepted: Accepted },
-    /// A linearizable read (R5); no disk write.
-    Read { key: String, epoch: EpochRef, attempt: AttemptId },
+    /// A linearizable read (R5); no disk write. `history`: whether the reader needs the
+    /// key's versions (only a read of versions does; the view leaves them out otherwise).
+    Read { key: String, epoch: EpochRef, attempt: AttemptId, history: bool },
     /// Read reply.
     ReadReply { key: String, attempt: AttemptId, result: Result<ReadView, Rejection> },
     /// Drop a garbage-collected tombstone (R8).

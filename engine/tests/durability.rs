@@ -160,7 +160,7 @@ fn an_evicted_volatile_promise_is_written_not_forgotten() {
     // Touch other keys so eviction sweeps past "k".
     for i in 0..8 {
         let key = format!("other{i}");
-        let msg = Message::Read { key: key.clone(), epoch: epoch(&node, &key), attempt: 10 + i };
+        let msg = Message::Read { key: key.clone(), epoch: epoch(&node, &key), attempt: 10 + i, history: false };
         node.handle_envelope(from(&node, 2, msg), Instant::from_nanos(5)).unwrap();
     }
     persist_all(&mut node, &storage);
@@ -180,7 +180,12 @@ fn a_read_waits_for_a_pending_accept_of_its_key_but_not_of_other_keys() {
     let mut node = start(&storage);
     persist_all(&mut node, &storage);
     node.handle_envelope(from(&node, 1, accept(&node, "k", 2)), Instant::from_nanos(3)).unwrap();
-    let read = |node: &Node<_>, key: &str| Message::Read { key: key.into(), epoch: epoch(node, key), attempt: 5 };
+    let read = |node: &Node<_>, key: &str| Message::Read {
+        key: key.into(),
+        epoch: epoch(node, key),
+        attempt: 5,
+        history: false,
+    };
     let msg = from(&node, 2, read(&node, "k"));
     node.handle_envelope(msg, Instant::from_nanos(3)).unwrap();
     let msg = from(&node, 2, read(&node, "other"));

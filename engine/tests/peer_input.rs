@@ -45,7 +45,7 @@ fn valid_messages() -> Vec<Message> {
             accepted: Accepted { ballot: b, state: None },
             next: Some(b.successor()),
         },
-        Message::Read { key: "k".into(), epoch, attempt: 2 },
+        Message::Read { key: "k".into(), epoch, attempt: 2, history: false },
         Message::Scan {
             id: 1,
             partitions: vec![(0, epoch)],
@@ -85,8 +85,8 @@ fn out_of_range_fields_are_refused() {
     let mut n = node();
     let epoch = EpochRef { epoch: 1, hash: 0 };
     let bad = [
-        Message::Read { key: String::new(), epoch, attempt: 1 },
-        Message::Read { key: "x".repeat(4097), epoch, attempt: 1 },
+        Message::Read { key: String::new(), epoch, attempt: 1, history: false },
+        Message::Read { key: "x".repeat(4097), epoch, attempt: 1, history: false },
         Message::Scan {
             id: 1,
             partitions: vec![(16, epoch)],

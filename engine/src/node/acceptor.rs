@@ -214,8 +214,11 @@ impl<S: Storage> Node<S> {
         });
     }
 
-    pub(super) fn on_read(&mut self, from: NodeId, key: String, epoch: EpochRef, attempt: AttemptId) {
-        let (result, gate) = self.with_register(&key, epoch, |reg, floor| (Ok(with_floor(reg.view(), floor)), None));
+    pub(super) fn on_read(&mut self, from: NodeId, key: String, epoch: EpochRef, attempt: AttemptId, history: bool) {
+        let (result, gate) = self.with_register(&key, epoch, |reg, floor| {
+            let view = if history { reg.view() } else { reg.view_without_history() };
+            (Ok(with_floor(view, floor)), None)
+        });
         self.send(from, Message::ReadReply { key, attempt, result }, gate);
     }
 

@@ -564,7 +564,7 @@ impl<S: Storage> Node<S> {
                 self.on_accept(from, key, epoch, ballot, attempt, accepted, next)
             }
             Message::Commit { key, epoch, accepted } => self.on_commit(key, epoch, accepted),
-            Message::Read { key, epoch, attempt } => self.on_read(from, key, epoch, attempt),
+            Message::Read { key, epoch, attempt, history } => self.on_read(from, key, epoch, attempt, history),
             Message::Drop { key, epoch, ballot } => self.on_drop(key, epoch, ballot),
             Message::Scan { id, partitions, range } => self.on_scan(from, id, partitions, range),
             Message::Promise { key, ballot, attempt, result } => {

@@ -79,8 +79,9 @@ impl<S: Storage> Node<S> {
             refused: MemberSet::EMPTY,
             timer: self.timers.set(now + self.cfg.round_timeout, Timer::Read { read: id }),
         };
+        let history = matches!(round.change, Change::Versions { .. });
         self.reads.rounds.insert(id, round);
-        self.send_all(&members, Message::Read { key, epoch, attempt: id });
+        self.send_all(&members, Message::Read { key, epoch, attempt: id, history });
     }
 
     pub(super) fn on_read_reply(

@@ -174,6 +174,15 @@ impl Register {
         }
     }
 
+    /// [`Register::view`], leaving out the state's version history (a read of the current
+    /// value needs none, and the history can be many times the value). The read rule (R5)
+    /// looks at ballots and the committed flag only, so it decides alike either way.
+    pub fn view_without_history(&self) -> ReadView {
+        let accepted = (self.accepted.as_ref())
+            .map(|a| Accepted { ballot: a.ballot, state: a.state.as_ref().map(State::without_history) });
+        ReadView { accepted, committed: self.committed, floor: Ballot::ZERO, aborted: Vec::new() }
+    }
+
     /// Whether a Drop for `ballot` may remove this key: its accepted state is exactly the
     /// tombstone the GC round wrote at `ballot` (R8).
     pub fn droppable_at(&self, ballot: Ballot) -> bool {
@@ -301,5 +310,25 @@ mod tests {
         assert_eq!(absent.accepted_ballot(), Some(b(40, 1)));
         assert_eq!(absent.promised, b(1 << 21, 3), "the promise is kept");
         assert!(absent.view().committed);
+    }
+
+    #[test]
+    fn a_view_for_a_read_of_the_value_leaves_the_history_out_and_nothing_else() {
+        let mut r = Register::absent(Ballot::ZERO);
+        let mut state = val("now");
+        if let Some(State::Value { history, .. }) = &mut state {
+            let earlier = vec![crate::kv::Version { number: 1, at_ms: 7, value: Some(crate::kv::Value::plain("old")) }];
+            *history = Some(Box::new(crate::kv::History { number: 2, at_ms: 9, earlier }));
+        }
+        r.accept(b(4, 1), state.clone(), None).unwrap();
+        let full = r.view();
+        let light = r.view_without_history();
+        assert_eq!(full.accepted.as_ref().and_then(|a| a.state.clone()), state);
+        assert_eq!(light.accepted.as_ref().map(|a| a.ballot), full.accepted.as_ref().map(|a| a.ballot));
+        assert_eq!(light.committed, full.committed);
+        let light_state = light.accepted.and_then(|a| a.state).expect("a state");
+        assert!(light_state.history().is_none());
+        assert_eq!(light_state.stored(), state.as_ref().and_then(State::stored));
+        assert_eq!(light_state.recent(), state.as_ref().map(State::recent).unwrap_or_default());
     }
 }
