@@ -19,6 +19,8 @@
 //! - **V2 the stamp decides.** How many versions a write keeps is the stamp's, fixed where
 //!   the write entered; a write racing a rule change keeps either count, never a mix, and a
 //!   rule that stops versioning drops the history at the next write (the numbers go on).
+//!   Whatever the count, the earlier versions' values are kept within
+//!   [`HISTORY_BYTES_MAX`], oldest dropped first, so a register always fits a message.
 //! - **V3 a Delete is a version.** It makes the key absent and takes the next number; the
 //!   versions before it stay readable until later writes age them out.
 //! - **V4 garbage collection spares histories.** Tombstone GC (R8) only removes a tombstone
@@ -166,6 +168,12 @@ impl From<Vec<u8>> for Value {
 /// The most versions a key may keep (`memo policy set --versions N`): every Accept and
 /// every read view of a versioned key carries its whole history.
 pub const VERSIONS_MAX: u16 = 100;
+
+/// The most bytes of earlier versions' values a state keeps: a register travels whole in
+/// every Accept, so its history must fit a peer message (`message::ENVELOPE_BYTES_MAX`,
+/// 64 MiB) beside the largest value, whatever `--versions` says. The oldest versions go
+/// first.
+pub const HISTORY_BYTES_MAX: usize = 32 * 1024 * 1024;
 
 /// What a write asks of its key's history, fixed by the node where the write entered the
 /// cluster and carried with it to whichever node applies it (versioning, rule V2).
@@ -486,7 +494,8 @@ pub fn apply(
 ///   its stamp (so numbers never restart while the register lives);
 /// - the version it replaces (a value, or a Delete as a version with no value) joins the
 ///   earlier versions; a live value written before numbering began becomes version 1;
-/// - the newest `stamp.keep` versions are kept, this write's included.
+/// - the newest `stamp.keep` versions are kept, this write's included, as long as the
+///   earlier ones' values fit in [`HISTORY_BYTES_MAX`] (the oldest go first).
 ///
 /// A pure function of the chosen state and the write: every replica that holds the state
 /// holds the same numbers (V1).
@@ -506,6 +515,14 @@ pub fn next_history(old: Option<&State>, stamp: Stamp) -> Option<Box<History>> {
     if earlier.len() > earlier_max {
         earlier.drain(..earlier.len() - earlier_max);
     }
+    let size = |v: &Version| v.value.as_ref().map_or(0, |v| v.bytes.len());
+    let mut bytes: usize = earlier.iter().map(size).sum();
+    let mut over = 0;
+    while bytes > HISTORY_BYTES_MAX {
+        bytes -= size(&earlier[over]);
+        over += 1;
+    }
+    earlier.drain(..over);
     Some(Box::new(History { number: base + 1, at_ms: stamp.at_ms, earlier }))
 }
 
@@ -801,5 +818,20 @@ mod tests {
         let all = numbers(&state);
         assert_eq!(all.len(), usize::from(VERSIONS_MAX));
         assert_eq!(all.last().map(|v| v.0), Some(u64::from(VERSIONS_MAX) + 20));
+    }
+
+    #[test]
+    fn the_history_fits_a_message_whatever_the_count() {
+        let big = vec![7u8; 1024 * 1024];
+        let mut state = None;
+        for i in 0..60 {
+            apply(&mut state, &Change::Upsert(Value::plain(big.clone())), op(i), keep(VERSIONS_MAX, i), b(i)).unwrap();
+        }
+        let h = state.as_ref().and_then(State::history).expect("numbered");
+        assert_eq!(h.number, 60);
+        let kept: usize = h.earlier.iter().map(|v| v.value.as_ref().map_or(0, |v| v.bytes.len())).sum();
+        assert!(kept <= HISTORY_BYTES_MAX, "{kept}");
+        assert_eq!(h.earlier.len(), HISTORY_BYTES_MAX / big.len(), "the newest that fit");
+        assert_eq!(h.earlier.last().map(|v| v.number), Some(59), "consecutive up to the current one");
     }
 }

@@ -23,7 +23,8 @@
 //!   have existed yet. Both rules are sound: a linearizable store never breaks them.
 //! - **Versions** ([`check_versions`]) of keys whose rule keeps `N > 1` versions (every
 //!   write to them is stamped, since the rules are confirmed before the workload):
-//!   1. *A listing is a window*: consecutive numbers from 1 up, the newest `min(N, last)`.
+//!   1. *A listing is a window*: consecutive numbers from 1 up, the newest `min(N, last)`
+//!      (the simulation's values are far below the history's byte bound).
 //!   2. *Numbers never go back*: a read invoked after another completed sees a last
 //!      number at least as high (a versioned key is never collected: V4).
 //!   3. *One version, one content everywhere*: every read of version `n` of a key, from
