@@ -113,7 +113,7 @@ impl Cluster {
             node.handle_persisted(batch, *now);
         }
         while let Some(t) = node.poll_transmit() {
-            let to = ids.iter().position(|n| *n == t.to).expect("known node");
+            let to = ids.iter().position(|n| n == t.to()).expect("known node");
             let wire = if *codec { Wire::Bytes(message::encode(&t.envelope)) } else { Wire::Value(t.envelope) };
             net.push_back((to, wire));
         }

@@ -59,7 +59,7 @@ fn main() {
                     progressed = true;
                 }
                 while let Some(t) = nodes[n].poll_transmit() {
-                    let to = ids.iter().position(|x| *x == t.to).unwrap();
+                    let to = ids.iter().position(|x| x == t.to()).unwrap();
                     net.push_back((to, t.envelope));
                     progressed = true;
                 }

@@ -376,7 +376,7 @@ impl Sim {
             self.schedule(at, Event::Durable { node: i, life, batch });
         }
         for t in transmits {
-            let to = self.index_of(&t.to);
+            let to = self.index_of(t.to());
             self.transmit(i, to, t.envelope);
         }
     }

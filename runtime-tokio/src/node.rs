@@ -326,26 +326,26 @@ impl EventLoop {
     /// Queues an envelope for its peer's link, or drops it: loss is part of the
     /// protocol's fault model, and the engine's timers retry.
     fn transmit(&mut self, transmit: Transmit) {
-        if !self.outputs.peers.contains_key(&transmit.to) {
+        if !self.outputs.peers.contains_key(transmit.to()) {
             // A node membership introduced: link to it at the address it announced.
-            let addr = self.node.address_of(&transmit.to).and_then(|a| a.parse().ok());
+            let addr = self.node.address_of(transmit.to()).and_then(|a| a.parse().ok());
             let Some(addr) = addr else {
-                tracing::debug!(to = %transmit.to, "no address for peer; message dropped");
+                tracing::debug!(to = %transmit.to(), "no address for peer; message dropped");
                 return;
             };
-            let queue = self.outputs.links.spawn(transmit.to.clone(), addr);
-            tracing::info!(peer = %transmit.to, %addr, "linked to a new peer");
-            self.outputs.peers.insert(transmit.to.clone(), queue);
+            let queue = self.outputs.links.spawn(transmit.to().clone(), addr);
+            tracing::info!(peer = %transmit.to(), %addr, "linked to a new peer");
+            self.outputs.peers.insert(transmit.to().clone(), queue);
         }
-        let Some(queue) = self.outputs.peers.get(&transmit.to) else { return };
+        let Some(queue) = self.outputs.peers.get(transmit.to()) else { return };
         let bytes = memo_engine::message::encode(&transmit.envelope);
         let len = bytes.len() as u64;
         if queue.try_send(bytes).is_ok() {
             self.peer_messages_sent += 1;
             self.peer_bytes_sent += len;
         } else {
-            tracing::trace!(to = %transmit.to, "peer queue full or closed; message dropped");
-            crate::metrics::peer_message_dropped(&self.node.id().name, &transmit.to.name);
+            tracing::trace!(to = %transmit.to(), "peer queue full or closed; message dropped");
+            crate::metrics::peer_message_dropped(&self.node.id().name, &transmit.to().name);
         }
     }
 }

@@ -125,10 +125,15 @@ pub struct Reply {
 /// An envelope to deliver to `to`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Transmit {
-    /// The receiver.
-    pub to: NodeId,
-    /// What to send; encode with [`crate::message::encode`].
+    /// What to send, to [`Transmit::to`]; encode with [`crate::message::encode`].
     pub envelope: Envelope,
+}
+
+impl Transmit {
+    /// The receiver (the envelope's).
+    pub fn to(&self) -> &NodeId {
+        &self.envelope.to
+    }
 }
 
 /// Counters for observability and tests.
@@ -536,8 +541,8 @@ impl<S: Storage> Node<S> {
             self.stats.transmit_dropped += 1;
             return;
         }
-        let envelope = Envelope { cluster: self.cluster, from: self.cfg.me.clone(), to: to.clone(), message: msg };
-        self.transmits.push_back(Transmit { to, envelope });
+        let envelope = Envelope { cluster: self.cluster, from: self.cfg.me.clone(), to, message: msg };
+        self.transmits.push_back(Transmit { envelope });
     }
 
     /// Sends one message to several nodes, cloning it for all but the last.
