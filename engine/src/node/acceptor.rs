@@ -267,7 +267,9 @@ impl<S: Storage> Node<S> {
             let result = if let Err(rejection) = self.fence_partition(p, epoch) {
                 Err(rejection)
             } else {
-                self.scan_partition(p, &range).inspect(|entries| {
+                // List only needs to know which keys hold a value: the views leave the
+                // keys' version histories out.
+                self.scan_partition(p, &range, false).inspect(|entries| {
                     for (k, _) in &entries.entries {
                         gate = gate.max(self.persist.gate(p, k));
                     }
@@ -278,8 +280,14 @@ impl<S: Storage> Node<S> {
         self.send(from, Message::ScanReply { id, partitions: parts }, gate);
     }
 
-    /// Keys of one partition in `range`, with their views, merging the overlay over the silo.
-    pub(super) fn scan_partition(&mut self, p: PartitionId, range: &ScanRange) -> Result<ScanEntries, Rejection> {
+    /// Keys of one partition in `range`, with their views (with the version histories if
+    /// `history`), merging the overlay over the silo.
+    pub(super) fn scan_partition(
+        &mut self,
+        p: PartitionId,
+        range: &ScanRange,
+        history: bool,
+    ) -> Result<ScanEntries, Rejection> {
         let limit = range.limit.clamp(1, 100_000) as usize;
         let from =
             if range.start.as_str() > range.prefix.as_str() { range.start.as_str() } else { range.prefix.as_str() };
@@ -317,7 +325,7 @@ impl<S: Storage> Node<S> {
                 complete_to = entries.last().map(|(k, _)| k.clone());
                 break;
             }
-            entries.push((key, reg.view()));
+            entries.push((key, if history { reg.view() } else { reg.view_without_history() }));
         }
         Ok(ScanEntries { entries, complete_to })
     }

@@ -411,7 +411,7 @@ impl<S: Storage> Node<S> {
             Err(Rejection::Config(self.map.config(p).clone()))
         } else {
             let range = ScanRange { start, exclusive, prefix: String::new(), limit };
-            self.scan_partition(p, &range).and_then(|entries| {
+            self.scan_partition(p, &range, true).and_then(|entries| {
                 let aborted = self.persist.partition_aborts(&self.storage, p).map_err(|_| {
                     self.stats.storage_errors += 1;
                     Rejection::Storage
