@@ -285,16 +285,21 @@ impl State {
     }
 
     /// The key's versions, oldest first, the current one last: the numbered history, or
-    /// the live value alone as version 0 if the key's writes were never numbered.
-    pub fn versions(&self) -> Vec<Version> {
-        match self.history() {
-            Some(h) => {
-                let mut all = h.earlier.clone();
-                all.push(Version { number: h.number, at_ms: h.at_ms, value: self.stored() });
-                all
-            }
-            None => self.stored().map(|v| Version { number: 0, at_ms: 0, value: Some(v) }).into_iter().collect(),
+    /// the live value alone as version 0 if the key's writes were never numbered. With
+    /// `number`, only that version (none if it is not kept); only what is returned is
+    /// copied.
+    pub fn versions(&self, number: Option<u64>) -> Vec<Version> {
+        let wanted = |n: u64| number.is_none_or(|w| w == n);
+        let (current, at_ms, earlier) = match self.history() {
+            Some(h) => (h.number, h.at_ms, h.earlier.as_slice()),
+            None if self.value().is_none() => return Vec::new(),
+            None => (0, 0, &[][..]),
+        };
+        let mut out: Vec<Version> = earlier.iter().filter(|v| wanted(v.number)).cloned().collect();
+        if wanted(current) {
+            out.push(Version { number: current, at_ms, value: self.stored() });
         }
+        out
     }
 
     /// A copy without the history (what a read of the current value needs), made without
@@ -445,7 +450,7 @@ pub fn apply(
             return Err(Aborted);
         }
     }
-    let next = match change {
+    let (value, encoding) = match change {
         Change::Fetch => {
             return Ok(match state.as_ref().and_then(State::stored) {
                 Some(v) => Answer::Value(v),
@@ -458,36 +463,34 @@ pub fn apply(
         Change::Swap { expected, .. } if state.as_ref().and_then(State::stored) != *expected => {
             return Ok(Answer::Conflict);
         }
-        Change::Insert(v) | Change::Update(v) | Change::Upsert(v) | Change::Swap { value: v, .. } => State::Value {
-            value: v.bytes.clone(),
-            encoding: v.encoding,
-            recent: Vec::new(),
-            aborted: Aborts::default(),
-            history: None,
-        },
-        Change::Delete => State::Tombstone { recent: Vec::new(), aborted: Aborts::default(), history: None },
+        Change::Insert(v) | Change::Update(v) | Change::Upsert(v) | Change::Swap { value: v, .. } => {
+            (Some(v.bytes.clone()), v.encoding)
+        }
+        Change::Delete => (None, Encoding::PLAIN),
     };
-    let mut recent = state.as_ref().map(|s| s.recent().to_vec()).unwrap_or_default();
+    // The write takes effect: the state it replaces hands its parts over, uncopied.
+    let (mut recent, aborted, history, replaced) = match state.take() {
+        Some(State::Value { value, encoding, recent, aborted, history }) => {
+            (recent, aborted, history, Some(Some(Value { bytes: value, encoding })))
+        }
+        Some(State::Tombstone { recent, aborted, history }) => (recent, aborted, history, Some(None)),
+        None => (Vec::new(), Aborts::default(), None, None),
+    };
     recent.push(Applied { ballot, op });
     if recent.len() > RECENT_OPS_MAX {
         recent.drain(..recent.len() - RECENT_OPS_MAX);
     }
-    let aborted = state.as_ref().map(|s| s.aborted().clone()).unwrap_or_default();
-    let numbered = next_history(state.as_ref(), stamp);
-    let mut next = next;
-    match &mut next {
-        State::Value { recent: r, aborted: x, history: h, .. }
-        | State::Tombstone { recent: r, aborted: x, history: h } => {
-            *r = recent;
-            *x = aborted;
-            *h = numbered;
-        }
-    }
-    *state = Some(next);
+    let history = next_history(history, replaced, stamp);
+    *state = Some(match value {
+        Some(value) => State::Value { value, encoding, recent, aborted, history },
+        None => State::Tombstone { recent, aborted, history },
+    });
     Ok(Answer::Done)
 }
 
-/// The history of the state a write makes on top of `old` (versioning, V1–V3):
+/// The history of the state a write makes on top of the state it replaces, given as that
+/// state's `history` and its content (`replaced`: `None` for no state, `Some(None)` for a
+/// tombstone, `Some(Some(value))` for a value) (versioning, V1–V3):
 ///
 /// - a key is numbered from its first write stamped to keep more than one version, and
 ///   stays numbered: every later write that takes effect gets the next number, whatever
@@ -499,17 +502,22 @@ pub fn apply(
 ///
 /// A pure function of the chosen state and the write: every replica that holds the state
 /// holds the same numbers (V1).
-pub fn next_history(old: Option<&State>, stamp: Stamp) -> Option<Box<History>> {
-    let prev = old.and_then(State::history);
-    if prev.is_none() && stamp.keep <= 1 {
+pub fn next_history(
+    history: Option<Box<History>>,
+    replaced: Option<Option<Value>>,
+    stamp: Stamp,
+) -> Option<Box<History>> {
+    if history.is_none() && stamp.keep <= 1 {
         return None;
     }
-    let (base, at_ms, mut earlier) = match prev {
-        Some(h) => (h.number, h.at_ms, h.earlier.clone()),
-        None => (u64::from(old.and_then(State::value).is_some()), 0, Vec::new()),
+    let replaced = replaced.flatten();
+    let (base, at_ms, mut history) = match history {
+        Some(h) => (h.number, h.at_ms, h),
+        None => (u64::from(replaced.is_some()), 0, Box::default()),
     };
+    let earlier = &mut history.earlier;
     if base > 0 {
-        earlier.push(Version { number: base, at_ms, value: old.and_then(State::stored) });
+        earlier.push(Version { number: base, at_ms, value: replaced });
     }
     let earlier_max = usize::from(stamp.keep.clamp(1, VERSIONS_MAX)) - 1;
     if earlier.len() > earlier_max {
@@ -523,16 +531,14 @@ pub fn next_history(old: Option<&State>, stamp: Stamp) -> Option<Box<History>> {
         over += 1;
     }
     earlier.drain(..over);
-    Some(Box::new(History { number: base + 1, at_ms: stamp.at_ms, earlier }))
+    history.number = base + 1;
+    history.at_ms = stamp.at_ms;
+    Some(history)
 }
 
 /// The versions of `state` a [`Change::Versions`] asks for.
 pub fn versions(state: Option<&State>, number: Option<u64>) -> Vec<Version> {
-    let mut all = state.map(State::versions).unwrap_or_default();
-    if let Some(n) = number {
-        all.retain(|v| v.number == n);
-    }
-    all
+    state.map(|s| s.versions(number)).unwrap_or_default()
 }
 
 /// Applies a fold of changes in order; each write that takes effect is remembered in the

@@ -271,23 +271,23 @@ impl KeyValueStore for KvService {
         self.observe("Fetch", async {
             let FetchRequest { key, version } = request.into_inner();
             check_key(&key)?;
-            let Some(number) = Some(version).filter(|v| *v != 0) else {
-                return match self.submit(Request::fetch(key.clone())).await? {
-                    Response::Value(value) => {
-                        let value = self.policies.decode(&key, value, self.value_bytes_max).map_err(status_from)?;
-                        Ok(tonic::Response::new(FetchResponse { value }))
-                    }
-                    other => Err(unexpected(&other)),
-                };
-            };
-            match self.versions(&key, Some(number)).await?.pop() {
-                Some(Version { value: Some(value), .. }) => {
-                    let value = self.policies.decode(&key, value, self.value_bytes_max).map_err(status_from)?;
-                    Ok(tonic::Response::new(FetchResponse { value }))
+            // Version 0, the default, is the current value.
+            let stored = if version == 0 {
+                match self.submit(Request::fetch(key.clone())).await? {
+                    Response::Value(value) => value,
+                    other => return Err(unexpected(&other)),
                 }
-                Some(Version { value: None, .. }) => Err(Status::not_found(format!("version {number} is a Delete"))),
-                None => Err(Status::not_found(format!("version {number} of the key is not kept"))),
-            }
+            } else {
+                match self.versions(&key, Some(version)).await?.pop() {
+                    Some(Version { value: Some(value), .. }) => value,
+                    Some(Version { value: None, .. }) => {
+                        return Err(Status::not_found(format!("version {version} is a Delete")));
+                    }
+                    None => return Err(Status::not_found(format!("version {version} of the key is not kept"))),
+                }
+            };
+            let value = self.policies.decode(&key, stored, self.value_bytes_max).map_err(status_from)?;
+            Ok(tonic::Response::new(FetchResponse { value }))
         })
         .await
     }
