@@ -568,9 +568,8 @@ impl SimOptions {
         let keys = d.range_usize(scenario.keys.clone());
         let mix =
             scenario.mix.unwrap_or_else(|| d.pick(&[Mix::BALANCED, Mix::CHURN, Mix::WRITE_HEAVY, Mix::READ_HEAVY]));
-        let transport = scenario
-            .transport
-            .unwrap_or_else(|| if d.chance(500) { PeerTransport::Stream } else { PeerTransport::Unary });
+        let transport =
+            scenario.transport.unwrap_or_else(|| if d.chance(500) { PeerTransport::Tcp } else { PeerTransport::Unary });
         let mut engine = derive_engine(&mut d);
         // From a stream of its own, so that the draws above (and the histories of the
         // regression seeds) are what they were before membership existed.

@@ -380,7 +380,7 @@ pub async fn spawn_node_on(
         .policy_refresh
         .map(|interval| policy::table::refresh(kv.clone(), policies.clone(), interval, stop_node_rx.clone()));
     let health = Health::default();
-    let router = server::router(kv, kv_message_bytes_max, peer, admin, &health)?;
+    let router = server::router(kv, kv_message_bytes_max, peer.clone(), admin, &health)?;
 
     let (commits, commits_rx) = mpsc::channel(committer::COMMIT_QUEUE_BATCHES_MAX);
     let (durable_tx, durable) = watch::channel(0);
@@ -412,7 +412,7 @@ pub async fn spawn_node_on(
         tokio::spawn(refresher);
     }
     health.set_serving(true).await;
-    let server = tokio::spawn(server::serve(listener, router, stop_server_rx));
+    let server = tokio::spawn(server::serve(listener, router, peer, stop_server_rx));
     tracing::info!(node = %me, %addr, "serving");
     Ok(NodeHandle {
         id: me,

@@ -1,5 +1,8 @@
 //! The node's one listening port, serving `memo.kvs.KeyValueStore`, `memo.peer.Peer`
-//! and `memo.admin.Admin` (and, in real builds, gRPC health and reflection).
+//! and `memo.admin.Admin` (and, in real builds, gRPC health and reflection), and memo's
+//! own peer connections ([`crate::peer::tcp`]): the accept loop tells them apart by
+//! their first byte. In simulation, where madsim-tonic binds its own simulated
+//! endpoint, peer connections have a simulated TCP listener on the same address.
 //!
 //! Binding is separate from serving so that callers can bind port 0 first, learn the
 //! address, and build the peer table before any node starts (tests, `memo dev`). Real
@@ -68,23 +71,86 @@ pub(crate) fn router(
     health.mount(router)
 }
 
-/// Serves `router` until `stop` is set, then finishes in-flight calls.
+/// Connections accepted but not yet taken by the gRPC server.
+#[cfg(not(madsim))]
+const HTTP_CONNECTIONS_QUEUED_MAX: usize = 64;
+/// Pause after a failed `accept` (out of file descriptors, say) before the next.
+const ACCEPT_RETRY_DELAY: std::time::Duration = std::time::Duration::from_millis(20);
+
+/// Serves `router` and peer connections until `stop` is set, then finishes in-flight
+/// calls.
 pub(crate) async fn serve(
     listener: Listener,
     router: Router,
-    mut stop: watch::Receiver<bool>,
+    peer: PeerService,
+    stop: watch::Receiver<bool>,
 ) -> Result<(), tonic::transport::Error> {
+    let mut stop_signal = stop.clone();
     let signal = async move {
         // A dropped sender also means stop.
-        let _ = stop.wait_for(|stopped| *stopped).await;
+        let _ = stop_signal.wait_for(|stopped| *stopped).await;
     };
     #[cfg(not(madsim))]
     {
-        let incoming = tonic::transport::server::TcpIncoming::from(listener.tcp).with_nodelay(Some(true));
-        router.serve_with_incoming_shutdown(incoming, signal).await
+        let (http, incoming) = tokio::sync::mpsc::channel(HTTP_CONNECTIONS_QUEUED_MAX);
+        tokio::spawn(accept(listener.tcp, peer, http, stop));
+        router.serve_with_incoming_shutdown(crate::stream::ChannelStream(incoming), signal).await
     }
     #[cfg(madsim)]
     {
+        match tokio::net::TcpListener::bind(listener.addr).await {
+            Ok(tcp) => {
+                tokio::spawn(accept_peers(tcp, peer, stop));
+            }
+            Err(error) => tracing::error!(addr = %listener.addr, %error, "cannot listen for peer connections"),
+        }
         router.serve_with_shutdown(listener.addr, signal).await
+    }
+}
+
+/// Accepts connections until `stop` is set and hands each to
+/// [`crate::peer::tcp::classify`].
+#[cfg(not(madsim))]
+async fn accept(
+    tcp: tokio::net::TcpListener,
+    peer: PeerService,
+    http: tokio::sync::mpsc::Sender<std::io::Result<tokio::net::TcpStream>>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let accepted = tokio::select! {
+            _ = stop.wait_for(|stopped| *stopped) => return,
+            accepted = tcp.accept() => accepted,
+        };
+        match accepted {
+            Ok((stream, _)) => {
+                let _ = stream.set_nodelay(true);
+                tokio::spawn(crate::peer::tcp::classify(stream, peer.clone(), http.clone()));
+            }
+            Err(error) => {
+                tracing::warn!(%error, "accepting a connection failed");
+                tokio::time::sleep(ACCEPT_RETRY_DELAY).await;
+            }
+        }
+    }
+}
+
+/// Simulation: every connection to the simulated TCP listener is a peer connection.
+#[cfg(madsim)]
+async fn accept_peers(tcp: tokio::net::TcpListener, peer: PeerService, mut stop: watch::Receiver<bool>) {
+    loop {
+        let accepted = tokio::select! {
+            _ = stop.wait_for(|stopped| *stopped) => return,
+            accepted = tcp.accept() => accepted,
+        };
+        match accepted {
+            Ok((stream, _)) => {
+                tokio::spawn(crate::peer::tcp::serve_connection(peer.clone(), stream));
+            }
+            Err(error) => {
+                tracing::warn!(%error, "accepting a connection failed");
+                tokio::time::sleep(ACCEPT_RETRY_DELAY).await;
+            }
+        }
     }
 }

@@ -1,24 +1,30 @@
-//! Node-to-node transport: the `memo.peer.Peer` gRPC service and one outbound link per
-//! peer.
+//! Node-to-node transport: one outbound link per peer, and the receiving side (memo's own
+//! framing in [`tcp`], and the `memo.peer.Peer` gRPC service).
 //!
 //! The engine encodes its own messages; this module only moves opaque bytes. A link is
 //! a task with a bounded queue that the event loop fills without waiting (a full queue
 //! drops: the protocol tolerates loss, and rounds time out and retry). The link connects
-//! lazily, reconnects with exponential backoff, and packs everything queued into one
-//! `Batch` per send, because per-message costs dominate gRPC on this hardware
-//! (docs/CALIBRATION.md: batching cut the cost per message 5–20×).
+//! lazily, reconnects with exponential backoff, and sends everything queued at once,
+//! because per-message costs dominate on this hardware (docs/CALIBRATION.md: batching cut
+//! the cost per message 5–20×).
 //!
-//! By default a link keeps one long-lived `Stream` call open and the receiver acks the
-//! stream's first batch only (or ends the stream with an error); [`PeerTransport::Unary`] sends one `Send` call per
-//! batch instead (simpler failure semantics, useful in simulation where a madsim stream
-//! never loses data but only delays it).
+//! Three transports ([`PeerTransport`]):
+//! - [`PeerTransport::Tcp`], the default: length-prefixed frames on one plain TCP
+//!   connection per peer, on the node's one port ([`tcp`]). A batch is one `write`.
+//! - [`PeerTransport::Stream`]: one long-lived gRPC `Stream` call per peer; the receiver
+//!   acks the stream's first batch only (or ends the stream with an error). Each batch
+//!   costs an HTTP/2 frame and more task hops than a `Tcp` write (docs/PERFORMANCE.md).
+//! - [`PeerTransport::Unary`]: one gRPC `Send` call per batch (simpler failure semantics,
+//!   used in simulation because a madsim connection never loses data but only delays it).
 //!
 //! Each link publishes its [`LinkStatus`] on a watch channel, for `memo status`
 //! ([`crate::admin`]): connecting, connected (a call is open), or down with the reason.
 //!
-//! The receiver checks the batch's cluster id (a mismatch is refused with
-//! FAILED_PRECONDITION) and hands the messages to the event loop, which decodes them;
+//! The receiver checks the sender's cluster id and data keys ([`PeerService::check`]; a
+//! mismatch is refused) and hands the messages to the event loop, which decodes them;
 //! malformed messages are logged and dropped there, never a panic.
+
+pub(crate) mod tcp;
 
 use crate::policy::crypt::Fingerprint;
 use crate::stream::ChannelStream;
@@ -65,8 +71,11 @@ pub const STREAM_ACKS_BUFFERED_MAX: usize = 2;
 /// How a node sends batches to its peers.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum PeerTransport {
-    /// One long-lived bidirectional `Stream` call per peer.
+    /// memo's own length-prefixed frames on one plain TCP connection per peer, on the
+    /// node's one port ([`tcp`]).
     #[default]
+    Tcp,
+    /// One long-lived bidirectional gRPC `Stream` call per peer.
     Stream,
     /// One unary `Send` call per batch.
     Unary,
@@ -108,13 +117,13 @@ pub(crate) struct PeerService {
 }
 
 impl PeerService {
-    /// Checks a batch and queues its messages; returns its sequence number to ack.
-    async fn deliver(&self, batch: Batch) -> Result<u64, Status> {
+    /// Checks a batch's header: its cluster, its sender's data keys and its size.
+    fn check(&self, batch: &Batch) -> Result<(), Status> {
         if batch.cluster_id != self.cluster.0 {
             tracing::warn!(from = %batch.from_name, "refused a batch from another cluster");
             return Err(Status::failed_precondition("the batch belongs to another cluster"));
         }
-        if let Some(why) = self.key_mismatch(&batch) {
+        if let Some(why) = self.key_mismatch(batch) {
             tracing::error!(from = %batch.from_name, "{why}");
             return Err(Status::failed_precondition(why));
         }
@@ -123,6 +132,12 @@ impl PeerService {
                 "a batch carries at most {PEER_BATCH_MESSAGES_MAX} messages"
             )));
         }
+        Ok(())
+    }
+
+    /// Checks a batch and queues its messages; returns its sequence number to ack.
+    async fn deliver(&self, batch: Batch) -> Result<u64, Status> {
+        self.check(&batch)?;
         if !batch.messages.is_empty() && self.inbound.send(batch.messages).await.is_err() {
             return Err(Status::unavailable("the node is stopping"));
         }
@@ -372,13 +387,17 @@ impl Link {
     /// Connects, then sends batches until something fails.
     async fn connect_and_send(&mut self) -> LinkEnd {
         self.note_connecting();
+        if self.transport == PeerTransport::Tcp {
+            return tcp::run_link(self).await;
+        }
         let client = match self.connect().await {
             Ok(client) => client,
             Err(reason) => return LinkEnd::Failed(reason),
         };
-        match self.transport {
-            PeerTransport::Stream => self.send_streamed(client).await,
-            PeerTransport::Unary => self.send_unary(client).await,
+        if self.transport == PeerTransport::Stream {
+            self.send_streamed(client).await
+        } else {
+            self.send_unary(client).await
         }
     }
 
