@@ -241,8 +241,17 @@ impl Batcher {
             Some(message) => message,
             None => queue.recv().await?,
         };
-        let mut bytes = first.len();
         let mut batch = vec![first];
+        self.fill(queue, &mut batch);
+        Some(batch)
+    }
+
+    /// Adds what is queued to `batch`, within the bounds.
+    fn fill(&mut self, queue: &mut mpsc::Receiver<Vec<u8>>, batch: &mut Vec<Vec<u8>>) {
+        if self.carry.is_some() {
+            return;
+        }
+        let mut bytes: usize = batch.iter().map(Vec::len).sum();
         while batch.len() < PEER_BATCH_MESSAGES_MAX {
             let Ok(message) = queue.try_recv() else { break };
             if bytes + message.len() > PEER_BATCH_BYTES_MAX {
@@ -252,7 +261,6 @@ impl Batcher {
             bytes += message.len();
             batch.push(message);
         }
-        Some(batch)
     }
 }
 
@@ -504,6 +512,33 @@ mod tests {
         assert_eq!(first.len(), PEER_BATCH_MESSAGES_MAX);
         let second = batcher.next(&mut rx).await.unwrap();
         assert_eq!(second.len(), 3);
+    }
+
+    #[tokio::test]
+    async fn filling_a_batch_keeps_both_bounds() {
+        let (tx, mut rx) = mpsc::channel(PEER_QUEUE_MESSAGES_MAX);
+        let mut batcher = Batcher::default();
+        // The count bound, counting what the batch already holds.
+        for i in 0..PEER_BATCH_MESSAGES_MAX {
+            tx.send(vec![i as u8]).await.unwrap();
+        }
+        let mut batch = vec![vec![0], vec![1]];
+        batcher.fill(&mut rx, &mut batch);
+        assert_eq!(batch.len(), PEER_BATCH_MESSAGES_MAX);
+        assert_eq!(rx.len(), 2, "two messages stay queued");
+        batcher.fill(&mut rx, &mut Vec::new());
+        // The byte bound: the message that would overflow it is carried, and a carried
+        // message is not overtaken by a later fill.
+        let half = PEER_BATCH_BYTES_MAX / 2;
+        tx.send(vec![1; half + 1]).await.unwrap();
+        tx.send(vec![2; 1]).await.unwrap();
+        let mut batch = vec![vec![0; half]];
+        batcher.fill(&mut rx, &mut batch);
+        assert_eq!(batch.len(), 1);
+        batcher.fill(&mut rx, &mut batch);
+        assert_eq!(batch.len(), 1, "the carried message goes first, in the next batch");
+        let sizes = |b: Vec<Vec<u8>>| b.iter().map(Vec::len).collect::<Vec<_>>();
+        assert_eq!(sizes(batcher.next(&mut rx).await.unwrap()), [half + 1, 1]);
     }
 
     #[tokio::test]

@@ -39,6 +39,12 @@
 //! - Each side sends a heartbeat when it has written nothing for an interval, and ends
 //!   the connection after [`SILENT_INTERVALS_MAX`] intervals without hearing anything:
 //!   this finds a dead or stopped peer on an idle link (what HTTP/2 keepalive pings did).
+//! - A link writes everything queued for its peer in one write. A batch of fewer than
+//!   [`LINGER_BELOW_MESSAGES`] first waits one scheduler turn (`yield_now`), so that
+//!   the messages the node's other ready tasks produce for this peer join it: at 12
+//!   nodes, where a node's messages spread over 11 links, that made batches 50% larger
+//!   and a put's CPU about 10% smaller (docs/PERFORMANCE.md). It costs no timer and at
+//!   most one turn of latency.
 //! - The receiver hands the event loop what one read brought, at most
 //!   [`super::PEER_BATCH_MESSAGES_MAX`] messages per item, and waits when the loop's
 //!   queue is full (backpressure reaches the sender through TCP).
@@ -63,6 +69,9 @@ pub const HELLO_BYTES_MAX: usize = 64 * 1024;
 pub const FRAME_HEADER_BYTES: usize = 4;
 /// The read buffer's usual size; it grows only for a larger frame, and shrinks back.
 pub const READ_BUFFER_BYTES: usize = 64 * 1024;
+/// A batch smaller than this waits one scheduler turn for more messages before it is
+/// written.
+pub const LINGER_BELOW_MESSAGES: usize = 8;
 /// Heartbeat intervals without hearing from the other side before a connection ends.
 pub const SILENT_INTERVALS_MAX: u32 = 3;
 /// How long the hello and its reply may take.
@@ -419,7 +428,13 @@ async fn send_batches<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
     loop {
         tokio::select! {
             messages = batcher.next(queue) => {
-                let Some(messages) = messages else { return LinkEnd::QueueClosed };
+                let Some(mut messages) = messages else { return LinkEnd::QueueClosed };
+                if messages.len() < LINGER_BELOW_MESSAGES {
+                    // Let the tasks that are ready run once: what they send this peer
+                    // joins this write instead of paying for its own.
+                    tokio::task::yield_now().await;
+                    batcher.fill(queue, &mut messages);
+                }
                 out.clear();
                 for message in &messages {
                     push_frame(&mut out, message);
