@@ -40,11 +40,11 @@
 //!   the connection after [`SILENT_INTERVALS_MAX`] intervals without hearing anything:
 //!   this finds a dead or stopped peer on an idle link (what HTTP/2 keepalive pings did).
 //! - A link writes everything queued for its peer in one write. A batch of fewer than
-//!   [`LINGER_BELOW_MESSAGES`] first waits one scheduler turn (`yield_now`), so that
-//!   the messages the node's other ready tasks produce for this peer join it: at 12
-//!   nodes, where a node's messages spread over 11 links, that made batches 50% larger
-//!   and a put's CPU about 10% smaller (docs/PERFORMANCE.md). It costs no timer and at
-//!   most one turn of latency.
+//!   [`LINGER_BELOW_MESSAGES`] first waits up to [`LINGER_TURNS`] scheduler turns
+//!   (`yield_now`), so that the messages the node's other ready tasks produce for this
+//!   peer join it: at 12 nodes, where a node's messages spread over 11 links, batches
+//!   grew from 2.1 to 3.9 messages and a put's CPU fell by a tenth or more
+//!   (docs/PERFORMANCE.md). It costs no timer, only turns of the scheduler.
 //! - The receiver hands the event loop what one read brought, at most
 //!   [`super::PEER_BATCH_MESSAGES_MAX`] messages per item, and waits when the loop's
 //!   queue is full (backpressure reaches the sender through TCP).
@@ -69,9 +69,11 @@ pub const HELLO_BYTES_MAX: usize = 64 * 1024;
 pub const FRAME_HEADER_BYTES: usize = 4;
 /// The read buffer's usual size; it grows only for a larger frame, and shrinks back.
 pub const READ_BUFFER_BYTES: usize = 64 * 1024;
-/// A batch smaller than this waits one scheduler turn for more messages before it is
-/// written.
+/// A batch smaller than this waits for more messages (up to [`LINGER_TURNS`] scheduler
+/// turns) before it is written.
 pub const LINGER_BELOW_MESSAGES: usize = 8;
+/// Scheduler turns a small batch waits for more messages.
+pub const LINGER_TURNS: usize = 2;
 /// Heartbeat intervals without hearing from the other side before a connection ends.
 pub const SILENT_INTERVALS_MAX: u32 = 3;
 /// How long the hello and its reply may take.
@@ -429,9 +431,10 @@ async fn send_batches<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
         tokio::select! {
             messages = batcher.next(queue) => {
                 let Some(mut messages) = messages else { return LinkEnd::QueueClosed };
-                if messages.len() < LINGER_BELOW_MESSAGES {
-                    // Let the tasks that are ready run once: what they send this peer
-                    // joins this write instead of paying for its own.
+                for _ in 0..LINGER_TURNS {
+                    if messages.len() >= LINGER_BELOW_MESSAGES {
+                        break;
+                    }
                     tokio::task::yield_now().await;
                     batcher.fill(queue, &mut messages);
                 }
