@@ -84,6 +84,9 @@ pub struct Config {
     pub value_bytes_max: usize,
     /// How long a coordinator waits for a quorum in one phase before it retries.
     pub round_timeout: Duration,
+    /// How long a one-round-trip read waits for the members it asked first (a quorum)
+    /// before it asks the others too (`node/read.rs`). Liveness and latency only.
+    pub read_hedge: Duration,
     /// How long a client request may take in total before it fails with UNAVAILABLE.
     pub request_timeout: Duration,
     /// How long the receiving node waits for the primary to answer a forwarded request.
@@ -147,6 +150,7 @@ impl Config {
             cluster,
             value_bytes_max: VALUE_BYTES_MAX_DEFAULT,
             round_timeout: Duration::from_millis(500),
+            read_hedge: Duration::from_millis(20),
             request_timeout: Duration::from_secs(5),
             forward_timeout: Duration::from_millis(1000),
             primary_suspicion: Duration::from_secs(60),

@@ -652,6 +652,66 @@ fn a_linearizable_read_of_a_settled_key_takes_one_round_trip_and_writes_nothing(
     assert_eq!(after, fast_reads + 3);
 }
 
+/// Counts the Read messages the filter lets through, and drops those from `from` to
+/// `silent` (if any).
+fn count_reads(sim: &mut Sim, from: usize, silent: Option<usize>) -> Rc<RefCell<usize>> {
+    let reads = Rc::new(RefCell::new(0));
+    let counted = reads.clone();
+    sim.set_filter(Box::new(move |f, to, env| {
+        if !matches!(env.message, Message::Read { .. }) {
+            return Verdict::Deliver;
+        }
+        *counted.borrow_mut() += 1;
+        if f == from && Some(to) == silent { Verdict::Drop } else { Verdict::Deliver }
+    }));
+    reads
+}
+
+fn read_stats(sim: &Sim) -> (u64, u64) {
+    let stats: Vec<_> = (0..sim.len()).filter_map(|i| sim.node(i).map(|n| n.stats().clone())).collect();
+    (stats.iter().map(|s| s.read_hedges).sum(), stats.iter().map(|s| s.read_fallbacks).sum())
+}
+
+#[test]
+fn a_read_asks_only_a_quorum_and_hedges_once_past_a_silent_member() {
+    // Thrifty reads (node/read.rs): a member reading asks one other member (it is the
+    // quorum's second view); a silent one costs one hedge, then is asked last.
+    let mut sim = sim(11);
+    let key = "thrifty";
+    let (p, a, c) = roles(&sim, key);
+    assert_eq!(call(&mut sim, p, Request::upsert(key, "v")), Ok(Response::Done));
+    sim.run_for(Duration::from_millis(100));
+    let reads = count_reads(&mut sim, a, None);
+    for _ in 0..6 {
+        assert_eq!(call(&mut sim, a, Request::fetch(key)), value("v"));
+    }
+    assert_eq!(*reads.borrow(), 6, "one Read per read");
+    assert_eq!(read_stats(&sim), (0, 0));
+    // `c` drops every Read from `a`: the reads that ask it first hedge to `p`.
+    let reads = count_reads(&mut sim, a, Some(c));
+    for _ in 0..6 {
+        assert_eq!(call(&mut sim, a, Request::fetch(key)), value("v"));
+    }
+    assert_eq!(read_stats(&sim), (1, 0), "one hedge, then `c` is asked last; no fallback");
+    assert_eq!(*reads.borrow(), 7, "one Read per read, and the hedge's");
+}
+
+#[test]
+fn a_read_entering_at_a_node_without_a_replica_asks_two_of_three() {
+    let mut sim = Sim::with_config(5, PARTITIONS, 3, 12, Faults::none(), tune);
+    let key = "thrifty-outside";
+    let config = sim.node(0).unwrap().map().config_of(key.as_bytes()).clone();
+    let outside = (0..5).find(|i| !config.members.contains(&sim.ids()[*i])).unwrap();
+    assert_eq!(call(&mut sim, outside, Request::upsert(key, "v")), Ok(Response::Done));
+    sim.run_for(Duration::from_millis(100));
+    let reads = count_reads(&mut sim, outside, None);
+    for _ in 0..4 {
+        assert_eq!(call(&mut sim, outside, Request::fetch(key)), value("v"));
+    }
+    assert_eq!(*reads.borrow(), 8, "two Reads per read");
+    assert_eq!(read_stats(&sim), (0, 0));
+}
+
 #[test]
 fn list_resolves_a_minority_accepted_key_before_listing_it() {
     // R9: a key whose replicas disagree is resolved by an identity round, never listed (or
@@ -693,8 +753,11 @@ fn a_dead_primary_costs_one_unknown_write_then_writes_are_coordinated_elsewhere(
     }
     sim.restart(p);
     sim.run_for(Duration::from_millis(200));
-    // Once the primary is heard from again (here: it answers a's reads), writes return to it.
+    // Once the primary is heard from again (here: it answers a's rounds, or a read that
+    // asks it), writes return to it.
     assert_eq!(call(&mut sim, a, Request::fetch(key)), value("v21"));
+    assert_eq!(call(&mut sim, a, Request::upsert(key, "v22")), Ok(Response::Done));
+    sim.run_for(Duration::from_millis(100));
     let forwards = sim.node(a).unwrap().stats().forwards;
     assert_eq!(call(&mut sim, a, Request::upsert(key, "back")), Ok(Response::Done));
     assert_eq!(sim.node(a).unwrap().stats().forwards, forwards + 1, "forwarded to the primary again");

@@ -147,6 +147,9 @@ pub struct Stats {
     pub fast_reads: u64,
     /// Reads that fell back to an identity round.
     pub read_fallbacks: u64,
+    /// Reads whose first members did not make a quorum within `read_hedge`, so that the
+    /// others were asked too.
+    pub read_hedges: u64,
     /// Attempts that failed (conflict, timeout) and were retried or recovered.
     pub retries: u64,
     /// Requests forwarded to a primary.
@@ -742,6 +745,7 @@ impl<S: Storage> Node<S> {
             Timer::Attempt { key, attempt } => self.on_attempt_timeout(key, attempt, now),
             Timer::Backoff { key } => self.on_backoff(key, now),
             Timer::Read { read } => self.on_read_timeout(read, now),
+            Timer::ReadHedge { read } => self.on_read_hedge(read, now),
             Timer::Gc { key } => self.on_gc_due(key, now),
             Timer::List { list } => self.on_list_timeout(list, now),
             Timer::Rebalance => self.on_rebalance_tick(now),
