@@ -226,6 +226,7 @@ fn node_stats(status: &LoopStatus) -> NodeStats {
         full_rounds: stats.full_rounds,
         fast_reads: stats.fast_reads,
         read_fallbacks: stats.read_fallbacks,
+        read_hedges: stats.read_hedges,
         retries: stats.retries,
         forwards: stats.forwards,
         forward_timeouts: stats.forward_timeouts,

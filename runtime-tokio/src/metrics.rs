@@ -51,7 +51,7 @@ pub const COMMIT_GROUP_BATCHES: &str = "memo_commit_group_batches";
 type EngineCounter = (&'static str, &'static str, fn(&Stats) -> u64);
 
 /// The engine's other counters.
-const ENGINE_COUNTERS: [EngineCounter; 8] = [
+const ENGINE_COUNTERS: [EngineCounter; 9] = [
     ("memo_paxos_retries_total", "Paxos attempts that failed (conflict, timeout) and were retried.", |s| s.retries),
     ("memo_forwards_total", "Requests forwarded to a key's primary.", |s| s.forwards),
     ("memo_forward_timeouts_total", "Forwards whose primary did not answer in time.", |s| s.forward_timeouts),
@@ -64,6 +64,7 @@ const ENGINE_COUNTERS: [EngineCounter; 8] = [
         s.transmit_dropped
     }),
     ("memo_storage_errors_total", "Silo reads that failed.", |s| s.storage_errors),
+    ("memo_read_hedges_total", "Reads that asked every member after the first quorum was slow.", |s| s.read_hedges),
 ];
 
 /// How often each node's engine counters and peer queue depths are sampled.

@@ -116,7 +116,7 @@ struct Stats(NodeStats);
 impl Stats {
     /// Every stat with its name. The destructuring is exhaustive, so a new field of
     /// `NodeStats` cannot be forgotten here.
-    fn rows(&self) -> [(&'static str, u64); 22] {
+    fn rows(&self) -> [(&'static str, u64); 23] {
         let NodeStats {
             restart,
             requests_in_flight,
@@ -129,6 +129,7 @@ impl Stats {
             full_rounds,
             fast_reads,
             read_fallbacks,
+            read_hedges,
             retries,
             forwards,
             forward_timeouts,
@@ -153,6 +154,7 @@ impl Stats {
             ("full_rounds", full_rounds),
             ("fast_reads", fast_reads),
             ("read_fallbacks", read_fallbacks),
+            ("read_hedges", read_hedges),
             ("retries", retries),
             ("forwards", forwards),
             ("forward_timeouts", forward_timeouts),
