@@ -687,8 +687,7 @@ fn a_read_asks_only_a_quorum_and_hedges_once_past_a_silent_member() {
     }
     assert_eq!(*reads.borrow(), 6, "one Read per read");
     assert_eq!(read_stats(&sim), (0, 0));
-    // `c` drops every Read from `a`, which asks it first (the member after `a` in config
-    // order): the first read hedges to `p`, and later ones ask `p` first.
+    // `c` drops every Read from `a`: the reads that ask it first hedge to `p`.
     let reads = count_reads(&mut sim, a, Some(c));
     for _ in 0..6 {
         assert_eq!(call(&mut sim, a, Request::fetch(key)), value("v"));

@@ -7,16 +7,12 @@
 //!
 //! **Thrifty asking.** Any quorum will do, so the coordinator first asks only the
 //! smallest set of members that can make one: itself if it is a member (its view costs
-//! no message), then the others in config order, starting after itself (from the primary
-//! if it is not a member), members that recently left a read unanswered last. It asks the
-//! rest when one of them refuses, or when `read_hedge` passes without a quorum (the
-//! hedge; the members that had not answered are then asked last for
-//! [`SLOW_MEMBER_FOR`]). At 3 nodes a read entering at a member costs 2 peer messages
-//! instead of 4; entering elsewhere, 4 instead of 6. A fixed order sends a node's reads
-//! of a partition over one link rather than spreading them over two, which keeps that
-//! link's batches large; every node is first, second and third member of as many
-//! partitions, so the load still spreads evenly. Which members answer changes nothing
-//! below: the argument needs a quorum, any quorum.
+//! no message), then the others in turn from a start that rotates with each read, members
+//! that recently left a read unanswered last. It asks the rest when one of them refuses, or
+//! when `read_hedge` passes without a quorum (the hedge; the members that had not answered
+//! are then asked last for [`SLOW_MEMBER_FOR`]). At 3 nodes a read entering at a member
+//! costs 2 peer messages instead of 4; entering elsewhere, 4 instead of 6. Which members
+//! answer changes nothing below: the argument needs a quorum, any quorum.
 //!
 //! **Why this is linearizable.** Let `w` be a write chosen (acknowledged) before the read
 //! began. It was accepted by a quorum, which meets the read's quorum in some acceptor;
@@ -93,7 +89,7 @@ impl<S: Storage> Node<S> {
         let id = self.reads.next;
         let members = config.acceptors();
         let quorum = config.quorum_set();
-        let asked = self.read_subset(&members, quorum, now);
+        let asked = self.read_subset(&members, quorum, id, now);
         let hedge = (asked.len() < members.len())
             .then(|| self.timers.set(now + self.cfg.read_hedge, Timer::ReadHedge { read: id }));
         let history = matches!(change, Change::Versions { .. });
@@ -119,15 +115,14 @@ impl<S: Storage> Node<S> {
     }
 
     /// The members a read asks first: the smallest set that can make a quorum, itself
-    /// first, then the others in config order after it, slow ones last.
-    fn read_subset(&self, members: &[NodeId], quorum: QuorumSet, now: Instant) -> MemberSet {
+    /// first, then the others from a start that rotates with `id`, slow ones last.
+    fn read_subset(&self, members: &[NodeId], quorum: QuorumSet, id: u64, now: Instant) -> MemberSet {
         let mut asked = MemberSet::EMPTY;
-        let me = members.iter().position(|m| *m == self.cfg.me);
-        if let Some(me) = me {
+        if let Some(me) = members.iter().position(|m| *m == self.cfg.me) {
             asked.insert(me);
         }
         let n = members.len();
-        let start = me.map_or(0, |me| me + 1);
+        let start = (id % n.max(1) as u64) as usize;
         for slow_pass in [false, true] {
             for k in 0..n {
                 if quorum.is_quorum(asked) {
