@@ -98,10 +98,16 @@ impl<S: Storage> Node<S> {
         let hedge = (asked.len() < members.len())
             .then(|| self.timers.set(now + self.cfg.read_hedge, Timer::ReadHedge { read: id }));
         let history = matches!(change, Change::Versions { .. });
-        let to: Vec<NodeId> = asked.iter().map(|i| members[i].clone()).collect();
+        let message = Message::Read { key: key.clone(), epoch, attempt: id, history };
+        if asked.len() == members.len() {
+            self.send_all(&members, message);
+        } else {
+            let to: Vec<NodeId> = asked.iter().map(|i| members[i].clone()).collect();
+            self.send_all(&to, message);
+        }
         let round = ReadRound {
             req,
-            key: key.clone(),
+            key,
             epoch,
             history,
             asked,
@@ -116,7 +122,6 @@ impl<S: Storage> Node<S> {
             timer: self.timers.set(now + self.cfg.round_timeout, Timer::Read { read: id }),
         };
         self.reads.rounds.insert(id, round);
-        self.send_all(&to, Message::Read { key, epoch, attempt: id, history });
     }
 
     /// The members a read asks first: all of them if this node is one; otherwise the
