@@ -100,7 +100,7 @@ pub(crate) async fn serve(
     {
         match tokio::net::TcpListener::bind(listener.addr).await {
             Ok(tcp) => {
-                tokio::spawn(accept_peers(tcp, peer, stop));
+                tokio::spawn(accept(tcp, peer, stop));
             }
             Err(error) => tracing::error!(addr = %listener.addr, %error, "cannot listen for peer connections"),
         }
@@ -108,13 +108,13 @@ pub(crate) async fn serve(
     }
 }
 
-/// Accepts connections until `stop` is set and hands each to
-/// [`crate::peer::tcp::classify`].
-#[cfg(not(madsim))]
+/// Accepts connections until `stop` is set. In a real build each goes to
+/// [`crate::peer::tcp::classify`], which tells a peer connection from a gRPC client; in
+/// simulation every connection to this listener is a peer connection.
 async fn accept(
     tcp: tokio::net::TcpListener,
     peer: PeerService,
-    http: tokio::sync::mpsc::Sender<std::io::Result<tokio::net::TcpStream>>,
+    #[cfg(not(madsim))] http: tokio::sync::mpsc::Sender<std::io::Result<tokio::net::TcpStream>>,
     mut stop: watch::Receiver<bool>,
 ) {
     loop {
@@ -124,27 +124,12 @@ async fn accept(
         };
         match accepted {
             Ok((stream, _)) => {
-                let _ = stream.set_nodelay(true);
-                tokio::spawn(crate::peer::tcp::classify(stream, peer.clone(), http.clone()));
-            }
-            Err(error) => {
-                tracing::warn!(%error, "accepting a connection failed");
-                tokio::time::sleep(ACCEPT_RETRY_DELAY).await;
-            }
-        }
-    }
-}
-
-/// Simulation: every connection to the simulated TCP listener is a peer connection.
-#[cfg(madsim)]
-async fn accept_peers(tcp: tokio::net::TcpListener, peer: PeerService, mut stop: watch::Receiver<bool>) {
-    loop {
-        let accepted = tokio::select! {
-            _ = stop.wait_for(|stopped| *stopped) => return,
-            accepted = tcp.accept() => accepted,
-        };
-        match accepted {
-            Ok((stream, _)) => {
+                #[cfg(not(madsim))]
+                {
+                    let _ = stream.set_nodelay(true);
+                    tokio::spawn(crate::peer::tcp::classify(stream, peer.clone(), http.clone()));
+                }
+                #[cfg(madsim)]
                 tokio::spawn(crate::peer::tcp::serve_connection(peer.clone(), stream));
             }
             Err(error) => {
