@@ -61,8 +61,6 @@ struct ReadRound {
     req: ReqKey,
     key: String,
     epoch: EpochRef,
-    /// Whether the views carry the version history.
-    history: bool,
     /// Members asked so far.
     asked: MemberSet,
     /// The hedge timer, while some members are not asked yet.
@@ -109,7 +107,6 @@ impl<S: Storage> Node<S> {
             req,
             key,
             epoch,
-            history,
             asked,
             hedge,
             change,
@@ -147,7 +144,8 @@ impl<S: Storage> Node<S> {
                 }
             }
         }
-        if quorum.is_quorum(asked) { asked } else { MemberSet::first(n) }
+        // Both passes together ask every member.
+        asked
     }
 
     /// Asks the members not asked yet.
@@ -163,7 +161,8 @@ impl<S: Storage> Node<S> {
             .map(|(_, m)| m.clone())
             .collect();
         round.asked = MemberSet::first(round.members.len());
-        let message = Message::Read { key: round.key.clone(), epoch: round.epoch, attempt: id, history: round.history };
+        let history = matches!(round.change, Change::Versions { .. });
+        let message = Message::Read { key: round.key.clone(), epoch: round.epoch, attempt: id, history };
         self.send_all(&rest, message);
     }
 
