@@ -5,7 +5,8 @@
 # then written again REWRITES times; after each pass, every node's resident memory
 # (VmRSS from /proc) and the size of its data directory are printed: the disk space its
 # files take (du), and their apparent size (redb extends its file ahead of use, sparsely).
-# The cluster restarts empty for each N.
+# The cluster restarts empty for each N. NODE_ARGS adds flags to every node (say
+# NODE_ARGS="--cache-mib 16 --register-cache-mib 16").
 #   MEMO=target/loadgen/release/memo MEMO_BENCH=target/loadgen/release/memo-bench \
 #     SIZES="200000 1000000" REWRITES=2 benches/scripts/footprint.sh
 set -u
@@ -29,7 +30,7 @@ for n in ${SIZES:-200000}; do
   pids=()
   for i in 1 2 3; do
     "$MEMO" node run --id n$i --listen 127.0.0.1:720$i --initial-nodes $NODES --data-dir "$dir/n$i" \
-      >"$dir/log$i" 2>&1 &
+      ${NODE_ARGS:-} >"$dir/log$i" 2>&1 &
     pids+=($!)
   done
   sleep 2
