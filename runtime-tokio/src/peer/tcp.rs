@@ -39,6 +39,9 @@
 //! - Each side sends a heartbeat when it has written nothing for an interval, and ends
 //!   the connection after [`SILENT_INTERVALS_MAX`] intervals without hearing anything:
 //!   this finds a dead or stopped peer on an idle link (what HTTP/2 keepalive pings did).
+//! - A write that waits [`WRITE_TIMEOUT`] (the peer takes no bytes: stopped, or gone
+//!   without a reset) ends the connection too, since a link waiting in a write checks no
+//!   heartbeat. The link then reconnects, and its queue drops what it cannot hold.
 //! - A link writes everything queued for its peer in one write. A batch of fewer than
 //!   [`LINGER_BELOW_MESSAGES`] first waits up to [`LINGER_TURNS`] scheduler turns
 //!   (`yield_now`), so that the messages the node's other ready tasks produce for this
@@ -76,6 +79,11 @@ pub const LINGER_BELOW_MESSAGES: usize = 8;
 pub const LINGER_TURNS: usize = 2;
 /// Heartbeat intervals without hearing from the other side before a connection ends.
 pub const SILENT_INTERVALS_MAX: u32 = 3;
+/// How long one write may wait for the peer to take its bytes. A write waits when the
+/// socket's buffer is full: the peer is stopped, overwhelmed, or gone without a reset
+/// (a machine that vanished), and while it waits the link checks no heartbeat. As long
+/// as the heartbeats allow.
+pub const WRITE_TIMEOUT: Duration = PEER_KEEPALIVE_INTERVAL.saturating_mul(SILENT_INTERVALS_MAX);
 /// How long the hello and its reply may take.
 pub const HANDSHAKE_TIMEOUT: Duration = PEER_CONNECT_TIMEOUT;
 /// How long an accepted connection may stay silent before its first byte says what it
@@ -227,11 +235,22 @@ impl Liveness {
     }
 }
 
-/// Writes `bytes` and flushes them: a no-op on a real socket, and what makes madsim's
-/// simulated stream send at all.
+/// Writes `bytes` and flushes them (a no-op on a real socket, and what makes madsim's
+/// simulated stream send at all), giving up after [`WRITE_TIMEOUT`].
 async fn send<W: AsyncWrite + Unpin>(writer: &mut W, bytes: &[u8]) -> io::Result<()> {
-    writer.write_all(bytes).await?;
-    writer.flush().await
+    let write = async {
+        writer.write_all(bytes).await?;
+        writer.flush().await
+    };
+    // The timer is only registered if the write has to wait: `timeout` polls the write
+    // first, and a socket with room in its buffer takes the bytes at once.
+    match tokio::time::timeout(WRITE_TIMEOUT, write).await {
+        Ok(written) => written,
+        Err(_) => Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("the peer took nothing for {} s (stopped, or gone without a reset?)", WRITE_TIMEOUT.as_secs()),
+        )),
+    }
 }
 
 /// A heartbeat: an empty frame.
@@ -554,6 +573,34 @@ mod tests {
             liveness.heard = true;
             assert_eq!(liveness.tick(), Ok(true), "hearing anything resets the count");
         }
+    }
+
+    /// A link whose peer stops taking bytes (its socket buffer full: a stopped or vanished
+    /// machine) gives up after `WRITE_TIMEOUT` instead of waiting in the write forever,
+    /// deaf to heartbeats. Counterexample: a bare `write_all`, which never returns here.
+    #[cfg(not(madsim))]
+    #[tokio::test(start_paused = true)]
+    async fn a_write_the_peer_never_takes_ends_the_connection() {
+        use memo_engine::NodeId;
+        let (mut writer, _peer_never_reads) = tokio::io::duplex(1024);
+        let (mut reader, _peer_never_writes) = tokio::io::duplex(1024);
+        let (queue_tx, mut queue) = mpsc::channel(16);
+        queue_tx.send(vec![1; 64 * 1024]).await.unwrap();
+        let header = BatchHeader {
+            cluster: ClusterId([7; 32]),
+            from: NodeId::initial("n1"),
+            restart: 1,
+            batches_sent: Default::default(),
+            keys: Vec::new(),
+        };
+        let mut batcher = Batcher::default();
+        let mut frames = FrameReader::new(HELLO_BYTES_MAX);
+        let started = tokio::time::Instant::now();
+        let sending = send_batches(&mut queue, &mut batcher, &header, &mut frames, &mut reader, &mut writer);
+        let end = tokio::time::timeout(WRITE_TIMEOUT * 4, sending).await.expect("the link gave up on the write");
+        let LinkEnd::Failed(why) = end else { panic!("the link ended for another reason") };
+        assert!(why.contains("took nothing"), "{why}");
+        assert_eq!(started.elapsed(), WRITE_TIMEOUT);
     }
 
     struct Receiver {
