@@ -5,6 +5,10 @@
 # /proc), peer messages and bytes per operation, and peer messages per batch (every
 # node's peer_messages_sent, peer_bytes_sent and peer_batches_sent from `memo status`,
 # before and after; SWIM's background traffic included).
+# With PUT_RATE and GET_RATE (requests per second per node), the load is paced at that
+# rate times N instead of a closed loop at saturation, so every size sees the same load
+# per node (on one machine, a closed loop gives each of 12 nodes a quarter of what each
+# of 3 gets).
 #   MEMO=target/loadgen/release/memo MEMO_BENCH=target/loadgen/release/memo-bench \
 #     SIZES="3 6 12" benches/scripts/scale.sh
 set -u
@@ -35,13 +39,15 @@ for n in ${SIZES:-3 6 12}; do
   sleep $((2 + n / 3))
   eps=$(seq -s, -f "127.0.0.1:%g" 7601 $((7600 + n)))
   clients=$((21 * n))
+  put_pace=${PUT_RATE:+--rate $((PUT_RATE * n))}
+  get_pace=${GET_RATE:+--rate $((GET_RATE * n))}
   read -r m0 b0 t0 <<<"$(counters "$eps")"
-  $BENCH --endpoints "$eps" --clients $clients --conns 4 --total $TOTAL $C --server-pids $dev put >"$dir/put.json"
+  $BENCH --endpoints "$eps" --clients $clients --conns 4 --total $TOTAL $C $put_pace --server-pids $dev put >"$dir/put.json"
   read -r m1 b1 t1 <<<"$(counters "$eps")"
   report "$n nodes put" "$dir/put.json" $m0 $b0 $t0 $m1 $b1 $t1 $TOTAL
   $BENCH --endpoints "$eps" --clients $clients --conns 4 --total 1000 $C get >/dev/null
   read -r m0 b0 t0 <<<"$(counters "$eps")"
-  $BENCH --endpoints "$eps" --clients $clients --conns 4 --total $TOTAL $C --no-prefill --server-pids $dev get >"$dir/get.json"
+  $BENCH --endpoints "$eps" --clients $clients --conns 4 --total $TOTAL $C $get_pace --no-prefill --server-pids $dev get >"$dir/get.json"
   read -r m1 b1 t1 <<<"$(counters "$eps")"
   report "$n nodes get" "$dir/get.json" $m0 $b0 $t0 $m1 $b1 $t1 $TOTAL
   kill $dev; wait $dev 2>/dev/null; rm -rf "$dir"

@@ -113,6 +113,13 @@ pub struct Options {
     /// Send requests for this many seconds instead of a count.
     #[arg(long, global = true)]
     pub duration: Option<f64>,
+    /// Pace the measured requests at this many per second in all (the clients share one
+    /// schedule: request `i` is sent no earlier than `i / rate` seconds after the start);
+    /// without it, every client sends its next request as soon as its last is answered.
+    /// Latencies count from the send. Give enough clients to keep the pace: the report's
+    /// requests per second says whether they did.
+    #[arg(long, global = true)]
+    pub rate: Option<f64>,
     /// Hard cap on the whole run, prefill included, in seconds.
     #[arg(long, global = true, default_value_t = 300.0)]
     pub max_secs: f64,
@@ -228,6 +235,9 @@ pub fn check(options: &Options, workload: Workload) -> Result<Checked, String> {
     if !(options.max_secs.is_finite() && options.max_secs > 0.0) {
         return Err("--max-secs must be positive".into());
     }
+    if options.rate.is_some_and(|rate| !(rate.is_finite() && rate > 0.0)) {
+        return Err("--rate must be positive".into());
+    }
     let duration = match options.duration {
         Some(secs) if secs.is_finite() && secs > 0.0 => Some(Duration::from_secs_f64(secs)),
         Some(_) => return Err("--duration must be positive".into()),
@@ -271,6 +281,8 @@ struct Shared {
     deadline: Instant,
     capped: AtomicBool,
     value: Vec<u8>,
+    /// The measured phase's start and requests per second, with `--rate`.
+    pace: Option<(Instant, f64)>,
 }
 
 /// What one client saw.
@@ -310,6 +322,7 @@ pub async fn run(options: Options, workload: Workload, checked: Checked) -> Resu
             deadline: hard_deadline,
             capped: AtomicBool::new(false),
             value: value.clone(),
+            pace: None,
         });
         let t0 = Instant::now();
         let results = run_phase(&shared, &sets, "prefill").await?;
@@ -332,6 +345,7 @@ pub async fn run(options: Options, workload: Workload, checked: Checked) -> Resu
         deadline,
         capped: AtomicBool::new(false),
         value,
+        pace: options.rate.map(|rate| (Instant::now(), rate)),
     });
     let ticks = cpu::clock_ticks_per_sec();
     let before = CpuSample::take(&options.server_pids)?;
@@ -375,6 +389,7 @@ pub async fn run(options: Options, workload: Workload, checked: Checked) -> Resu
         endpoints: checked.endpoints.iter().map(ToString::to_string).collect(),
         clients: options.clients,
         conns: options.conns,
+        rate: options.rate,
         key_size: options.key_size,
         val_size: options.val_size,
         key_space: options.key_space,
@@ -470,6 +485,14 @@ async fn client(shared: Arc<Shared>, index: usize, mut conns: Vec<Conn>) -> Clie
         let seq = shared.issued.fetch_add(1, Ordering::Relaxed);
         if seq >= shared.limit {
             break;
+        }
+        if let Some((start, rate)) = shared.pace {
+            let due = start + Duration::from_secs_f64(seq as f64 / rate);
+            if due >= shared.deadline {
+                shared.capped.store(true, Ordering::Relaxed);
+                break;
+            }
+            tokio::time::sleep_until(due.into()).await;
         }
         if Instant::now() >= shared.deadline {
             shared.capped.store(true, Ordering::Relaxed);
@@ -624,6 +647,11 @@ mod tests {
         let (o, w) = options(&["mixed", "--read-ratio", "1.5"]);
         assert!(check(&o, w).is_err());
         assert!(Cli::try_parse_from(["memo-bench", "--total", "5", "--duration", "1", "put"]).is_err());
+        for rate in ["0", "-5", "inf"] {
+            let rate = &format!("--rate={rate}");
+            let (o, w) = options(&[rate, "put"]);
+            assert!(check(&o, w).unwrap_err().contains("--rate"), "{rate}");
+        }
     }
 
     #[test]

@@ -173,6 +173,8 @@ pub struct Report {
     pub endpoints: Vec<String>,
     pub clients: usize,
     pub conns: usize,
+    /// The pace asked with `--rate`, in requests per second (none: closed loop).
+    pub rate: Option<f64>,
     pub key_size: usize,
     pub val_size: usize,
     pub key_space: u64,
@@ -212,7 +214,7 @@ impl Report {
         let w = &mut out;
         let _ = writeln!(
             w,
-            "{} {} against {} ({} clients, {} conns, key {} B, value {} B, key space {}{}{})",
+            "{} {} against {} ({} clients, {} conns, key {} B, value {} B, key space {}{}{}{})",
             self.target,
             self.workload,
             self.endpoints.join(","),
@@ -223,6 +225,7 @@ impl Report {
             self.key_space,
             self.read_ratio.map(|r| format!(", read ratio {r}")).unwrap_or_default(),
             if self.serializable { ", serializable" } else { "" },
+            self.rate.map(|r| format!(", paced at {r} requests/s")).unwrap_or_default(),
         );
         if self.prefill_keys > 0 {
             let _ = writeln!(
