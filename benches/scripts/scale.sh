@@ -8,7 +8,8 @@
 # With PUT_RATE and GET_RATE (requests per second per node), the load is paced at that
 # rate times N instead of a closed loop at saturation, so every size sees the same load
 # per node (on one machine, a closed loop gives each of 12 nodes a quarter of what each
-# of 3 gets).
+# of 3 gets). With PROCESSES=1, each node is its own `memo node run` process (memory
+# silo), as on separate machines, instead of all N sharing `memo dev`'s one thread.
 #   MEMO=target/loadgen/release/memo MEMO_BENCH=target/loadgen/release/memo-bench \
 #     SIZES="3 6 12" benches/scripts/scale.sh
 set -u
@@ -34,10 +35,21 @@ print("%-12s %8.0f ops/s  p50 %.2f ms  server cpu %6.1f us/op  %5.1f peer msgs/o
   d.get("server_cpu_us_per_request") or 0, (m1-m0)/n, (b1-b0)/n, (m1-m0)/max(t1-t0,1), d.get("errors")), flush=True)' "$@"; }
 for n in ${SIZES:-3 6 12}; do
   dir=$(mktemp -d /tmp/memo-scale.XXXX)
-  "$MEMO" dev --nodes "$n" --base-port 7601 >"$dir/dev.log" 2>&1 &
-  dev=$!
-  sleep $((2 + n / 3))
   eps=$(seq -s, -f "127.0.0.1:%g" 7601 $((7600 + n)))
+  if [ "${PROCESSES:-}" = 1 ]; then
+    initial=$(for i in $(seq 1 "$n"); do printf 'n%d=127.0.0.1:%d,' "$i" $((7600 + i)); done)
+    pids=()
+    for i in $(seq 1 "$n"); do
+      "$MEMO" node run --id "n$i" --listen "127.0.0.1:$((7600 + i))" --initial-nodes "${initial%,}" \
+        >"$dir/node$i.log" 2>&1 &
+      pids+=($!)
+    done
+    dev=$(IFS=,; echo "${pids[*]}")
+  else
+    "$MEMO" dev --nodes "$n" --base-port 7601 >"$dir/dev.log" 2>&1 &
+    dev=$!
+  fi
+  sleep $((2 + n / 3))
   clients=$((21 * n))
   put_pace=${PUT_RATE:+--rate $((PUT_RATE * n))}
   get_pace=${GET_RATE:+--rate $((GET_RATE * n))}
@@ -50,5 +62,5 @@ for n in ${SIZES:-3 6 12}; do
   $BENCH --endpoints "$eps" --clients $clients --conns 4 --total $TOTAL $C $get_pace --no-prefill --server-pids $dev get >"$dir/get.json"
   read -r m1 b1 t1 <<<"$(counters "$eps")"
   report "$n nodes get" "$dir/get.json" $m0 $b0 $t0 $m1 $b1 $t1 $TOTAL
-  kill $dev; wait $dev 2>/dev/null; rm -rf "$dir"
+  kill ${dev//,/ }; wait 2>/dev/null; rm -rf "$dir"
 done
