@@ -45,9 +45,9 @@
 //! one commit the file held about two copies of the table. A checkpoint is therefore
 //! [`RedbOptions::checkpoint_slices`] durable commits, each over one key-ordered slice of
 //! the memtable, so each copies about one slice's share of the leaves and the next ones
-//! reuse what it freed. Measured (`silo_footprint`, docs/PERFORMANCE.md, "Footprint"):
-//! 200,000 registers written four times took 126 MiB on disk in one commit per
-//! checkpoint, 68 MiB in 16, against 57 MiB for the same table compacted.
+//! reuse what it freed. Measured (`silo_footprint`; docs/PERFORMANCE.md, "a checkpoint
+//! in slices"): 200,000 registers written four times took 126 MiB on disk in one commit
+//! per checkpoint, 68 MiB in 16, against 57 MiB for the same table compacted.
 //!
 //! Durable redb commits (checkpoints, and groups without a log) are *two-phase*
 //! ([`RedbOptions::two_phase_commit`]): pages and the new commit slot, fsync, then the flip
