@@ -79,10 +79,10 @@ pub const LINGER_BELOW_MESSAGES: usize = 8;
 pub const LINGER_TURNS: usize = 2;
 /// Heartbeat intervals without hearing from the other side before a connection ends.
 pub const SILENT_INTERVALS_MAX: u32 = 3;
-/// How long one write may wait for the peer to take its bytes. A write waits when the
-/// socket's buffer is full: the peer is stopped, overwhelmed, or gone without a reset
-/// (a machine that vanished), and while it waits the link checks no heartbeat. As long
-/// as the heartbeats allow.
+/// How long one write (one batch, within the batch byte bound) may take, as long as the
+/// heartbeats allow a silence. A write waits when the socket's buffer is full: the peer
+/// is stopped, overwhelmed, or gone without a reset (a machine that vanished), and while
+/// it waits the link checks no heartbeat.
 pub const WRITE_TIMEOUT: Duration = PEER_KEEPALIVE_INTERVAL.saturating_mul(SILENT_INTERVALS_MAX);
 /// How long the hello and its reply may take.
 pub const HANDSHAKE_TIMEOUT: Duration = PEER_CONNECT_TIMEOUT;

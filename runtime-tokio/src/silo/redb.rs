@@ -412,12 +412,13 @@ impl RedbStorage {
     /// applying one twice is applying it once.
     fn apply_in_slices(&self, frozen: &Memtable, wal_seq: u64) -> Result<(), StorageError> {
         let slice = frozen.len().div_ceil(self.checkpoint_slices.max(1)).max(1);
-        let mut entries = frozen.iter().peekable();
+        let mut entries = frozen.iter().map(|(k, v)| (k.as_slice(), v.as_deref()));
+        let mut left = frozen.len();
         loop {
-            let writes = entries.by_ref().take(slice).map(|(k, v)| (k.as_slice(), v.as_deref()));
-            let writes: Vec<_> = writes.collect();
-            let last = entries.peek().is_none();
-            self.transact(writes.into_iter(), true, last.then_some(wal_seq))?;
+            let taken = slice.min(left);
+            left -= taken;
+            let last = left == 0;
+            self.transact(entries.by_ref().take(taken), true, last.then_some(wal_seq))?;
             if last {
                 return Ok(());
             }
