@@ -326,19 +326,23 @@ impl State {
             && self.history().is_none_or(|h| h.earlier.iter().all(|v| v.value.is_none()))
     }
 
-    /// Bytes of the buffers this state owns (the value, recent and aborted writes, the
-    /// history), for the memory bounds of the caches that keep states.
+    /// Bytes the allocator gave the buffers this state owns (the value, recent and aborted
+    /// writes, the history), for the memory bounds of the caches that keep states: each
+    /// buffer's capacity, rounded to its size class ([`crate::mem`]).
     pub fn heap_bytes(&self) -> usize {
-        self.value().map_or(0, <[u8]>::len)
-            + std::mem::size_of_val(self.recent())
-            + std::mem::size_of_val(self.aborted().ops.as_slice())
-            + std::mem::size_of_val(self.aborted().below.as_slice())
-            + self.history().map_or(0, |h| {
-                std::mem::size_of::<History>()
-                    + h.earlier
-                        .iter()
-                        .map(|v| std::mem::size_of::<Version>() + v.value.as_ref().map_or(0, |v| v.bytes.len()))
-                        .sum::<usize>()
+        use crate::mem::{allocation_bytes, vec_bytes};
+        let (value, recent, aborted, history) = match self {
+            State::Value { value, recent, aborted, history, .. } => (vec_bytes(value), recent, aborted, history),
+            State::Tombstone { recent, aborted, history } => (0, recent, aborted, history),
+        };
+        value
+            + vec_bytes(recent)
+            + vec_bytes(&aborted.ops)
+            + vec_bytes(&aborted.below)
+            + history.as_ref().map_or(0, |h| {
+                allocation_bytes(std::mem::size_of::<History>())
+                    + vec_bytes(&h.earlier)
+                    + h.earlier.iter().map(|v| v.value.as_ref().map_or(0, |v| vec_bytes(&v.bytes))).sum::<usize>()
             })
     }
 
@@ -799,7 +803,12 @@ mod tests {
         let mut state = None;
         apply(&mut state, &Change::Upsert(Value::plain("old")), op(1), NO, b(1)).unwrap();
         assert_eq!(numbers(&state), vec![(0, some("old"))], "an unnumbered key shows its value as version 0");
-        assert_eq!(state.as_ref().map(State::heap_bytes), Some(3 + std::mem::size_of::<Applied>()));
+        let Some(State::Value { recent, .. }) = &state else { panic!("a value") };
+        let recent = recent.capacity();
+        assert_eq!(
+            state.as_ref().map(State::heap_bytes),
+            Some(8 + crate::mem::allocation_bytes(recent * std::mem::size_of::<Applied>()))
+        );
         apply(&mut state, &Change::Upsert(Value::plain("new")), op(2), keep(5, 7), b(2)).unwrap();
         assert_eq!(numbers(&state), vec![(1, some("old")), (2, some("new"))]);
         // Versioning turned off again: the history is dropped, the numbers go on.

@@ -20,6 +20,7 @@ mod error;
 pub mod ids;
 pub mod kv;
 pub mod list;
+pub mod mem;
 pub mod membership;
 pub mod message;
 pub mod node;

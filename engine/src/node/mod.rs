@@ -344,6 +344,12 @@ impl<S: Storage> Node<S> {
         self.proposer.keys()
     }
 
+    /// Bytes of the fast-path state this node's proposer keeps (bounded by
+    /// `Config::proposer_bytes_max`).
+    pub fn proposer_bytes(&self) -> usize {
+        self.proposer.fast_bytes()
+    }
+
     /// Requests in flight on this node: its own clients' and those forwarded to it
     /// (bounded by `Config::requests_in_flight_max`).
     pub fn requests_in_flight(&self) -> usize {

@@ -43,11 +43,6 @@ use std::ops::Bound;
 
 /// Entries one eviction sweep looks at.
 const EVICTION_SCAN_MAX: usize = 32;
-/// Approximate bytes of a cache entry besides its key and value: the map's slot for it
-/// (B-tree nodes are about two thirds full) and the allocator's rounding of the key's and
-/// the value's buffers. Measured with heaptrack, the cache's heap was 1.6× its count
-/// when this was a flat 160 bytes.
-const ENTRY_OVERHEAD_BYTES: usize = std::mem::size_of::<(Vec<u8>, Entry)>() * 3 / 2 + 32;
 /// How far above a Prepare's round the promise ceiling is raised: one durable write of the
 /// ceiling covers this many rounds of promises.
 pub(crate) const PROMISE_CEILING_ROUNDS: u64 = 1 << 20;
@@ -123,12 +118,15 @@ pub(super) struct Persist {
     ceiling_batch: BatchId,
 }
 
+/// What a cache entry takes ([`crate::mem`]): its share of the map's nodes, its silo key
+/// (a copy, so its capacity is its length) and the register's buffers.
 fn entry_bytes(sk: &[u8], register: Option<&Register>) -> usize {
-    let value = register
+    let state = register
         .and_then(|r| r.accepted.as_ref())
         .and_then(|a| a.state.as_ref())
         .map_or(0, crate::kv::State::heap_bytes);
-    sk.len() + value + ENTRY_OVERHEAD_BYTES
+    let slot = const { crate::mem::btree_entry_bytes::<Vec<u8>, Entry>() };
+    slot + crate::mem::allocation_bytes(sk.len()) + state
 }
 
 impl Persist {

@@ -79,11 +79,11 @@ pub(super) struct Proposer {
     fast_bytes: usize,
 }
 
-/// Approximate memory of a slot holding a fast path for `key` with `state`: the map's
-/// slot for it (B-tree nodes are about two thirds full), the key, and the state's
-/// buffers, which hold the whole value.
+/// Memory of a slot holding a fast path for `key` with `state` ([`crate::mem`]): its share
+/// of the map's nodes, the key, and the state's buffers, which hold the whole value.
 fn fast_path_bytes(key: &str, state: &Option<State>) -> usize {
-    std::mem::size_of::<(String, Slot)>() * 3 / 2 + key.len() + state.as_ref().map_or(0, State::heap_bytes) + 32
+    let slot = const { crate::mem::btree_entry_bytes::<String, Slot>() };
+    slot + crate::mem::allocation_bytes(key.len()) + state.as_ref().map_or(0, State::heap_bytes)
 }
 
 /// Slots an eviction looks at before giving up (the bound is then exceeded briefly).
@@ -233,6 +233,10 @@ impl Proposer {
 
     pub(super) fn keys(&self) -> usize {
         self.slots.len()
+    }
+
+    pub(super) fn fast_bytes(&self) -> usize {
+        self.fast_bytes
     }
 
     /// Forgets one idle key other than `keep` (only its fast-path entry is lost); false if
