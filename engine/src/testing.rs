@@ -620,3 +620,75 @@ impl Sim {
         self.slots.is_empty()
     }
 }
+
+/// Nodes in one process with nothing in between: every message is delivered and every
+/// persist batch made durable at once, in order, with no faults and no clock but the
+/// caller's. It measures the engine's own work per operation (the callgrind profile in
+/// `examples/fast_path_profile.rs`, the cache accounting test in `tests/cache_bytes.rs`).
+pub struct Direct {
+    /// The nodes' ids, by index.
+    pub ids: Vec<NodeId>,
+    /// The nodes.
+    pub nodes: Vec<Node<Arc<MemoryStorage>>>,
+    storages: Vec<Arc<MemoryStorage>>,
+    net: VecDeque<(usize, Envelope)>,
+}
+
+impl Direct {
+    /// `n` nodes replicating every partition on all of them; `tune` adjusts each node's
+    /// config.
+    pub fn new(n: usize, partitions: u32, tune: impl Fn(&mut Config)) -> Self {
+        let ids: Vec<NodeId> = (0..n).map(|i| NodeId::initial(format!("n{i}"))).collect();
+        let params =
+            ClusterParams { partitions, replication: n as u32, initial_nodes: ids.clone(), token: "direct".into() };
+        let storages: Vec<Arc<MemoryStorage>> = (0..n).map(|_| Arc::new(MemoryStorage::new())).collect();
+        let nodes = (0..n)
+            .map(|i| {
+                let mut cfg = Config::new(ids[i].clone(), params.clone());
+                tune(&mut cfg);
+                Node::new(cfg, storages[i].clone(), i as u64, Instant::ZERO).expect("a node starts")
+            })
+            .collect();
+        Direct { ids, nodes, storages, net: VecDeque::new() }
+    }
+
+    /// The index of `key`'s primary.
+    pub fn primary(&self, key: &str) -> usize {
+        let primary = self.nodes[0].map().config_of(key.as_bytes()).primary();
+        self.ids.iter().position(|id| id == primary).expect("the primary is a node")
+    }
+
+    /// Submits `request` at node `i` at `now` and runs until nothing moves; returns how
+    /// many replies came out (of this request and any other in flight).
+    pub fn run(&mut self, i: usize, id: RequestId, request: Request, now: Instant) -> usize {
+        self.nodes[i].handle_request(id, request, now);
+        let mut replies = 0;
+        let mut pending = vec![i];
+        while let Some(n) = pending.pop() {
+            loop {
+                let mut progressed = false;
+                while let Some(batch) = self.nodes[n].poll_persist() {
+                    self.storages[n].write(&batch).expect("the memory silo takes every batch");
+                    self.nodes[n].handle_persisted(batch.id, now);
+                    progressed = true;
+                }
+                while let Some(t) = self.nodes[n].poll_transmit() {
+                    let to = self.ids.iter().position(|x| x == t.to()).expect("a message to a node");
+                    self.net.push_back((to, t.envelope));
+                    progressed = true;
+                }
+                while self.nodes[n].poll_reply().is_some() {
+                    replies += 1;
+                }
+                if !progressed {
+                    break;
+                }
+            }
+            while let Some((to, envelope)) = self.net.pop_front() {
+                self.nodes[to].handle_envelope(envelope, now).expect("a well-formed message");
+                pending.push(to);
+            }
+        }
+        replies
+    }
+}

@@ -7,17 +7,13 @@
 //! and compares a cluster whose caches keep everything with one whose caches keep
 //! nothing, after the same writes.
 
-use memo_engine::message::Envelope;
-use memo_engine::{ClusterParams, Config, Instant, MemoryStorage, Node, NodeId, Request, RequestId, Storage};
+use memo_engine::testing::Direct;
+use memo_engine::{Instant, Request, RequestId};
 use stats_alloc::{INSTRUMENTED_SYSTEM, StatsAlloc};
 use std::alloc::System;
-use std::collections::VecDeque;
-use std::sync::Arc;
 
 #[global_allocator]
 static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
-
-type N = Node<Arc<MemoryStorage>>;
 
 /// Bytes allocated and not freed.
 fn heap() -> i64 {
@@ -37,59 +33,22 @@ struct Measured {
 /// each write at the key's primary, delivering messages and persisting batches at once.
 fn run(keys: usize, passes: usize, register_cache: usize, proposer: usize) -> Measured {
     let start = heap();
-    let ids: Vec<NodeId> = (0..3).map(|i| NodeId::initial(format!("n{i}"))).collect();
-    let params = ClusterParams { partitions: 64, replication: 3, initial_nodes: ids.clone(), token: "t".into() };
-    let storages: Vec<Arc<MemoryStorage>> = (0..3).map(|_| Arc::new(MemoryStorage::new())).collect();
-    let mut nodes: Vec<N> = (0..3)
-        .map(|i| {
-            let mut cfg = Config::new(ids[i].clone(), params.clone());
-            cfg.register_cache_bytes_max = register_cache;
-            cfg.proposer_bytes_max = proposer;
-            cfg.proposer_keys_max = if proposer == 0 { 0 } else { usize::MAX };
-            Node::new(cfg, storages[i].clone(), i as u64, Instant::ZERO).unwrap()
-        })
-        .collect();
+    let mut cluster = Direct::new(3, 64, |cfg| {
+        cfg.register_cache_bytes_max = register_cache;
+        cfg.proposer_bytes_max = proposer;
+        cfg.proposer_keys_max = if proposer == 0 { 0 } else { usize::MAX };
+    });
     let names: Vec<String> = (0..keys).map(|i| format!("key-{i:012}")).collect();
-    let primaries: Vec<usize> = names
-        .iter()
-        .map(|k| ids.iter().position(|n| n == nodes[0].map().config_of(k.as_bytes()).primary()).unwrap())
-        .collect();
-    let mut net: VecDeque<(usize, Envelope)> = VecDeque::new();
-    let mut now = 1_000u64;
+    let primaries: Vec<usize> = names.iter().map(|k| cluster.primary(k)).collect();
     let mut answered = 0;
     for i in 0..keys * passes {
         let k = i % keys;
-        now += 5_000;
-        let at = Instant::from_nanos(now);
-        let p = primaries[k];
-        nodes[p].handle_request(RequestId(i as u64), Request::upsert(names[k].clone(), vec![7u8; 100]), at);
-        let mut pending = vec![p];
-        while let Some(n) = pending.pop() {
-            loop {
-                let mut progressed = false;
-                while let Some(b) = nodes[n].poll_persist() {
-                    storages[n].write(&b).unwrap();
-                    nodes[n].handle_persisted(b.id, at);
-                    progressed = true;
-                }
-                while let Some(t) = nodes[n].poll_transmit() {
-                    net.push_back((ids.iter().position(|x| x == t.to()).unwrap(), t.envelope));
-                    progressed = true;
-                }
-                while nodes[n].poll_reply().is_some() {
-                    answered += 1;
-                }
-                if !progressed {
-                    break;
-                }
-            }
-            while let Some((to, env)) = net.pop_front() {
-                nodes[to].handle_envelope(env, at).unwrap();
-                pending.push(to);
-            }
-        }
+        let at = Instant::from_nanos(1_000 + 5_000 * i as u64);
+        let request = Request::upsert(names[k].clone(), vec![7u8; 100]);
+        answered += cluster.run(primaries[k], RequestId(i as u64), request, at);
     }
     assert_eq!(answered, keys * passes, "every write answered");
+    let nodes = &cluster.nodes;
     Measured {
         heap: heap() - start,
         registers: nodes.iter().map(|n| n.registers_cached().0).sum(),
