@@ -1,7 +1,8 @@
 //! Group commit: the task that makes the engine's persist batches durable.
 //!
 //! The event loop sends every [`PersistBatch`] here, in the order the engine emitted
-//! them. The committer takes every batch ready at that moment, hands the group to
+//! them. The committer takes every batch ready at that moment (after a group of several,
+//! also those of the next few scheduler turns: [`COMMIT_LINGER_TURNS`]), hands the group to
 //! [`Storage::commit`](memo_engine::Storage::commit) (applied in order and made durable
 //! together: for redb, one log record and one transaction), and publishes the highest
 //! durable batch id on a `watch` channel. The loop turns that into
