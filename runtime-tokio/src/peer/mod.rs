@@ -1,5 +1,5 @@
 //! Node-to-node transport: one outbound link per peer, and the receiving side (memo's own
-//! framing in [`tcp`], and the `memo.peer.Peer` gRPC service).
+//! framing in `tcp.rs`, and the `memo.peer.Peer` gRPC service).
 //!
 //! The engine encodes its own messages; this module only moves opaque bytes. A link is
 //! a task with a bounded queue that the event loop fills without waiting (a full queue
@@ -10,7 +10,7 @@
 //!
 //! Three transports ([`PeerTransport`]):
 //! - [`PeerTransport::Tcp`], the default: length-prefixed frames on one plain TCP
-//!   connection per peer, on the node's one port ([`tcp`]). A batch is one `write`.
+//!   connection per peer, on the node's one port (`tcp.rs`). A batch is one `write`.
 //! - [`PeerTransport::Stream`]: one long-lived gRPC `Stream` call per peer; the receiver
 //!   acks the stream's first batch only (or ends the stream with an error). Each batch
 //!   costs an HTTP/2 frame and more task hops than a `Tcp` write (docs/PERFORMANCE.md).
@@ -18,9 +18,9 @@
 //!   used in simulation because a madsim connection never loses data but only delays it).
 //!
 //! Each link publishes its [`LinkStatus`] on a watch channel, for `memo status`
-//! ([`crate::admin`]): connecting, connected (a call is open), or down with the reason.
+//! (`admin.rs`): connecting, connected (a call is open), or down with the reason.
 //!
-//! The receiver checks the sender's cluster id and data keys ([`PeerService::check`]; a
+//! The receiver checks the sender's cluster id and data keys (`PeerService::check`; a
 //! mismatch is refused) and hands the messages to the event loop, which decodes them;
 //! malformed messages are logged and dropped there, never a panic.
 
@@ -72,7 +72,7 @@ pub const STREAM_ACKS_BUFFERED_MAX: usize = 2;
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum PeerTransport {
     /// memo's own length-prefixed frames on one plain TCP connection per peer, on the
-    /// node's one port ([`tcp`]).
+    /// node's one port (`tcp.rs`).
     #[default]
     Tcp,
     /// One long-lived bidirectional gRPC `Stream` call per peer.
