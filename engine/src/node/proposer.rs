@@ -341,11 +341,7 @@ impl<S: Storage> Node<S> {
     }
 
     pub(super) fn enqueue(&mut self, key: String, queued: Queued, now: Instant) {
-        if !self.proposer.slots.contains_key(&key) {
-            self.proposer.slots.insert(key.clone(), Slot::default());
-        }
-        // Present: inserted above.
-        let slot = self.proposer.slots.get_mut(&key).expect("slot exists");
+        let slot = self.proposer.slots.entry(key.clone()).or_default();
         if slot.queue.len() >= self.cfg.key_queue_max {
             let e = KvError::ResourceExhausted("too many requests queued on one key".into());
             self.finish(queued.req, Err(e));
